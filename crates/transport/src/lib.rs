@@ -1,0 +1,1 @@
+//! Spark network-common's frame protocol over tokio (work in progress).
