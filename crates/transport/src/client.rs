@@ -1,0 +1,420 @@
+//! `TransportClient`: a cheap handle to one connection, used to issue requests.
+
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::connection::{Command, CommandSender, PendingKind};
+use crate::error::TransportError;
+use crate::message::{Message, StreamChunkId};
+use crate::response::{PendingRpc, RpcReply};
+
+pub(crate) struct ClientShared {
+    pub(crate) id: u64,
+    pub(crate) local: SocketAddr,
+    pub(crate) remote: SocketAddr,
+    pub(crate) tx: CommandSender,
+    pub(crate) next_request_id: AtomicU64,
+    pub(crate) closed: AtomicBool,
+    pub(crate) close_notify: Notify,
+}
+
+/// A handle to one connection (cheap to clone). Either side of a connection has one: requests
+/// can be issued in both directions.
+///
+/// Nothing here blocks on the socket: messages are queued to the connection's task, which writes
+/// them in batches. When the connection breaks or closes, every outstanding request fails at once
+/// with an error naming the peer.
+#[derive(Clone)]
+pub struct TransportClient {
+    pub(crate) shared: Arc<ClientShared>,
+}
+
+impl fmt::Debug for TransportClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportClient")
+            .field("id", &self.shared.id)
+            .field("remote", &self.shared.remote)
+            .field("active", &self.is_active())
+            .finish()
+    }
+}
+
+impl PartialEq for TransportClient {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl Eq for TransportClient {}
+
+impl std::hash::Hash for TransportClient {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.shared.id.hash(state);
+    }
+}
+
+/// Which outstanding request a dropped future removes.
+enum CancelKey {
+    Rpc(i64),
+    Chunk(StreamChunkId),
+    None,
+}
+
+/// The answer to a request. Dropping it before it completes removes the outstanding request
+/// from the connection; a late answer is then dropped with a log line.
+#[must_use = "dropping the future cancels the request"]
+pub struct ResponseFuture<T> {
+    state: FutureState<T>,
+}
+
+enum FutureState<T> {
+    Waiting {
+        rx: oneshot::Receiver<Result<T, TransportError>>,
+        shared: Arc<ClientShared>,
+        key: CancelKey,
+    },
+    Failed(Option<TransportError>),
+    Done,
+}
+
+/// The answer to [`TransportClient::send_rpc`] and [`TransportClient::upload_stream`].
+pub type RpcFuture = ResponseFuture<Bytes>;
+
+impl<T> ResponseFuture<T> {
+    /// The request id (RPCs and uploads), for logs.
+    pub fn request_id(&self) -> Option<i64> {
+        match &self.state {
+            FutureState::Waiting {
+                key: CancelKey::Rpc(id),
+                ..
+            } => Some(*id),
+            _ => None,
+        }
+    }
+}
+
+impl<T> Future for ResponseFuture<T> {
+    type Output = Result<T, TransportError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match &mut this.state {
+            FutureState::Waiting { rx, shared, .. } => {
+                let result = match Pin::new(rx).poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(r)) => r,
+                    Poll::Ready(Err(_)) => Err(TransportError::ConnectionClosed {
+                        peer: shared.remote,
+                    }),
+                };
+                this.state = FutureState::Done;
+                Poll::Ready(result)
+            }
+            FutureState::Failed(err) => {
+                let err = err.take().expect("ResponseFuture polled after completion");
+                this.state = FutureState::Done;
+                Poll::Ready(Err(err))
+            }
+            FutureState::Done => panic!("ResponseFuture polled after completion"),
+        }
+    }
+}
+
+impl<T> Drop for ResponseFuture<T> {
+    fn drop(&mut self) {
+        if let FutureState::Waiting { shared, key, .. } = &self.state {
+            let cmd = match key {
+                CancelKey::Rpc(id) => Command::CancelRpc(*id),
+                CancelKey::Chunk(c) => Command::CancelChunk(*c),
+                CancelKey::None => return,
+            };
+            let _ = shared.tx.send(cmd);
+        }
+    }
+}
+
+/// The body of a stream, delivered in pieces as it arrives.
+#[derive(Debug)]
+pub struct ByteStream {
+    stream_id: String,
+    len: u64,
+    rx: mpsc::UnboundedReceiver<Result<Bytes, TransportError>>,
+}
+
+impl ByteStream {
+    pub(crate) fn new(
+        stream_id: String,
+        len: u64,
+        rx: mpsc::UnboundedReceiver<Result<Bytes, TransportError>>,
+    ) -> Self {
+        ByteStream { stream_id, len, rx }
+    }
+
+    /// The stream id the server answered with.
+    pub fn stream_id(&self) -> &str {
+        &self.stream_id
+    }
+
+    /// The announced length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for an empty stream.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The next piece; `None` once the body is complete.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, TransportError>> {
+        self.rx.recv().await
+    }
+
+    /// The next piece if one has arrived (`None` when none is ready or the body is complete).
+    pub fn try_next(&mut self) -> Option<Result<Bytes, TransportError>> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Wait for the whole body.
+    pub async fn collect(mut self) -> Result<Bytes, TransportError> {
+        let first = match self.rx.recv().await {
+            None => return Ok(Bytes::new()),
+            Some(r) => r?,
+        };
+        if first.len() as u64 == self.len {
+            return Ok(first);
+        }
+        let mut all = BytesMut::with_capacity(self.len as usize);
+        all.extend_from_slice(&first);
+        while let Some(piece) = self.rx.recv().await {
+            all.extend_from_slice(&piece?);
+        }
+        Ok(all.freeze())
+    }
+}
+
+impl TransportClient {
+    /// A stable id of this connection (unique in the process), to key maps by connection.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The peer's socket address.
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.shared.remote
+    }
+
+    /// This end's socket address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local
+    }
+
+    /// True until the connection is closed (by either side) or failed.
+    pub fn is_active(&self) -> bool {
+        !self.shared.closed.load(Ordering::Acquire) && !self.shared.tx.is_closed()
+    }
+
+    /// Close the connection. Outstanding requests fail with "Connection from <peer> closed".
+    /// Returns at once; the connection's task finishes the close.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.close_notify.notify_one();
+    }
+
+    fn next_request_id(&self) -> i64 {
+        (self.shared.next_request_id.fetch_add(1, Ordering::Relaxed) & (i64::MAX as u64)) as i64
+    }
+
+    fn closed_error(&self) -> TransportError {
+        TransportError::ConnectionClosed {
+            peer: self.shared.remote,
+        }
+    }
+
+    fn request<T>(
+        &self,
+        msg: Message,
+        pending: PendingKind,
+        rx: oneshot::Receiver<Result<T, TransportError>>,
+        key: CancelKey,
+    ) -> ResponseFuture<T> {
+        if self.shared.closed.load(Ordering::Acquire)
+            || self.shared.tx.send(Command::Request(msg, pending)).is_err()
+        {
+            return ResponseFuture {
+                state: FutureState::Failed(Some(self.closed_error())),
+            };
+        }
+        ResponseFuture {
+            state: FutureState::Waiting {
+                rx,
+                shared: self.shared.clone(),
+                key,
+            },
+        }
+    }
+
+    /// Send an RpcRequest; the future resolves to the RpcResponse body, or fails with the
+    /// RpcFailure text or the connection's failure. The request is queued at once (before the
+    /// future is polled).
+    pub fn send_rpc(&self, body: Bytes) -> RpcFuture {
+        let id = self.next_request_id();
+        let (tx, rx) = oneshot::channel();
+        let pending = PendingKind::Rpc(id, PendingRpc::Rpc(RpcReply::Future(tx)));
+        self.request(
+            Message::RpcRequest {
+                request_id: id,
+                body,
+            },
+            pending,
+            rx,
+            CancelKey::Rpc(id),
+        )
+    }
+
+    /// Send an RpcRequest whose answer is handed to `callback` (on the connection's IO task; it
+    /// must not block). Returns the request id, for [`TransportClient::remove_rpc_request`].
+    /// If the connection is closed the callback is called at once with the error.
+    pub fn send_rpc_with_callback(
+        &self,
+        body: Bytes,
+        callback: impl FnOnce(Result<Bytes, TransportError>) + Send + 'static,
+    ) -> i64 {
+        let id = self.next_request_id();
+        let msg = Message::RpcRequest {
+            request_id: id,
+            body,
+        };
+        let pending = PendingKind::Rpc(id, PendingRpc::Rpc(RpcReply::Callback(Box::new(callback))));
+        if self.shared.closed.load(Ordering::Acquire) {
+            if let PendingKind::Rpc(_, PendingRpc::Rpc(reply)) = pending {
+                reply.complete(Err(self.closed_error()));
+            }
+            return id;
+        }
+        if let Err(mpsc::error::SendError(Command::Request(
+            _,
+            PendingKind::Rpc(_, PendingRpc::Rpc(reply)),
+        ))) = self.shared.tx.send(Command::Request(msg, pending))
+        {
+            reply.complete(Err(self.closed_error()));
+        }
+        id
+    }
+
+    /// Forget an outstanding RPC (its answer, if it comes, is dropped with a log line).
+    pub fn remove_rpc_request(&self, request_id: i64) {
+        let _ = self.shared.tx.send(Command::CancelRpc(request_id));
+    }
+
+    /// Send a OneWayMessage. Fails only if the connection is already closed.
+    pub fn send(&self, body: Bytes) -> Result<(), TransportError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(self.closed_error());
+        }
+        self.shared
+            .tx
+            .send(Command::Send(Message::OneWayMessage { body }))
+            .map_err(|_| self.closed_error())
+    }
+
+    /// Send an RPC and block this thread until the answer or `timeout`. Returns
+    /// [`TransportError::BlockingInRuntime`] when called on a tokio runtime thread.
+    pub fn send_rpc_sync(&self, body: Bytes, timeout: Duration) -> Result<Bytes, TransportError> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(TransportError::BlockingInRuntime {
+                operation: "TransportClient::send_rpc_sync",
+            });
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let id = self.send_rpc_with_callback(body, move |r| {
+            let _ = tx.send(r);
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(r) => r,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                self.remove_rpc_request(id);
+                Err(TransportError::Timeout {
+                    peer: self.shared.remote,
+                    request_id: id,
+                    after: timeout,
+                })
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(self.closed_error()),
+        }
+    }
+
+    /// Request the stream `stream_id`; resolves when its StreamResponse header arrives, to the
+    /// body delivered in pieces. Stream answers are matched by order, as in Spark.
+    pub fn stream(&self, stream_id: impl Into<String>) -> ResponseFuture<ByteStream> {
+        let stream_id = stream_id.into();
+        let (tx, rx) = oneshot::channel();
+        let pending = PendingKind::Stream(stream_id.clone(), tx);
+        self.request(
+            Message::StreamRequest { stream_id },
+            pending,
+            rx,
+            CancelKey::None,
+        )
+    }
+
+    /// Fetch one chunk of a chunked stream.
+    pub fn fetch_chunk(&self, stream_id: i64, chunk_index: i32) -> ResponseFuture<Bytes> {
+        let chunk = StreamChunkId {
+            stream_id,
+            chunk_index,
+        };
+        let (tx, rx) = oneshot::channel();
+        let pending = PendingKind::Chunk(chunk, tx);
+        self.request(
+            Message::ChunkFetchRequest { chunk },
+            pending,
+            rx,
+            CancelKey::Chunk(chunk),
+        )
+    }
+
+    /// Upload `body` with metadata `meta` (UploadStream); resolves to the RpcResponse body.
+    pub fn upload_stream(&self, meta: Bytes, body: Bytes) -> RpcFuture {
+        let id = self.next_request_id();
+        let (tx, rx) = oneshot::channel();
+        let pending = PendingKind::Rpc(id, PendingRpc::Rpc(RpcReply::Future(tx)));
+        let msg = Message::UploadStream {
+            request_id: id,
+            meta,
+            body_byte_count: body.len() as u64,
+            body,
+        };
+        self.request(msg, pending, rx, CancelKey::Rpc(id))
+    }
+
+    /// Request merged block metadata; resolves to `(num_chunks, bitmaps)`.
+    pub fn send_merged_block_meta_req(
+        &self,
+        app_id: impl Into<String>,
+        shuffle_id: i32,
+        shuffle_merge_id: i32,
+        reduce_id: i32,
+    ) -> ResponseFuture<(i32, Bytes)> {
+        let id = self.next_request_id();
+        let (tx, rx) = oneshot::channel();
+        let pending = PendingKind::Rpc(id, PendingRpc::Meta(tx));
+        let msg = Message::MergedBlockMetaRequest {
+            request_id: id,
+            app_id: app_id.into(),
+            shuffle_id,
+            shuffle_merge_id,
+            reduce_id,
+        };
+        self.request(msg, pending, rx, CancelKey::Rpc(id))
+    }
+}

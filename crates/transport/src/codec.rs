@@ -1,0 +1,164 @@
+//! Outbound batching: messages are encoded into one growing buffer and written with vectored
+//! writes, so many small frames leave in one syscall. Large bodies are not copied: they are queued
+//! as their own segments (`Bytes` handles) between the encoded headers.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::message::Message;
+
+/// Bodies up to this size are copied into the batch buffer; larger ones are queued by handle.
+pub const INLINE_BODY_MAX: usize = 16 * 1024;
+
+/// Most slices handed to one vectored write.
+pub const MAX_IO_SLICES: usize = 64;
+
+/// Encoded bytes waiting to be written, in order.
+#[derive(Debug, Default)]
+pub struct WriteQueue {
+    segs: VecDeque<Bytes>,
+    cur: BytesMut,
+    len: usize,
+}
+
+impl WriteQueue {
+    /// An empty queue.
+    pub fn new() -> Self {
+        WriteQueue {
+            segs: VecDeque::new(),
+            cur: BytesMut::with_capacity(16 * 1024),
+            len: 0,
+        }
+    }
+
+    /// Bytes waiting.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Append one message (its frame, then its body: in frame or raw, the bytes are the same).
+    pub fn push(&mut self, msg: &Message) {
+        msg.encode_header(&mut self.cur);
+        if let Some(body) = msg.body() {
+            if body.len() <= INLINE_BODY_MAX {
+                self.cur.extend_from_slice(body);
+            } else {
+                self.segs.push_back(self.cur.split().freeze());
+                self.segs.push_back(body.clone());
+            }
+        }
+        self.len += msg.wire_len();
+    }
+
+    /// Fill `dst` with the next slices to write; returns how many were filled.
+    pub fn fill_slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for seg in self.segs.iter().filter(|s| !s.is_empty()) {
+            if n == dst.len() {
+                return n;
+            }
+            dst[n] = IoSlice::new(seg);
+            n += 1;
+        }
+        if n < dst.len() && !self.cur.is_empty() {
+            dst[n] = IoSlice::new(&self.cur);
+            n += 1;
+        }
+        n
+    }
+
+    /// Drop `n` written bytes from the front.
+    pub fn advance(&mut self, mut n: usize) {
+        assert!(n <= self.len, "advanced past the queued bytes");
+        self.len -= n;
+        while n > 0 {
+            match self.segs.front_mut() {
+                Some(front) if n >= front.len() => {
+                    n -= front.len();
+                    self.segs.pop_front();
+                }
+                Some(front) => {
+                    front.advance(n);
+                    n = 0;
+                }
+                None => {
+                    self.cur.advance(n);
+                    n = 0;
+                }
+            }
+        }
+        if self.len == 0 {
+            self.segs.clear();
+            self.cur.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain_all(q: &mut WriteQueue, max_write: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while !q.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
+            let n = q.fill_slices(&mut slices);
+            let mut budget = max_write;
+            let mut written = 0;
+            for s in &slices[..n] {
+                let take = s.len().min(budget);
+                out.extend_from_slice(&s[..take]);
+                budget -= take;
+                written += take;
+                if budget == 0 {
+                    break;
+                }
+            }
+            q.advance(written);
+        }
+        out
+    }
+
+    #[test]
+    fn batches_small_and_large_bodies_in_order_under_short_writes() {
+        let msgs = vec![
+            Message::RpcRequest {
+                request_id: 1,
+                body: Bytes::from_static(b"small"),
+            },
+            Message::OneWayMessage {
+                body: Bytes::from(vec![7u8; 100_000]),
+            },
+            Message::StreamResponse {
+                stream_id: "s".into(),
+                byte_count: 0,
+                body: Bytes::from(vec![9u8; 40_000]),
+            },
+            Message::RpcFailure {
+                request_id: 2,
+                error: "e".into(),
+            },
+        ];
+        let expected: Vec<u8> = msgs.iter().flat_map(|m| m.to_bytes().to_vec()).collect();
+        for max_write in [1, 7, 4096, usize::MAX] {
+            let mut q = WriteQueue::new();
+            for m in &msgs {
+                q.push(m);
+            }
+            assert_eq!(q.len(), expected.len());
+            assert_eq!(
+                drain_all(&mut q, max_write),
+                expected,
+                "max_write {max_write}"
+            );
+            assert!(q.is_empty());
+        }
+    }
+}

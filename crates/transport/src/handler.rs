@@ -1,0 +1,223 @@
+//! The request handler (Spark's `RpcHandler` + `StreamManager`) and the RPC responder.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use bytes::Bytes;
+
+use crate::client::TransportClient;
+use crate::connection::{Command, CommandSender};
+use crate::error::TransportError;
+use crate::message::Message;
+
+/// Handles requests arriving on a connection (either side of it: connections are bidirectional).
+///
+/// Callbacks run on the connection's IO task and must not block; long work is handed off (an
+/// [`RpcResponder`] can be moved to another thread and answered later). A panicking callback is
+/// caught: the requester gets an RpcFailure carrying the panic message and the connection stays
+/// usable. The stream-manager callbacks have defaults that answer a clear failure.
+pub trait RpcHandler: Send + Sync + 'static {
+    /// An RpcRequest. Answer through `responder` (now or later, from any thread); a dropped
+    /// responder answers an RpcFailure.
+    fn receive(&self, client: &TransportClient, message: Bytes, responder: RpcResponder);
+
+    /// A OneWayMessage (no answer is possible). The default logs and drops it.
+    fn receive_one_way(&self, client: &TransportClient, message: Bytes) {
+        tracing::debug!(peer = %client.remote_addr(), len = message.len(), "one-way message dropped: handler does not accept one-way messages");
+    }
+
+    /// An UploadStream with its metadata and complete body. Answer through `responder`. The
+    /// default answers a failure.
+    fn receive_stream(
+        &self,
+        client: &TransportClient,
+        meta: Bytes,
+        body: Bytes,
+        responder: RpcResponder,
+    ) {
+        let _ = (client, meta, body);
+        responder.fail("This handler does not accept upload streams");
+    }
+
+    /// A StreamRequest: the whole stream's bytes, or an error text sent as StreamFailure.
+    /// Called in request order, and answers go out in request order.
+    fn open_stream(&self, client: &TransportClient, stream_id: &str) -> Result<Bytes, String> {
+        let _ = client;
+        Err(format!("Stream '{stream_id}' was not found."))
+    }
+
+    /// A ChunkFetchRequest: the chunk's bytes, or an error text sent as ChunkFetchFailure.
+    fn get_chunk(
+        &self,
+        client: &TransportClient,
+        stream_id: i64,
+        chunk_index: i32,
+    ) -> Result<Bytes, String> {
+        let _ = (client, stream_id, chunk_index);
+        Err("Chunk was not found".to_string())
+    }
+
+    /// A MergedBlockMetaRequest: `(num_chunks, bitmaps)` or an error text sent as RpcFailure.
+    fn merged_block_meta(
+        &self,
+        client: &TransportClient,
+        app_id: &str,
+        shuffle_id: i32,
+        shuffle_merge_id: i32,
+        reduce_id: i32,
+    ) -> Result<(i32, Bytes), String> {
+        let _ = (client, shuffle_id, shuffle_merge_id, reduce_id);
+        Err(format!(
+            "Merged block meta requests are not supported (app {app_id})"
+        ))
+    }
+
+    /// The connection is up (after bootstraps), before any message is handled.
+    fn channel_active(&self, client: &TransportClient) {
+        let _ = client;
+    }
+
+    /// The connection is gone; called once, after `exception_caught` if there was an error.
+    fn channel_inactive(&self, client: &TransportClient) {
+        let _ = client;
+    }
+
+    /// The connection failed with `error` (it is being closed).
+    fn exception_caught(&self, error: &TransportError, client: &TransportClient) {
+        let _ = (error, client);
+    }
+}
+
+/// A handler that refuses every request (Spark's `NoOpRpcHandler`): for clients that only send.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoOpRpcHandler;
+
+impl RpcHandler for NoOpRpcHandler {
+    fn receive(&self, _client: &TransportClient, _message: Bytes, responder: RpcResponder) {
+        responder.fail("Expected no RPC requests on this connection (NoOpRpcHandler)");
+    }
+}
+
+/// The answer slot of one RpcRequest (or UploadStream). `Send + 'static`: it can be moved to
+/// another thread and answered later. Dropping it unanswered sends an RpcFailure.
+#[derive(Debug)]
+pub struct RpcResponder {
+    inner: Option<ResponderInner>,
+}
+
+#[derive(Debug)]
+struct ResponderInner {
+    tx: CommandSender,
+    request_id: i64,
+    peer: SocketAddr,
+}
+
+thread_local! {
+    static IN_HANDLER: Cell<bool> = const { Cell::new(false) };
+    static ORPHANS: RefCell<Vec<ResponderInner>> = const { RefCell::new(Vec::new()) };
+}
+
+impl RpcResponder {
+    pub(crate) fn new(tx: CommandSender, request_id: i64, peer: SocketAddr) -> Self {
+        RpcResponder {
+            inner: Some(ResponderInner {
+                tx,
+                request_id,
+                peer,
+            }),
+        }
+    }
+
+    /// The id of the request being answered.
+    pub fn request_id(&self) -> i64 {
+        self.inner.as_ref().map_or(-1, |i| i.request_id)
+    }
+
+    /// The requester's address.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.inner.as_ref().map(|i| i.peer)
+    }
+
+    /// Answer with an RpcResponse carrying `body`.
+    pub fn respond(mut self, body: Bytes) {
+        if let Some(inner) = self.inner.take() {
+            inner.send(Message::RpcResponse {
+                request_id: inner.request_id,
+                body,
+            });
+        }
+    }
+
+    /// Answer with an RpcFailure carrying `error`.
+    pub fn fail(mut self, error: impl Into<String>) {
+        if let Some(inner) = self.inner.take() {
+            inner.send(Message::RpcFailure {
+                request_id: inner.request_id,
+                error: error.into(),
+            });
+        }
+    }
+}
+
+impl ResponderInner {
+    fn send(&self, msg: Message) {
+        if self.tx.send(Command::Send(msg)).is_err() {
+            tracing::debug!(peer = %self.peer, request_id = self.request_id, "response dropped: connection closed");
+        }
+    }
+}
+
+impl Drop for RpcResponder {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        if std::thread::panicking() && IN_HANDLER.with(Cell::get) {
+            // The handler call that owns this responder is unwinding: the connection answers
+            // with the panic message once it has caught the panic.
+            ORPHANS.with(|o| o.borrow_mut().push(inner));
+            return;
+        }
+        let error = format!(
+            "The RPC handler dropped the responder of request {} without answering",
+            inner.request_id
+        );
+        inner.send(Message::RpcFailure {
+            request_id: inner.request_id,
+            error,
+        });
+    }
+}
+
+/// Run a handler callback, catching a panic. On panic every responder dropped while unwinding
+/// is answered with an RpcFailure carrying the panic message, which is also returned.
+pub(crate) fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    let was = IN_HANDLER.with(|c| c.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    IN_HANDLER.with(|c| c.set(was));
+    match result {
+        Ok(v) => Ok(v),
+        Err(payload) => {
+            let msg = panic_message(payload.as_ref());
+            for inner in ORPHANS.with(|o| std::mem::take(&mut *o.borrow_mut())) {
+                inner.send(Message::RpcFailure {
+                    request_id: inner.request_id,
+                    error: msg.clone(),
+                });
+            }
+            Err(msg)
+        }
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "the request handler panicked".to_string()
+    }
+}

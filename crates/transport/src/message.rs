@@ -1,0 +1,487 @@
+//! The 13 message types of Spark network-common (catalog §5.1) and their exact wire layout.
+//!
+//! A frame is `[frame length: i64][type: u8][header fields][body?]`, big-endian, where the frame
+//! length counts itself. Strings are `i32 byte length + UTF-8`, byte arrays `i32 length + bytes`.
+//! Bodies of `StreamResponse` and `UploadStream` are not part of the frame: their raw bytes follow
+//! it on the wire (the frame decoder hands them out as [`crate::frame::Decoded::Body`]).
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::error::TransportError;
+
+/// Size of the frame length field.
+pub const LENGTH_FIELD: usize = 8;
+
+/// Identifies one chunk of a chunked stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StreamChunkId {
+    /// The stream.
+    pub stream_id: i64,
+    /// The chunk within the stream.
+    pub chunk_index: i32,
+}
+
+/// One transport message.
+///
+/// For [`Message::StreamResponse`] and [`Message::UploadStream`] the encoder writes the byte
+/// count from `body.len()`; a decoded one has an empty `body` and the announced count in its
+/// count field (the body follows as raw bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Type 0: request one chunk of a stream.
+    ChunkFetchRequest {
+        /// The chunk.
+        chunk: StreamChunkId,
+    },
+    /// Type 1: the chunk's bytes.
+    ChunkFetchSuccess {
+        /// The chunk.
+        chunk: StreamChunkId,
+        /// The chunk's bytes (in frame).
+        body: Bytes,
+    },
+    /// Type 2: the chunk could not be served.
+    ChunkFetchFailure {
+        /// The chunk.
+        chunk: StreamChunkId,
+        /// Error text.
+        error: String,
+    },
+    /// Type 3: a request expecting an RpcResponse or RpcFailure with the same id.
+    RpcRequest {
+        /// Request id (non-negative, unique among a connection's outstanding requests).
+        request_id: i64,
+        /// Payload (in frame).
+        body: Bytes,
+    },
+    /// Type 4: the successful answer to an RpcRequest or UploadStream.
+    RpcResponse {
+        /// Request id being answered.
+        request_id: i64,
+        /// Payload (in frame).
+        body: Bytes,
+    },
+    /// Type 5: the failed answer to a request.
+    RpcFailure {
+        /// Request id being answered.
+        request_id: i64,
+        /// Error text (Spark sends a stack trace).
+        error: String,
+    },
+    /// Type 6: open a named stream.
+    StreamRequest {
+        /// Stream id.
+        stream_id: String,
+    },
+    /// Type 7: stream header; `byte_count` raw bytes follow the frame.
+    StreamResponse {
+        /// Stream id.
+        stream_id: String,
+        /// Announced length of the raw body.
+        byte_count: u64,
+        /// The body when encoding (empty when decoded).
+        body: Bytes,
+    },
+    /// Type 8: the stream could not be opened.
+    StreamFailure {
+        /// Stream id.
+        stream_id: String,
+        /// Error text.
+        error: String,
+    },
+    /// Type 9: a request expecting no answer.
+    OneWayMessage {
+        /// Payload (in frame).
+        body: Bytes,
+    },
+    /// Type 10: an upload; `body_byte_count` raw bytes follow the frame. Answered by
+    /// RpcResponse / RpcFailure.
+    UploadStream {
+        /// Request id.
+        request_id: i64,
+        /// Metadata (in frame).
+        meta: Bytes,
+        /// Announced length of the raw body.
+        body_byte_count: u64,
+        /// The body when encoding (empty when decoded).
+        body: Bytes,
+    },
+    /// Type 11: request the metadata of a merged shuffle block.
+    MergedBlockMetaRequest {
+        /// Request id.
+        request_id: i64,
+        /// Application id.
+        app_id: String,
+        /// Shuffle id.
+        shuffle_id: i32,
+        /// Shuffle merge id.
+        shuffle_merge_id: i32,
+        /// Reduce id.
+        reduce_id: i32,
+    },
+    /// Type 12: merged block metadata (failure is RpcFailure).
+    MergedBlockMetaSuccess {
+        /// Request id.
+        request_id: i64,
+        /// Number of chunks.
+        num_chunks: i32,
+        /// Serialized bitmaps (in frame).
+        body: Bytes,
+    },
+}
+
+fn string_len(s: &str) -> usize {
+    4 + s.len()
+}
+
+fn put_string(dst: &mut BytesMut, s: &str) {
+    dst.put_i32(s.len() as i32);
+    dst.put_slice(s.as_bytes());
+}
+
+struct Reader {
+    buf: Bytes,
+    message_type: &'static str,
+}
+
+impl Reader {
+    fn need(&self, n: usize, what: &str) -> Result<(), TransportError> {
+        if self.buf.remaining() < n {
+            return Err(TransportError::MalformedMessage {
+                message_type: self.message_type,
+                reason: format!(
+                    "{what} needs {n} bytes, {} left in the frame",
+                    self.buf.remaining()
+                ),
+            });
+        }
+        Ok(())
+    }
+    fn i64(&mut self, what: &str) -> Result<i64, TransportError> {
+        self.need(8, what)?;
+        Ok(self.buf.get_i64())
+    }
+    fn i32(&mut self, what: &str) -> Result<i32, TransportError> {
+        self.need(4, what)?;
+        Ok(self.buf.get_i32())
+    }
+    fn len(&mut self, what: &str) -> Result<usize, TransportError> {
+        let n = self.i32(what)?;
+        if n < 0 {
+            return Err(TransportError::MalformedMessage {
+                message_type: self.message_type,
+                reason: format!("negative length {n} of {what}"),
+            });
+        }
+        Ok(n as usize)
+    }
+    fn bytes(&mut self, what: &str) -> Result<Bytes, TransportError> {
+        let n = self.len(what)?;
+        self.need(n, what)?;
+        Ok(self.buf.split_to(n))
+    }
+    fn string(&mut self, what: &str) -> Result<String, TransportError> {
+        let b = self.bytes(what)?;
+        Ok(match std::str::from_utf8(&b) {
+            Ok(s) => s.to_owned(),
+            Err(_) => String::from_utf8_lossy(&b).into_owned(),
+        })
+    }
+    fn count(&mut self, what: &str) -> Result<u64, TransportError> {
+        let n = self.i64(what)?;
+        u64::try_from(n).map_err(|_| TransportError::MalformedMessage {
+            message_type: self.message_type,
+            reason: format!("negative {what} {n}"),
+        })
+    }
+    fn chunk(&mut self) -> Result<StreamChunkId, TransportError> {
+        Ok(StreamChunkId {
+            stream_id: self.i64("streamId")?,
+            chunk_index: self.i32("chunkIndex")?,
+        })
+    }
+}
+
+impl Message {
+    /// The type id on the wire.
+    pub fn type_id(&self) -> u8 {
+        match self {
+            Message::ChunkFetchRequest { .. } => 0,
+            Message::ChunkFetchSuccess { .. } => 1,
+            Message::ChunkFetchFailure { .. } => 2,
+            Message::RpcRequest { .. } => 3,
+            Message::RpcResponse { .. } => 4,
+            Message::RpcFailure { .. } => 5,
+            Message::StreamRequest { .. } => 6,
+            Message::StreamResponse { .. } => 7,
+            Message::StreamFailure { .. } => 8,
+            Message::OneWayMessage { .. } => 9,
+            Message::UploadStream { .. } => 10,
+            Message::MergedBlockMetaRequest { .. } => 11,
+            Message::MergedBlockMetaSuccess { .. } => 12,
+        }
+    }
+
+    /// The message type's name, as Spark's class name.
+    pub fn type_name(&self) -> &'static str {
+        type_name(self.type_id())
+    }
+
+    /// True for types that answer a request (handled by the response side of a connection).
+    pub fn is_response(&self) -> bool {
+        matches!(self.type_id(), 1 | 2 | 4 | 5 | 7 | 8 | 12)
+    }
+
+    /// The body bytes, if this type carries one (in frame or following it).
+    pub fn body(&self) -> Option<&Bytes> {
+        match self {
+            Message::ChunkFetchSuccess { body, .. }
+            | Message::RpcRequest { body, .. }
+            | Message::RpcResponse { body, .. }
+            | Message::StreamResponse { body, .. }
+            | Message::OneWayMessage { body }
+            | Message::UploadStream { body, .. }
+            | Message::MergedBlockMetaSuccess { body, .. } => Some(body),
+            _ => None,
+        }
+    }
+
+    /// Length of the header fields after the type byte.
+    fn header_len(&self) -> usize {
+        match self {
+            Message::ChunkFetchRequest { .. } | Message::ChunkFetchSuccess { .. } => 12,
+            Message::ChunkFetchFailure { error, .. } => 12 + string_len(error),
+            Message::RpcRequest { .. } | Message::RpcResponse { .. } => 12,
+            Message::RpcFailure { error, .. } => 8 + string_len(error),
+            Message::StreamRequest { stream_id } => string_len(stream_id),
+            Message::StreamResponse { stream_id, .. } => string_len(stream_id) + 8,
+            Message::StreamFailure { stream_id, error } => {
+                string_len(stream_id) + string_len(error)
+            }
+            Message::OneWayMessage { .. } => 4,
+            Message::UploadStream { meta, .. } => 8 + 4 + meta.len() + 8,
+            Message::MergedBlockMetaRequest { app_id, .. } => 8 + string_len(app_id) + 12,
+            Message::MergedBlockMetaSuccess { .. } => 12,
+        }
+    }
+
+    /// True when the body is counted in the frame length (false for the two raw-body types).
+    pub fn body_in_frame(&self) -> bool {
+        !matches!(
+            self,
+            Message::StreamResponse { .. } | Message::UploadStream { .. }
+        )
+    }
+
+    /// Bytes this message occupies on the wire, raw bodies included.
+    pub fn wire_len(&self) -> usize {
+        LENGTH_FIELD + 1 + self.header_len() + self.body().map_or(0, Bytes::len)
+    }
+
+    /// Write the length field, type byte and header fields (not the body).
+    pub fn encode_header(&self, dst: &mut BytesMut) {
+        let header_len = self.header_len();
+        let body_len = self.body().map_or(0, Bytes::len);
+        let frame_len =
+            LENGTH_FIELD + 1 + header_len + if self.body_in_frame() { body_len } else { 0 };
+        dst.reserve(LENGTH_FIELD + 1 + header_len);
+        dst.put_i64(frame_len as i64);
+        dst.put_u8(self.type_id());
+        match self {
+            Message::ChunkFetchRequest { chunk } | Message::ChunkFetchSuccess { chunk, .. } => {
+                dst.put_i64(chunk.stream_id);
+                dst.put_i32(chunk.chunk_index);
+            }
+            Message::ChunkFetchFailure { chunk, error } => {
+                dst.put_i64(chunk.stream_id);
+                dst.put_i32(chunk.chunk_index);
+                put_string(dst, error);
+            }
+            Message::RpcRequest { request_id, body }
+            | Message::RpcResponse { request_id, body } => {
+                dst.put_i64(*request_id);
+                dst.put_i32(body.len() as i32);
+            }
+            Message::RpcFailure { request_id, error } => {
+                dst.put_i64(*request_id);
+                put_string(dst, error);
+            }
+            Message::StreamRequest { stream_id } => put_string(dst, stream_id),
+            Message::StreamResponse {
+                stream_id, body, ..
+            } => {
+                put_string(dst, stream_id);
+                dst.put_i64(body.len() as i64);
+            }
+            Message::StreamFailure { stream_id, error } => {
+                put_string(dst, stream_id);
+                put_string(dst, error);
+            }
+            Message::OneWayMessage { body } => dst.put_i32(body.len() as i32),
+            Message::UploadStream {
+                request_id,
+                meta,
+                body,
+                ..
+            } => {
+                dst.put_i64(*request_id);
+                dst.put_i32(meta.len() as i32);
+                dst.put_slice(meta);
+                dst.put_i64(body.len() as i64);
+            }
+            Message::MergedBlockMetaRequest {
+                request_id,
+                app_id,
+                shuffle_id,
+                shuffle_merge_id,
+                reduce_id,
+            } => {
+                dst.put_i64(*request_id);
+                put_string(dst, app_id);
+                dst.put_i32(*shuffle_id);
+                dst.put_i32(*shuffle_merge_id);
+                dst.put_i32(*reduce_id);
+            }
+            Message::MergedBlockMetaSuccess {
+                request_id,
+                num_chunks,
+                ..
+            } => {
+                dst.put_i64(*request_id);
+                dst.put_i32(*num_chunks);
+            }
+        }
+    }
+
+    /// Write the whole message (header, then body in frame or raw body after it).
+    pub fn encode(&self, dst: &mut BytesMut) {
+        self.encode_header(dst);
+        if let Some(body) = self.body() {
+            dst.extend_from_slice(body);
+        }
+    }
+
+    /// The whole message as bytes (a convenience for tests and tools).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(self.wire_len());
+        self.encode(&mut b);
+        b.freeze()
+    }
+
+    /// Decode one frame's content (everything after the 8-byte length: type byte, header, body).
+    /// In-frame bodies are slices of `frame` (no copy). As Spark, the body length fields of
+    /// RpcRequest / RpcResponse / OneWayMessage are ignored: the body is the rest of the frame.
+    pub fn decode(mut frame: Bytes) -> Result<Message, TransportError> {
+        if frame.is_empty() {
+            return Err(TransportError::InvalidFrameLength { body_length: 0 });
+        }
+        let type_id = frame.get_u8();
+        let message_type = match type_id {
+            0..=12 => type_name(type_id),
+            _ => {
+                return Err(TransportError::UnknownMessageType {
+                    type_id: type_id as i8,
+                })
+            }
+        };
+        let mut r = Reader {
+            buf: frame,
+            message_type,
+        };
+        let msg = match type_id {
+            0 => Message::ChunkFetchRequest { chunk: r.chunk()? },
+            1 => {
+                let chunk = r.chunk()?;
+                Message::ChunkFetchSuccess { chunk, body: r.buf }
+            }
+            2 => Message::ChunkFetchFailure {
+                chunk: r.chunk()?,
+                error: r.string("errorString")?,
+            },
+            3 | 4 => {
+                let request_id = r.i64("requestId")?;
+                let _ignored_body_len = r.i32("bodyLength")?;
+                let body = r.buf;
+                if type_id == 3 {
+                    Message::RpcRequest { request_id, body }
+                } else {
+                    Message::RpcResponse { request_id, body }
+                }
+            }
+            5 => Message::RpcFailure {
+                request_id: r.i64("requestId")?,
+                error: r.string("errorString")?,
+            },
+            6 => Message::StreamRequest {
+                stream_id: r.string("streamId")?,
+            },
+            7 => Message::StreamResponse {
+                stream_id: r.string("streamId")?,
+                byte_count: r.count("byteCount")?,
+                body: Bytes::new(),
+            },
+            8 => Message::StreamFailure {
+                stream_id: r.string("streamId")?,
+                error: r.string("error")?,
+            },
+            9 => {
+                let _ignored_body_len = r.i32("bodyLength")?;
+                Message::OneWayMessage { body: r.buf }
+            }
+            10 => Message::UploadStream {
+                request_id: r.i64("requestId")?,
+                meta: r.bytes("meta")?,
+                body_byte_count: r.count("bodyByteCount")?,
+                body: Bytes::new(),
+            },
+            11 => Message::MergedBlockMetaRequest {
+                request_id: r.i64("requestId")?,
+                app_id: r.string("appId")?,
+                shuffle_id: r.i32("shuffleId")?,
+                shuffle_merge_id: r.i32("shuffleMergeId")?,
+                reduce_id: r.i32("reduceId")?,
+            },
+            _ => {
+                let request_id = r.i64("requestId")?;
+                let num_chunks = r.i32("numChunks")?;
+                Message::MergedBlockMetaSuccess {
+                    request_id,
+                    num_chunks,
+                    body: r.buf,
+                }
+            }
+        };
+        Ok(msg)
+    }
+
+    /// For the raw-body types, the announced length of the raw body that follows the frame.
+    pub fn raw_body_len(&self) -> Option<u64> {
+        match self {
+            Message::StreamResponse { byte_count, .. } => Some(*byte_count),
+            Message::UploadStream {
+                body_byte_count, ..
+            } => Some(*body_byte_count),
+            _ => None,
+        }
+    }
+}
+
+/// Spark's class name of a message type id (`"Unknown"` outside 0..=12).
+pub fn type_name(type_id: u8) -> &'static str {
+    match type_id {
+        0 => "ChunkFetchRequest",
+        1 => "ChunkFetchSuccess",
+        2 => "ChunkFetchFailure",
+        3 => "RpcRequest",
+        4 => "RpcResponse",
+        5 => "RpcFailure",
+        6 => "StreamRequest",
+        7 => "StreamResponse",
+        8 => "StreamFailure",
+        9 => "OneWayMessage",
+        10 => "UploadStream",
+        11 => "MergedBlockMetaRequest",
+        12 => "MergedBlockMetaSuccess",
+        _ => "Unknown",
+    }
+}
