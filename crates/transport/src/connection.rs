@@ -58,6 +58,9 @@ pub(crate) enum Command {
 
 pub(crate) type CommandSender = mpsc::UnboundedSender<Command>;
 
+/// Called once when a connection's task ends.
+pub(crate) type OnExit = Box<dyn FnOnce(&TransportClient) + Send>;
+
 /// Which side opened the connection (for logs).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Side {
@@ -73,7 +76,7 @@ pub(crate) fn spawn_connection<S>(
     conf: &TransportConf,
     handler: Arc<dyn RpcHandler>,
     side: Side,
-    on_exit: Option<Box<dyn FnOnce(&TransportClient) + Send>>,
+    on_exit: Option<OnExit>,
 ) -> TransportClient
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -192,7 +195,7 @@ impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    async fn run(mut self, on_exit: Option<Box<dyn FnOnce(&TransportClient) + Send>>) {
+    async fn run(mut self, on_exit: Option<OnExit>) {
         tracing::debug!("connection active");
         let client = self.client.clone();
         let handler = self.handler.clone();

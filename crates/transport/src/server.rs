@@ -287,7 +287,7 @@ async fn setup_connection(
         }
     };
     let on_exit_inner = inner.clone();
-    let on_exit: Box<dyn FnOnce(&TransportClient) + Send> = Box::new(move |c| {
+    let on_exit: crate::connection::OnExit = Box::new(move |c| {
         on_exit_inner
             .connections
             .lock()
