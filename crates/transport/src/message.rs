@@ -493,7 +493,10 @@ mod golden {
 
     fn hex(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     fn check(msg: Message, wire: &str, frame_len: usize) {
@@ -502,10 +505,19 @@ mod golden {
         assert_eq!(msg.wire_len(), expected.len());
         let decoded = Message::decode(Bytes::from(expected[8..frame_len].to_vec())).unwrap();
         let normalized = match msg {
-            Message::StreamResponse { stream_id, body, .. } => {
-                Message::StreamResponse { stream_id, byte_count: body.len() as u64, body: Bytes::new() }
-            }
-            Message::UploadStream { request_id, meta, body, .. } => Message::UploadStream {
+            Message::StreamResponse {
+                stream_id, body, ..
+            } => Message::StreamResponse {
+                stream_id,
+                byte_count: body.len() as u64,
+                body: Bytes::new(),
+            },
+            Message::UploadStream {
+                request_id,
+                meta,
+                body,
+                ..
+            } => Message::UploadStream {
                 request_id,
                 meta,
                 body_byte_count: body.len() as u64,
@@ -516,46 +528,86 @@ mod golden {
         assert_eq!(decoded, normalized);
     }
 
-    const C: StreamChunkId = StreamChunkId { stream_id: 1, chunk_index: 2 };
+    const C: StreamChunkId = StreamChunkId {
+        stream_id: 1,
+        chunk_index: 2,
+    };
 
     #[test]
     fn golden_chunk_fetch_request() {
-        check(Message::ChunkFetchRequest { chunk: C }, "0000000000000015 00 0000000000000001 00000002", 21);
+        check(
+            Message::ChunkFetchRequest { chunk: C },
+            "0000000000000015 00 0000000000000001 00000002",
+            21,
+        );
     }
 
     #[test]
     fn golden_chunk_fetch_success() {
-        let m = Message::ChunkFetchSuccess { chunk: C, body: Bytes::from_static(b"abc") };
-        check(m, "0000000000000018 01 0000000000000001 00000002 616263", 24);
+        let m = Message::ChunkFetchSuccess {
+            chunk: C,
+            body: Bytes::from_static(b"abc"),
+        };
+        check(
+            m,
+            "0000000000000018 01 0000000000000001 00000002 616263",
+            24,
+        );
     }
 
     #[test]
     fn golden_chunk_fetch_failure() {
-        let m = Message::ChunkFetchFailure { chunk: C, error: "err".into() };
-        check(m, "000000000000001c 02 0000000000000001 00000002 00000003 657272", 28);
+        let m = Message::ChunkFetchFailure {
+            chunk: C,
+            error: "err".into(),
+        };
+        check(
+            m,
+            "000000000000001c 02 0000000000000001 00000002 00000003 657272",
+            28,
+        );
     }
 
     #[test]
     fn golden_rpc_request() {
-        let m = Message::RpcRequest { request_id: 12345, body: Bytes::from_static(b"hi") };
+        let m = Message::RpcRequest {
+            request_id: 12345,
+            body: Bytes::from_static(b"hi"),
+        };
         check(m, "0000000000000017 03 0000000000003039 00000002 6869", 23);
     }
 
     #[test]
     fn golden_rpc_response() {
-        let m = Message::RpcResponse { request_id: 12345, body: Bytes::from_static(b"hi") };
+        let m = Message::RpcResponse {
+            request_id: 12345,
+            body: Bytes::from_static(b"hi"),
+        };
         check(m, "0000000000000017 04 0000000000003039 00000002 6869", 23);
     }
 
     #[test]
     fn golden_rpc_failure() {
-        let m = Message::RpcFailure { request_id: 12345, error: "oops".into() };
-        check(m, "0000000000000019 05 0000000000003039 00000004 6f6f7073", 25);
+        let m = Message::RpcFailure {
+            request_id: 12345,
+            error: "oops".into(),
+        };
+        check(
+            m,
+            "0000000000000019 05 0000000000003039 00000004 6f6f7073",
+            25,
+        );
     }
 
     #[test]
     fn golden_stream_request() {
-        check(Message::StreamRequest { stream_id: "abcde".into() }, "0000000000000012 06 00000005 6162636465", 18);
+        check(
+            Message::StreamRequest {
+                stream_id: "abcde".into(),
+            },
+            "0000000000000012 06 00000005 6162636465",
+            18,
+        );
     }
 
     #[test]
@@ -565,18 +617,31 @@ mod golden {
             byte_count: 3,
             body: Bytes::from_static(b"xyz"),
         };
-        check(m, "0000000000000016 07 00000001 73 0000000000000003 78797a", 22);
+        check(
+            m,
+            "0000000000000016 07 00000001 73 0000000000000003 78797a",
+            22,
+        );
     }
 
     #[test]
     fn golden_stream_failure() {
-        let m = Message::StreamFailure { stream_id: "s".into(), error: "bad".into() };
+        let m = Message::StreamFailure {
+            stream_id: "s".into(),
+            error: "bad".into(),
+        };
         check(m, "0000000000000015 08 00000001 73 00000003 626164", 21);
     }
 
     #[test]
     fn golden_one_way_message() {
-        check(Message::OneWayMessage { body: Bytes::from_static(b"hey") }, "0000000000000010 09 00000003 686579", 16);
+        check(
+            Message::OneWayMessage {
+                body: Bytes::from_static(b"hey"),
+            },
+            "0000000000000010 09 00000003 686579",
+            16,
+        );
     }
 
     #[test]
@@ -587,7 +652,11 @@ mod golden {
             body_byte_count: 4,
             body: Bytes::from_static(b"body"),
         };
-        check(m, "000000000000001e 0a 0000000000000007 00000001 6d 0000000000000004 626f6479", 30);
+        check(
+            m,
+            "000000000000001e 0a 0000000000000007 00000001 6d 0000000000000004 626f6479",
+            30,
+        );
     }
 
     #[test]
@@ -608,7 +677,11 @@ mod golden {
 
     #[test]
     fn golden_merged_block_meta_success() {
-        let m = Message::MergedBlockMetaSuccess { request_id: 13, num_chunks: 2, body: Bytes::from_static(b"bm") };
+        let m = Message::MergedBlockMetaSuccess {
+            request_id: 13,
+            num_chunks: 2,
+            body: Bytes::from_static(b"bm"),
+        };
         check(m, "0000000000000017 0c 000000000000000d 00000002 626d", 23);
     }
 
@@ -617,12 +690,28 @@ mod golden {
         // RpcRequest whose body-length field lies (says 99): the body is the rest of the frame.
         let frame = hex("03 0000000000000001 00000063 6869");
         let m = Message::decode(Bytes::from(frame)).unwrap();
-        assert_eq!(m, Message::RpcRequest { request_id: 1, body: Bytes::from_static(b"hi") });
+        assert_eq!(
+            m,
+            Message::RpcRequest {
+                request_id: 1,
+                body: Bytes::from_static(b"hi")
+            }
+        );
     }
 
     #[test]
     fn truncated_header_is_malformed() {
-        let err = Message::decode(Bytes::from(hex("05 0000000000000001 00000010 6869"))).unwrap_err();
-        assert!(matches!(err, TransportError::MalformedMessage { message_type: "RpcFailure", .. }), "{err}");
+        let err =
+            Message::decode(Bytes::from(hex("05 0000000000000001 00000010 6869"))).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TransportError::MalformedMessage {
+                    message_type: "RpcFailure",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

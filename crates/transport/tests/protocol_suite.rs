@@ -8,12 +8,24 @@ use rpcenv_transport::{Decoded, FrameDecoder, Message, StreamChunkId};
 /// What the decoder yields for `m` once raw bodies are re-attached.
 fn normalized(m: &Message) -> Message {
     match m.clone() {
-        Message::StreamResponse { stream_id, body, .. } => {
-            Message::StreamResponse { stream_id, byte_count: body.len() as u64, body }
-        }
-        Message::UploadStream { request_id, meta, body, .. } => {
-            Message::UploadStream { request_id, meta, body_byte_count: body.len() as u64, body }
-        }
+        Message::StreamResponse {
+            stream_id, body, ..
+        } => Message::StreamResponse {
+            stream_id,
+            byte_count: body.len() as u64,
+            body,
+        },
+        Message::UploadStream {
+            request_id,
+            meta,
+            body,
+            ..
+        } => Message::UploadStream {
+            request_id,
+            meta,
+            body_byte_count: body.len() as u64,
+            body,
+        },
         other => other,
     }
 }
@@ -27,7 +39,11 @@ fn decode_all(wire: &[u8], splits: &[usize]) -> Vec<Message> {
     let mut pos = 0;
     let mut i = 0;
     while pos < wire.len() {
-        let n = splits.get(i).copied().unwrap_or(wire.len()).clamp(1, wire.len() - pos);
+        let n = splits
+            .get(i)
+            .copied()
+            .unwrap_or(wire.len())
+            .clamp(1, wire.len() - pos);
         i += 1;
         buf.extend_from_slice(&wire[pos..pos + n]);
         pos += n;
@@ -47,12 +63,26 @@ fn decode_all(wire: &[u8], splits: &[usize]) -> Vec<Message> {
                         let (m, body) = raw.take().unwrap();
                         let body = body.freeze();
                         out.push(match m {
-                            Message::StreamResponse { stream_id, byte_count, .. } => {
-                                Message::StreamResponse { stream_id, byte_count, body }
-                            }
-                            Message::UploadStream { request_id, meta, body_byte_count, .. } => {
-                                Message::UploadStream { request_id, meta, body_byte_count, body }
-                            }
+                            Message::StreamResponse {
+                                stream_id,
+                                byte_count,
+                                ..
+                            } => Message::StreamResponse {
+                                stream_id,
+                                byte_count,
+                                body,
+                            },
+                            Message::UploadStream {
+                                request_id,
+                                meta,
+                                body_byte_count,
+                                ..
+                            } => Message::UploadStream {
+                                request_id,
+                                meta,
+                                body_byte_count,
+                                body,
+                            },
                             other => panic!("unexpected {other:?}"),
                         });
                     }
@@ -78,17 +108,33 @@ fn bytes(n: usize) -> Bytes {
     Bytes::from((0..n).map(|i| i as u8).collect::<Vec<_>>())
 }
 
-const CHUNK: StreamChunkId = StreamChunkId { stream_id: 1, chunk_index: 2 };
+const CHUNK: StreamChunkId = StreamChunkId {
+    stream_id: 1,
+    chunk_index: 2,
+};
 
 #[test]
 fn protocol_suite_requests() {
     round_trip(&[
         Message::ChunkFetchRequest { chunk: CHUNK },
-        Message::RpcRequest { request_id: 12345, body: Bytes::new() },
-        Message::RpcRequest { request_id: 12345, body: bytes(10) },
-        Message::StreamRequest { stream_id: "abcde".into() },
+        Message::RpcRequest {
+            request_id: 12345,
+            body: Bytes::new(),
+        },
+        Message::RpcRequest {
+            request_id: 12345,
+            body: bytes(10),
+        },
+        Message::StreamRequest {
+            stream_id: "abcde".into(),
+        },
         Message::OneWayMessage { body: bytes(10) },
-        Message::UploadStream { request_id: 1, meta: bytes(3), body_byte_count: 0, body: bytes(100) },
+        Message::UploadStream {
+            request_id: 1,
+            meta: bytes(3),
+            body_byte_count: 0,
+            body: bytes(100),
+        },
         Message::MergedBlockMetaRequest {
             request_id: 19,
             app_id: "app1".into(),
@@ -102,18 +148,53 @@ fn protocol_suite_requests() {
 #[test]
 fn protocol_suite_responses() {
     round_trip(&[
-        Message::ChunkFetchSuccess { chunk: CHUNK, body: bytes(10) },
-        Message::ChunkFetchSuccess { chunk: CHUNK, body: Bytes::new() },
-        Message::ChunkFetchFailure { chunk: CHUNK, error: "this is an error".into() },
-        Message::ChunkFetchFailure { chunk: CHUNK, error: String::new() },
-        Message::RpcResponse { request_id: 12345, body: Bytes::new() },
-        Message::RpcResponse { request_id: 12345, body: bytes(100) },
-        Message::RpcFailure { request_id: 0, error: "this is an error".into() },
-        Message::RpcFailure { request_id: 0, error: String::new() },
+        Message::ChunkFetchSuccess {
+            chunk: CHUNK,
+            body: bytes(10),
+        },
+        Message::ChunkFetchSuccess {
+            chunk: CHUNK,
+            body: Bytes::new(),
+        },
+        Message::ChunkFetchFailure {
+            chunk: CHUNK,
+            error: "this is an error".into(),
+        },
+        Message::ChunkFetchFailure {
+            chunk: CHUNK,
+            error: String::new(),
+        },
+        Message::RpcResponse {
+            request_id: 12345,
+            body: Bytes::new(),
+        },
+        Message::RpcResponse {
+            request_id: 12345,
+            body: bytes(100),
+        },
+        Message::RpcFailure {
+            request_id: 0,
+            error: "this is an error".into(),
+        },
+        Message::RpcFailure {
+            request_id: 0,
+            error: String::new(),
+        },
         // A StreamResponse with a 0-byte body is followed by no raw bytes.
-        Message::StreamResponse { stream_id: "anId".into(), byte_count: 0, body: Bytes::new() },
-        Message::StreamFailure { stream_id: "anId".into(), error: "this is an error".into() },
-        Message::MergedBlockMetaSuccess { request_id: 13, num_chunks: 2, body: bytes(7) },
+        Message::StreamResponse {
+            stream_id: "anId".into(),
+            byte_count: 0,
+            body: Bytes::new(),
+        },
+        Message::StreamFailure {
+            stream_id: "anId".into(),
+            error: "this is an error".into(),
+        },
+        Message::MergedBlockMetaSuccess {
+            request_id: 13,
+            num_chunks: 2,
+            body: bytes(7),
+        },
     ]);
 }
 
@@ -126,35 +207,66 @@ fn arb_string() -> impl Strategy<Value = String> {
 }
 
 fn arb_chunk() -> impl Strategy<Value = StreamChunkId> {
-    (any::<i64>(), any::<i32>()).prop_map(|(stream_id, chunk_index)| StreamChunkId { stream_id, chunk_index })
+    (any::<i64>(), any::<i32>()).prop_map(|(stream_id, chunk_index)| StreamChunkId {
+        stream_id,
+        chunk_index,
+    })
 }
 
 fn arb_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         arb_chunk().prop_map(|chunk| Message::ChunkFetchRequest { chunk }),
-        (arb_chunk(), arb_bytes()).prop_map(|(chunk, body)| Message::ChunkFetchSuccess { chunk, body }),
-        (arb_chunk(), arb_string()).prop_map(|(chunk, error)| Message::ChunkFetchFailure { chunk, error }),
-        (any::<i64>(), arb_bytes()).prop_map(|(request_id, body)| Message::RpcRequest { request_id, body }),
-        (any::<i64>(), arb_bytes()).prop_map(|(request_id, body)| Message::RpcResponse { request_id, body }),
-        (any::<i64>(), arb_string()).prop_map(|(request_id, error)| Message::RpcFailure { request_id, error }),
+        (arb_chunk(), arb_bytes())
+            .prop_map(|(chunk, body)| Message::ChunkFetchSuccess { chunk, body }),
+        (arb_chunk(), arb_string())
+            .prop_map(|(chunk, error)| Message::ChunkFetchFailure { chunk, error }),
+        (any::<i64>(), arb_bytes())
+            .prop_map(|(request_id, body)| Message::RpcRequest { request_id, body }),
+        (any::<i64>(), arb_bytes())
+            .prop_map(|(request_id, body)| Message::RpcResponse { request_id, body }),
+        (any::<i64>(), arb_string())
+            .prop_map(|(request_id, error)| Message::RpcFailure { request_id, error }),
         arb_string().prop_map(|stream_id| Message::StreamRequest { stream_id }),
         (arb_string(), arb_bytes()).prop_map(|(stream_id, body)| Message::StreamResponse {
             stream_id,
             byte_count: 0,
             body
         }),
-        (arb_string(), arb_string()).prop_map(|(stream_id, error)| Message::StreamFailure { stream_id, error }),
+        (arb_string(), arb_string())
+            .prop_map(|(stream_id, error)| Message::StreamFailure { stream_id, error }),
         arb_bytes().prop_map(|body| Message::OneWayMessage { body }),
         (any::<i64>(), arb_bytes(), arb_bytes()).prop_map(|(request_id, meta, body)| {
-            Message::UploadStream { request_id, meta, body_byte_count: 0, body }
-        }),
-        (any::<i64>(), arb_string(), any::<i32>(), any::<i32>(), any::<i32>()).prop_map(
-            |(request_id, app_id, shuffle_id, shuffle_merge_id, reduce_id)| {
-                Message::MergedBlockMetaRequest { request_id, app_id, shuffle_id, shuffle_merge_id, reduce_id }
+            Message::UploadStream {
+                request_id,
+                meta,
+                body_byte_count: 0,
+                body,
             }
-        ),
+        }),
+        (
+            any::<i64>(),
+            arb_string(),
+            any::<i32>(),
+            any::<i32>(),
+            any::<i32>()
+        )
+            .prop_map(
+                |(request_id, app_id, shuffle_id, shuffle_merge_id, reduce_id)| {
+                    Message::MergedBlockMetaRequest {
+                        request_id,
+                        app_id,
+                        shuffle_id,
+                        shuffle_merge_id,
+                        reduce_id,
+                    }
+                }
+            ),
         (any::<i64>(), any::<i32>(), arb_bytes()).prop_map(|(request_id, num_chunks, body)| {
-            Message::MergedBlockMetaSuccess { request_id, num_chunks, body }
+            Message::MergedBlockMetaSuccess {
+                request_id,
+                num_chunks,
+                body,
+            }
         }),
     ]
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use rpcenv_transport::{
-    RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportConf, TransportError,
+    RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportConf,
+    TransportError,
 };
 
 async fn rpc(client: &TransportClient, msg: &str) -> Result<String, TransportError> {
@@ -19,7 +20,10 @@ async fn rpc(client: &TransportClient, msg: &str) -> Result<String, TransportErr
 
 /// Results of several concurrent RPCs: (successes, error texts).
 async fn rpcs(client: &TransportClient, msgs: &[&str]) -> (Vec<String>, Vec<String>) {
-    let futs: Vec<_> = msgs.iter().map(|m| client.send_rpc(Bytes::from(m.to_string()))).collect();
+    let futs: Vec<_> = msgs
+        .iter()
+        .map(|m| client.send_rpc(Bytes::from(m.to_string())))
+        .collect();
     let (mut ok, mut err) = (Vec::new(), Vec::new());
     for f in futs {
         match within(f).await {
@@ -73,17 +77,31 @@ async fn rpc_integration_suite_double_trouble() {
     let (_f, client) = client_of(&server).await;
     let (ok, err) = rpcs(&client, &["return error/OK", "throw error/uh-oh"]).await;
     assert!(ok.is_empty());
-    assert!(err[0].contains("Returned: OK") && err[1].contains("Thrown: uh-oh"), "{err:?}");
+    assert!(
+        err[0].contains("Returned: OK") && err[1].contains("Thrown: uh-oh"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn rpc_integration_suite_send_success_and_failure() {
     let (server, _) = test_server().await;
     let (_f, client) = client_of(&server).await;
-    let (ok, err) =
-        rpcs(&client, &["hello/Bob", "throw error/the", "hello/Builder", "return error/!"]).await;
+    let (ok, err) = rpcs(
+        &client,
+        &[
+            "hello/Bob",
+            "throw error/the",
+            "hello/Builder",
+            "return error/!",
+        ],
+    )
+    .await;
     assert_eq!(ok, vec!["Hello, Bob!", "Hello, Builder!"]);
-    assert!(err[0].contains("Thrown: the") && err[1].contains("Returned: !"), "{err:?}");
+    assert!(
+        err[0].contains("Thrown: the") && err[1].contains("Returned: !"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -91,7 +109,10 @@ async fn rpc_integration_suite_send_one_way_message() {
     let (server, handler) = test_server().await;
     let (_f, client) = client_of(&server).await;
     client.send(Bytes::from("no reply")).unwrap();
-    wait_until("one-way message arrives", || handler.one_way.lock().unwrap().len() == 1).await;
+    wait_until("one-way message arrives", || {
+        handler.one_way.lock().unwrap().len() == 1
+    })
+    .await;
     assert_eq!(handler.one_way.lock().unwrap()[0], "no reply");
 }
 
@@ -102,7 +123,9 @@ async fn rpc_integration_suite_send_rpc_with_stream_one_at_a_time() {
     let (server, _) = test_server().await;
     let (_f, client) = client_of(&server).await;
     for name in UPLOADS {
-        let r = within(client.upload_stream(Bytes::from(name), upload_body(name))).await.unwrap();
+        let r = within(client.upload_stream(Bytes::from(name), upload_body(name)))
+            .await
+            .unwrap();
         assert_eq!(r, name.as_bytes());
     }
 }
@@ -114,7 +137,10 @@ async fn rpc_integration_suite_send_rpc_with_stream_concurrently() {
     let futs: Vec<_> = (0..10)
         .map(|i| {
             let name = UPLOADS[i % UPLOADS.len()];
-            (name, client.upload_stream(Bytes::from(name), upload_body(name)))
+            (
+                name,
+                client.upload_stream(Bytes::from(name), upload_body(name)),
+            )
         })
         .collect();
     for (name, f) in futs {
@@ -134,7 +160,8 @@ async fn rpc_integration_suite_send_rpc_with_stream_failures() {
     .await
     .unwrap_err();
     assert!(e.to_string().contains("Failure post-processing"), "{e}");
-    let ok = within(client.upload_stream(Bytes::from("smallBuffer"), upload_body("smallBuffer"))).await;
+    let ok =
+        within(client.upload_stream(Bytes::from("smallBuffer"), upload_body("smallBuffer"))).await;
     assert_eq!(ok.unwrap(), "smallBuffer".as_bytes());
 }
 
@@ -142,7 +169,10 @@ async fn rpc_integration_suite_send_rpc_with_stream_failures() {
 async fn responder_moved_to_another_thread_answers_later() {
     let (server, _) = test_server().await;
     let (_f, client) = client_of(&server).await;
-    assert_eq!(rpc(&client, "later").await.unwrap(), "answered from a thread");
+    assert_eq!(
+        rpc(&client, "later").await.unwrap(),
+        "answered from a thread"
+    );
 }
 
 #[tokio::test]
@@ -166,9 +196,14 @@ async fn large_rpc_bodies_round_trip() {
 async fn many_pipelined_rpcs_complete() {
     let (server, _) = test_server().await;
     let (_f, client) = client_of(&server).await;
-    let futs: Vec<_> = (0..5000u32).map(|i| client.send_rpc(Bytes::from(i.to_be_bytes().to_vec()))).collect();
+    let futs: Vec<_> = (0..5000u32)
+        .map(|i| client.send_rpc(Bytes::from(i.to_be_bytes().to_vec())))
+        .collect();
     for (i, f) in futs.into_iter().enumerate() {
-        assert_eq!(within(f).await.unwrap(), (i as u32).to_be_bytes().as_slice());
+        assert_eq!(
+            within(f).await.unwrap(),
+            (i as u32).to_be_bytes().as_slice()
+        );
     }
 }
 
@@ -177,10 +212,19 @@ async fn cancelled_rpc_is_removed_and_late_answer_dropped() {
     let (server, handler) = test_server().await;
     let (_f, client) = client_of(&server).await;
     let fut = client.send_rpc(Bytes::from("withhold"));
-    wait_until("request reaches the handler", || handler.withheld.lock().unwrap().len() == 1).await;
+    wait_until("request reaches the handler", || {
+        handler.withheld.lock().unwrap().len() == 1
+    })
+    .await;
     drop(fut);
     // Answer it now: the client must drop the late answer and keep working.
-    handler.withheld.lock().unwrap().pop().unwrap().respond(Bytes::from("late"));
+    handler
+        .withheld
+        .lock()
+        .unwrap()
+        .pop()
+        .unwrap()
+        .respond(Bytes::from("late"));
     assert_eq!(rpc(&client, "hello/x").await.unwrap(), "Hello, x!");
 }
 
@@ -206,22 +250,37 @@ impl RpcHandler for CallBack {
 #[tokio::test]
 async fn server_issues_requests_over_an_accepted_connection() {
     let server = server_with(TransportConf::default(), Arc::new(CallBack)).await;
-    let factory = TransportClientFactory::new(TransportConf::default(), Arc::new(TestHandler::default()));
-    let client = factory.create_client("127.0.0.1", server.port()).await.unwrap();
-    assert_eq!(rpc(&client, "call me back").await.unwrap(), "Hello, server!");
+    let factory =
+        TransportClientFactory::new(TransportConf::default(), Arc::new(TestHandler::default()));
+    let client = factory
+        .create_client("127.0.0.1", server.port())
+        .await
+        .unwrap();
+    assert_eq!(
+        rpc(&client, "call me back").await.unwrap(),
+        "Hello, server!"
+    );
 }
 
 #[tokio::test]
 async fn closed_connection_fails_all_outstanding_requests_at_once() {
     let (server, handler) = test_server().await;
     let (_f, client) = client_of(&server).await;
-    let futs: Vec<_> = (0..3).map(|_| client.send_rpc(Bytes::from("withhold"))).collect();
-    wait_until("requests reach the handler", || handler.withheld.lock().unwrap().len() == 3).await;
+    let futs: Vec<_> = (0..3)
+        .map(|_| client.send_rpc(Bytes::from("withhold")))
+        .collect();
+    wait_until("requests reach the handler", || {
+        handler.withheld.lock().unwrap().len() == 3
+    })
+    .await;
     server.close();
     for f in futs {
         let e = within(f).await.unwrap_err();
         assert!(matches!(e, TransportError::ConnectionClosed { .. }), "{e}");
-        assert!(e.to_string().contains(&server.local_addr().to_string()), "{e}");
+        assert!(
+            e.to_string().contains(&server.local_addr().to_string()),
+            "{e}"
+        );
     }
     wait_until("client inactive", || !client.is_active()).await;
     assert!(client.send(Bytes::from("x")).is_err());
@@ -234,30 +293,49 @@ async fn client_close_fails_outstanding_and_notifies_both_sides() {
     let (server, handler) = test_server().await;
     let (_f, client) = client_of(&server).await;
     let fut = client.send_rpc(Bytes::from("withhold"));
-    wait_until("request reaches the handler", || handler.withheld.lock().unwrap().len() == 1).await;
+    wait_until("request reaches the handler", || {
+        handler.withheld.lock().unwrap().len() == 1
+    })
+    .await;
     client.close();
     assert!(!client.is_active());
     let e = within(fut).await.unwrap_err();
-    assert_eq!(e.to_string(), format!("Connection from {} closed", server.local_addr()));
-    wait_until("server side inactive", || handler.inactive.lock().unwrap().len() == 1).await;
+    assert_eq!(
+        e.to_string(),
+        format!("Connection from {} closed", server.local_addr())
+    );
+    wait_until("server side inactive", || {
+        handler.inactive.lock().unwrap().len() == 1
+    })
+    .await;
     assert_eq!(handler.active.lock().unwrap().len(), 1);
 }
 
 #[test]
 fn send_rpc_sync_works_from_a_plain_thread_and_refuses_runtime_threads() {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let (server, client) = rt.block_on(async {
         let (server, _) = test_server().await;
         let (f, client) = client_of(&server).await;
         std::mem::forget(f);
         (server, client)
     });
-    let r = client.send_rpc_sync(Bytes::from("hello/sync"), DEADLINE).unwrap();
+    let r = client
+        .send_rpc_sync(Bytes::from("hello/sync"), DEADLINE)
+        .unwrap();
     assert_eq!(r, "Hello, sync!".as_bytes());
-    let e = client.send_rpc_sync(Bytes::from("withhold"), Duration::from_millis(50)).unwrap_err();
+    let e = client
+        .send_rpc_sync(Bytes::from("withhold"), Duration::from_millis(50))
+        .unwrap_err();
     assert!(matches!(e, TransportError::Timeout { .. }), "{e}");
     let c2 = client.clone();
-    let e = rt.block_on(async move { c2.send_rpc_sync(Bytes::from("hello/x"), DEADLINE) }).unwrap_err();
+    let e = rt
+        .block_on(async move { c2.send_rpc_sync(Bytes::from("hello/x"), DEADLINE) })
+        .unwrap_err();
     assert!(matches!(e, TransportError::BlockingInRuntime { .. }), "{e}");
     drop(server);
 }

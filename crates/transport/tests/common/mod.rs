@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rpcenv_transport::{
-    RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportConf, TransportError,
-    TransportServer,
+    RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportConf,
+    TransportError, TransportServer,
 };
 
 /// Generous deadline for conditions that should hold quickly.
@@ -17,14 +17,19 @@ pub const DEADLINE: Duration = Duration::from_secs(20);
 pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !cond() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
 /// Await `fut` with the generous deadline.
 pub async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(DEADLINE, fut).await.expect("operation did not finish within the deadline")
+    tokio::time::timeout(DEADLINE, fut)
+        .await
+        .expect("operation did not finish within the deadline")
 }
 
 /// Enable logs when RUST_LOG is set.
@@ -64,7 +69,9 @@ impl RpcHandler for TestHandler {
             "throw error" => panic!("Thrown: {arg}"),
             "withhold" => self.withheld.lock().unwrap().push(responder),
             "later" => {
-                std::thread::spawn(move || responder.respond(Bytes::from("answered from a thread")));
+                std::thread::spawn(move || {
+                    responder.respond(Bytes::from("answered from a thread"))
+                });
             }
             "drop" => drop(responder),
             _ => responder.respond(message),
@@ -72,10 +79,19 @@ impl RpcHandler for TestHandler {
     }
 
     fn receive_one_way(&self, _client: &TransportClient, message: Bytes) {
-        self.one_way.lock().unwrap().push(String::from_utf8(message.to_vec()).unwrap());
+        self.one_way
+            .lock()
+            .unwrap()
+            .push(String::from_utf8(message.to_vec()).unwrap());
     }
 
-    fn receive_stream(&self, _client: &TransportClient, meta: Bytes, body: Bytes, responder: RpcResponder) {
+    fn receive_stream(
+        &self,
+        _client: &TransportClient,
+        meta: Bytes,
+        body: Bytes,
+        responder: RpcResponder,
+    ) {
         let meta = String::from_utf8(meta.to_vec()).unwrap();
         let name = meta.rsplit('/').next().unwrap().to_string();
         if meta.starts_with("fail/exception-oncomplete/") {
@@ -84,7 +100,11 @@ impl RpcHandler for TestHandler {
         }
         let expected = upload_body(&name);
         if body != expected {
-            responder.fail(format!("body of {name} differs: {} vs {} bytes", body.len(), expected.len()));
+            responder.fail(format!(
+                "body of {name} differs: {} vs {} bytes",
+                body.len(),
+                expected.len()
+            ));
             return;
         }
         responder.respond(Bytes::from(name));
@@ -99,7 +119,12 @@ impl RpcHandler for TestHandler {
         }
     }
 
-    fn get_chunk(&self, _client: &TransportClient, stream_id: i64, chunk_index: i32) -> Result<Bytes, String> {
+    fn get_chunk(
+        &self,
+        _client: &TransportClient,
+        stream_id: i64,
+        chunk_index: i32,
+    ) -> Result<Bytes, String> {
         match (stream_id, chunk_index) {
             (1, 0) => Ok(pattern(100_000)),
             (1, 1) => Ok(pattern(1024 - 25)),
@@ -133,18 +158,27 @@ pub fn upload_body(name: &str) -> Bytes {
 
 /// A server on 127.0.0.1:0 with `handler`.
 pub async fn server_with(conf: TransportConf, handler: Arc<dyn RpcHandler>) -> TransportServer {
-    TransportServer::bind(conf, "127.0.0.1", 0, handler).await.expect("bind")
+    TransportServer::bind(conf, "127.0.0.1", 0, handler)
+        .await
+        .expect("bind")
 }
 
 /// A server with a fresh TestHandler, and the handler.
 pub async fn test_server() -> (TransportServer, Arc<TestHandler>) {
     let handler = Arc::new(TestHandler::default());
-    (server_with(TransportConf::default(), handler.clone()).await, handler)
+    (
+        server_with(TransportConf::default(), handler.clone()).await,
+        handler,
+    )
 }
 
 /// A client of `server` from a fresh factory (whose handler is a TestHandler too).
 pub async fn client_of(server: &TransportServer) -> (TransportClientFactory, TransportClient) {
-    let factory = TransportClientFactory::new(TransportConf::default(), Arc::new(TestHandler::default()));
-    let client = factory.create_client("127.0.0.1", server.port()).await.expect("connect");
+    let factory =
+        TransportClientFactory::new(TransportConf::default(), Arc::new(TestHandler::default()));
+    let client = factory
+        .create_client("127.0.0.1", server.port())
+        .await
+        .expect("connect");
     (factory, client)
 }

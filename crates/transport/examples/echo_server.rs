@@ -1,0 +1,133 @@
+//! An echo server speaking Spark's transport protocol, for interop tests.
+//!
+//! `echo_server [--host H] [--port P]` (defaults 127.0.0.1 and 0). The first stdout line is
+//! `listening on HOST:PORT`; it runs until killed. It answers:
+//! - RpcRequest: RpcResponse with the same bytes;
+//! - OneWayMessage: counted;
+//! - StreamRequest `bytes/<n>`: StreamResponse of n bytes, byte i = `i % 251`; any other id:
+//!   StreamFailure `Stream '<id>' was not found.`;
+//! - ChunkFetchRequest(stream 1, chunk i): ChunkFetchSuccess of i*1000 bytes of the same pattern;
+//!   any other stream: ChunkFetchFailure;
+//! - UploadStream: RpcResponse with the uploaded body.
+//!
+//! Streams and chunks are capped at 64 MiB of data; above that the failure says so.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use rpcenv_transport::{RpcHandler, RpcResponder, TransportClient, TransportConf, TransportServer};
+
+const MAX_DATA: u64 = 64 << 20;
+
+#[derive(Default)]
+struct Echo {
+    one_way: AtomicU64,
+}
+
+fn pattern(n: usize) -> Bytes {
+    Bytes::from((0..n).map(|i| (i % 251) as u8).collect::<Vec<_>>())
+}
+
+impl RpcHandler for Echo {
+    fn receive(&self, _client: &TransportClient, message: Bytes, responder: RpcResponder) {
+        responder.respond(message);
+    }
+
+    fn receive_one_way(&self, _client: &TransportClient, _message: Bytes) {
+        let n = self.one_way.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::debug!(count = n, "one-way message");
+    }
+
+    fn receive_stream(
+        &self,
+        _client: &TransportClient,
+        _meta: Bytes,
+        body: Bytes,
+        responder: RpcResponder,
+    ) {
+        responder.respond(body);
+    }
+
+    fn open_stream(&self, _client: &TransportClient, stream_id: &str) -> Result<Bytes, String> {
+        let not_found = || format!("Stream '{stream_id}' was not found.");
+        let n: u64 = stream_id
+            .strip_prefix("bytes/")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(not_found)?;
+        if n > MAX_DATA {
+            return Err(format!(
+                "Stream '{stream_id}' asks for {n} bytes, more than the 64 MiB this server serves."
+            ));
+        }
+        Ok(pattern(n as usize))
+    }
+
+    fn get_chunk(
+        &self,
+        _client: &TransportClient,
+        stream_id: i64,
+        chunk_index: i32,
+    ) -> Result<Bytes, String> {
+        if stream_id != 1 {
+            return Err(format!("Stream {stream_id} was not found."));
+        }
+        if chunk_index < 0 {
+            return Err(format!("Chunk index {chunk_index} is negative."));
+        }
+        let n = chunk_index as u64 * 1000;
+        if n > MAX_DATA {
+            return Err(format!(
+                "Chunk {chunk_index} would be {n} bytes, more than the 64 MiB this server serves."
+            ));
+        }
+        Ok(pattern(n as usize))
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: echo_server [--host HOST] [--port PORT]");
+    std::process::exit(2);
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+    let (mut host, mut port) = ("127.0.0.1".to_string(), 0u16);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--host" => host = args.next().unwrap_or_else(|| usage()),
+            "--port" => {
+                port = args
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_else(|| usage())
+            }
+            _ => usage(),
+        }
+    }
+    let server = match TransportServer::bind(
+        TransportConf::default(),
+        &host,
+        port,
+        Arc::new(Echo::default()),
+    )
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("echo_server: {e}");
+            std::process::exit(1);
+        }
+    };
+    let addr = server.local_addr();
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "listening on {}:{}", addr.ip(), addr.port());
+    let _ = out.flush();
+    std::future::pending::<()>().await;
+}
