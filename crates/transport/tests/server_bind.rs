@@ -67,6 +67,10 @@ async fn privileged_ports_are_refused() {
 async fn close_stops_accepting_and_releases_the_port() {
     let (server, handler) = test_server().await;
     let (_f, client) = client_of(&server).await;
+    // Make sure the server has accepted the connection before closing.
+    within(client.send_rpc(bytes::Bytes::from("hello/x")))
+        .await
+        .unwrap();
     server.close();
     within(server.closed()).await;
     wait_until("client sees the close", || !client.is_active()).await;
