@@ -1,0 +1,192 @@
+//! [`RpcCallContext`]: the asker's side of an ask, handed to `receive_and_reply`.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use crate::address::RpcAddress;
+use crate::error::{BoxError, Failure, FailureKind, RpcError};
+use crate::message::RpcReply;
+use crate::reply::{ReplySlot, ReplyValue};
+
+/// Where the reply of one ask goes.
+#[derive(Clone)]
+pub(crate) enum ReplyTarget {
+    /// An ask from this env: the reply value is moved into the asker's slot.
+    Local(Arc<ReplySlot>),
+}
+
+impl ReplyTarget {
+    fn complete(&self, result: Result<ReplyValue, RpcError>) {
+        match self {
+            ReplyTarget::Local(slot) => {
+                slot.complete(result);
+            }
+        }
+    }
+
+    /// Identifies the ask this target answers (for matching without cloning).
+    pub(crate) fn id(&self) -> usize {
+        match self {
+            ReplyTarget::Local(slot) => Arc::as_ptr(slot) as *const () as usize,
+        }
+    }
+}
+
+/// The means to answer one ask: reply with a value, or send a failure back.
+///
+/// It is `Send`: a handler may move it to another thread (or task) and answer later. It is
+/// consumed by the answer, so an ask is answered at most once. Dropping it unanswered fails the
+/// ask at once with [`RpcError::NoReply`] (or the handler's error, if the handler returned one),
+/// so the asker never waits for a timeout that cannot end differently.
+///
+/// ```
+/// use rpcenv::{EndpointCtx, HandlerResult, RpcCallContext, RpcEndpoint, RpcEnv};
+///
+/// struct Doubler;
+/// impl RpcEndpoint for Doubler {
+///     type Message = u64;
+///     fn receive_and_reply(&mut self, _: &EndpointCtx<u64>, n: u64, ctx: RpcCallContext) -> HandlerResult {
+///         // Answer later, from another thread.
+///         std::thread::spawn(move || ctx.reply(n * 2));
+///         Ok(())
+///     }
+/// }
+///
+/// let env = RpcEnv::builder("doc").client_mode(true).build()?;
+/// let doubler = env.setup_endpoint("doubler", Doubler)?;
+/// assert_eq!(doubler.ask_sync::<u64>(21)?, 42);
+/// env.shutdown();
+/// # Ok::<(), rpcenv::RpcError>(())
+/// ```
+pub struct RpcCallContext {
+    target: Option<ReplyTarget>,
+    sender: Option<RpcAddress>,
+    endpoint: Arc<str>,
+}
+
+impl RpcCallContext {
+    pub(crate) fn new(target: ReplyTarget, sender: Option<RpcAddress>, endpoint: Arc<str>) -> Self {
+        RpcCallContext {
+            target: Some(target),
+            sender,
+            endpoint,
+        }
+    }
+
+    /// Answers the ask with `value`.
+    pub fn reply<R: RpcReply>(mut self, value: R) {
+        if let Some(target) = self.target.take() {
+            target.complete(Ok(ReplyValue::local(value)));
+        }
+    }
+
+    /// Answers the ask with a failure; the asker's future fails with [`RpcError::Failed`] whose
+    /// [`Failure`] carries `error`'s message (and, locally, the error itself).
+    pub fn send_failure(mut self, error: impl Into<BoxError>) {
+        if let Some(target) = self.target.take() {
+            let error: BoxError = error.into();
+            let failure = Failure::from_error(FailureKind::Reported, Arc::from(error));
+            target.complete(Err(self.failed(failure)));
+        }
+    }
+
+    /// The address of the env that sent the ask (`None` when it came from a client-mode env in
+    /// this process).
+    pub fn sender_address(&self) -> Option<&RpcAddress> {
+        self.sender.as_ref()
+    }
+
+    pub(crate) fn target(&self) -> Option<&ReplyTarget> {
+        self.target.as_ref()
+    }
+
+    /// Fails the ask with `error` (used when the message could not be delivered).
+    pub(crate) fn fail(mut self, error: RpcError) {
+        if let Some(target) = self.target.take() {
+            target.complete(Err(error));
+        }
+    }
+
+    fn failed(&self, failure: Failure) -> RpcError {
+        RpcError::Failed {
+            endpoint: self.endpoint.to_string(),
+            failure,
+        }
+    }
+}
+
+impl Drop for RpcCallContext {
+    fn drop(&mut self) {
+        let Some(target) = self.target.take() else {
+            return;
+        };
+        // Dropped inside a handler call (or while it unwinds): the dispatcher answers once the
+        // handler has returned, with the handler's error if it returned one.
+        let deferred = HANDLER_SCOPE.with(|scope| match &mut *scope.borrow_mut() {
+            Some(dropped) => {
+                dropped.push((target.clone(), self.endpoint.clone()));
+                true
+            }
+            None => false,
+        });
+        if !deferred {
+            target.complete(Err(RpcError::NoReply {
+                endpoint: self.endpoint.to_string(),
+            }));
+        }
+    }
+}
+
+impl std::fmt::Debug for RpcCallContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcCallContext")
+            .field("endpoint", &self.endpoint)
+            .field("sender", &self.sender)
+            .field("answered", &self.target.is_none())
+            .finish()
+    }
+}
+
+/// Call contexts dropped unanswered during a handler call: their targets and endpoint names.
+type Dropped = Vec<(ReplyTarget, Arc<str>)>;
+
+thread_local! {
+    /// While a handler runs on this thread: the call contexts it dropped unanswered.
+    static HANDLER_SCOPE: RefCell<Option<Dropped>> = const { RefCell::new(None) };
+}
+
+/// How a `receive_and_reply` call ended, for answering a context it dropped unanswered.
+pub(crate) enum CallOutcome {
+    Returned,
+    Failed(Failure),
+}
+
+/// Runs `f` (a handler call) and then answers every call context it dropped unanswered: the one
+/// of the current ask (`current`) with `outcome(result)`, any other with [`RpcError::NoReply`].
+pub(crate) fn with_handler_scope<T>(
+    current: Option<usize>,
+    f: impl FnOnce() -> T,
+    outcome: impl FnOnce(&T) -> CallOutcome,
+) -> T {
+    let outer = HANDLER_SCOPE.with(|s| s.borrow_mut().replace(Vec::new()));
+    let result = f();
+    let dropped = HANDLER_SCOPE.with(|s| std::mem::replace(&mut *s.borrow_mut(), outer));
+    let dropped = dropped.unwrap_or_default();
+    if !dropped.is_empty() {
+        let mut outcome = Some(outcome(&result));
+        for (target, endpoint) in dropped {
+            let is_current = current == Some(target.id());
+            let error = match (is_current, outcome.take_if(|_| is_current)) {
+                (true, Some(CallOutcome::Failed(failure))) => RpcError::Failed {
+                    endpoint: endpoint.to_string(),
+                    failure,
+                },
+                _ => RpcError::NoReply {
+                    endpoint: endpoint.to_string(),
+                },
+            };
+            target.complete(Err(error));
+        }
+    }
+    result
+}

@@ -1,0 +1,336 @@
+//! The [`Dispatcher`]: the registry of an env's endpoints (name -> inbox) and the message loops
+//! whose threads run the inboxes.
+//!
+//! Normal endpoints share one loop of `rpc.netty.dispatcher.numThreads` threads
+//! (`dispatcher-event-loop-N`); an isolated endpoint gets a loop of its own (`dispatcher-<name>`),
+//! so a busy shared pool cannot starve it and it cannot starve the others.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use crate::address::RpcAddress;
+use crate::endpoint::EndpointCtx;
+use crate::endpoint_ref::{Mailbox, RpcEndpointRef};
+use crate::error::RpcError;
+use crate::inbox::{Behaviour, Inbox, InboxMessage, Job, Scheduler, TerminationListener};
+use crate::message::RpcMessage;
+
+thread_local! {
+    static ON_MESSAGE_LOOP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the current thread is a message loop thread (a handler is running on it).
+pub(crate) fn on_message_loop_thread() -> bool {
+    ON_MESSAGE_LOOP.with(Cell::get)
+}
+
+/// A pool of threads running inboxes that need a thread.
+pub(crate) struct MessageLoop {
+    tx: crossbeam_channel::Sender<Job>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    size: usize,
+}
+
+impl MessageLoop {
+    pub(crate) fn start(name: impl Fn(usize) -> String, size: usize) -> std::io::Result<Arc<Self>> {
+        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let mut threads = Vec::with_capacity(size);
+        for i in 0..size {
+            let rx = rx.clone();
+            let handle = std::thread::Builder::new().name(name(i)).spawn(move || {
+                ON_MESSAGE_LOOP.with(|f| f.set(true));
+                while let Ok(job) = rx.recv() {
+                    match job {
+                        Job::Run(inbox) => inbox.run(),
+                        Job::Exit => break,
+                    }
+                }
+            });
+            match handle {
+                Ok(h) => threads.push(h),
+                Err(e) => {
+                    for _ in 0..threads.len() {
+                        let _ = tx.send(Job::Exit);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Arc::new(MessageLoop {
+            tx,
+            threads: Mutex::new(threads),
+            size,
+        }))
+    }
+
+    pub(crate) fn scheduler(&self) -> Scheduler {
+        Scheduler::Loop(self.tx.clone())
+    }
+
+    /// Asks every thread to exit once the jobs queued before are done.
+    fn signal_exit(&self) {
+        for _ in 0..self.size {
+            let _ = self.tx.send(Job::Exit);
+        }
+    }
+
+    /// Waits for the threads to exit (never for the calling thread itself).
+    fn join(&self) {
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let me = std::thread::current().id();
+        for t in threads {
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// A network event every endpoint hears about.
+#[allow(dead_code)] // raised by the network layer
+pub(crate) enum Event {
+    Connected(RpcAddress),
+    Disconnected(RpcAddress),
+    NetworkError(Arc<RpcError>, RpcAddress),
+}
+
+/// What the dispatcher needs of an inbox whatever its message type.
+pub(crate) trait InboxControl: Send + Sync {
+    fn stop(&self) -> bool;
+    #[allow(dead_code)] // used by the network layer
+    fn post_event(&self, event: &Event);
+}
+
+impl<B: Behaviour> InboxControl for Inbox<B> {
+    fn stop(&self) -> bool {
+        Inbox::stop(self)
+    }
+
+    fn post_event(&self, event: &Event) {
+        let message = match event {
+            Event::Connected(a) => InboxMessage::Connected(a.clone()),
+            Event::Disconnected(a) => InboxMessage::Disconnected(a.clone()),
+            Event::NetworkError(e, a) => InboxMessage::NetworkError(e.clone(), a.clone()),
+        };
+        // A stopped endpoint no longer hears network events.
+        let _ = self.post(message);
+    }
+}
+
+struct Registration {
+    control: Arc<dyn InboxControl>,
+    /// The endpoint's `RpcEndpointRef<M>`, for typed lookups.
+    endpoint_ref: Box<dyn Any + Send + Sync>,
+    protocol: Cow<'static, str>,
+}
+
+/// Counts endpoints that have not yet run `on_stop`.
+struct Live {
+    count: Mutex<usize>,
+    cond: Condvar,
+}
+
+impl TerminationListener for Live {
+    fn terminated(&self, name: &str) {
+        tracing::debug!(endpoint = name, "endpoint stopped");
+        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            self.cond.notify_all();
+        }
+    }
+}
+
+/// Ends a dedicated loop when its endpoint has stopped.
+struct DedicatedTermination {
+    live: Arc<Live>,
+    message_loop: Arc<MessageLoop>,
+}
+
+impl TerminationListener for DedicatedTermination {
+    fn terminated(&self, name: &str) {
+        self.message_loop.signal_exit();
+        self.live.terminated(name);
+    }
+}
+
+/// A failed typed lookup.
+pub(crate) enum LookupError {
+    NotFound,
+    WrongType { actual: Cow<'static, str> },
+}
+
+/// The registry of endpoints and the loops that run them.
+pub(crate) struct Dispatcher {
+    endpoints: RwLock<HashMap<Arc<str>, Registration>>,
+    stopped: Arc<AtomicBool>,
+    shared_loop: Arc<MessageLoop>,
+    dedicated: Mutex<Vec<Arc<MessageLoop>>>,
+    live: Arc<Live>,
+}
+
+impl Dispatcher {
+    pub(crate) fn new(threads: usize) -> std::io::Result<Self> {
+        let shared_loop =
+            MessageLoop::start(|i| format!("dispatcher-event-loop-{i}"), threads.max(1))?;
+        Ok(Dispatcher {
+            endpoints: RwLock::new(HashMap::new()),
+            stopped: Arc::new(AtomicBool::new(false)),
+            shared_loop,
+            dedicated: Mutex::new(Vec::new()),
+            live: Arc::new(Live {
+                count: Mutex::new(0),
+                cond: Condvar::new(),
+            }),
+        })
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Registers an endpoint under `name` and schedules its `on_start`.
+    pub(crate) fn register<B: Behaviour>(
+        &self,
+        name: &str,
+        behaviour: B,
+        dedicated_threads: usize,
+        make_ref: impl FnOnce(Arc<dyn Mailbox<B::Message>>) -> RpcEndpointRef<B::Message>,
+        make_ctx: impl FnOnce(RpcEndpointRef<B::Message>) -> EndpointCtx<B::Message>,
+    ) -> Result<RpcEndpointRef<B::Message>, RpcError> {
+        let mut endpoints = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
+        if self.is_stopped() {
+            return Err(RpcError::EnvStopped);
+        }
+        if endpoints.contains_key(name) {
+            return Err(RpcError::AlreadyRegistered {
+                name: name.to_string(),
+            });
+        }
+        let (scheduler, max_threads, listener): (_, _, Arc<dyn TerminationListener>) =
+            if dedicated_threads > 0 {
+                let threads = if B::CONCURRENT { dedicated_threads } else { 1 };
+                let message_loop = MessageLoop::start(|_| format!("dispatcher-{name}"), threads)
+                    .map_err(|e| RpcError::Startup {
+                        name: name.to_string(),
+                        reason: format!("cannot start the endpoint's message loop: {e}"),
+                    })?;
+                self.dedicated
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(message_loop.clone());
+                let listener = Arc::new(DedicatedTermination {
+                    live: self.live.clone(),
+                    message_loop: message_loop.clone(),
+                });
+                (message_loop.scheduler(), threads, listener)
+            } else {
+                (
+                    self.shared_loop.scheduler(),
+                    self.shared_loop.size,
+                    self.live.clone(),
+                )
+            };
+        let name: Arc<str> = name.into();
+        let inbox = Inbox::<B>::new(
+            name.clone(),
+            scheduler,
+            max_threads,
+            self.stopped.clone(),
+            Some(listener),
+        );
+        let endpoint_ref = make_ref(inbox.clone());
+        let ctx = make_ctx(endpoint_ref.clone());
+        *self.live.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        endpoints.insert(
+            name,
+            Registration {
+                control: inbox.clone(),
+                endpoint_ref: Box::new(endpoint_ref.clone()),
+                protocol: B::Message::protocol_name(),
+            },
+        );
+        drop(endpoints);
+        inbox.install(behaviour, ctx);
+        Ok(endpoint_ref)
+    }
+
+    /// The ref of a registered endpoint, if its message type is `M`.
+    pub(crate) fn lookup<M: RpcMessage>(
+        &self,
+        name: &str,
+    ) -> Result<RpcEndpointRef<M>, LookupError> {
+        let endpoints = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
+        let reg = endpoints.get(name).ok_or(LookupError::NotFound)?;
+        reg.endpoint_ref
+            .downcast_ref::<RpcEndpointRef<M>>()
+            .cloned()
+            .ok_or_else(|| LookupError::WrongType {
+                actual: reg.protocol.clone(),
+            })
+    }
+
+    /// The protocol name of a registered endpoint's message type.
+    #[allow(dead_code)] // used by the endpoint verifier
+    pub(crate) fn protocol_of(&self, name: &str) -> Option<Cow<'static, str>> {
+        let endpoints = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
+        endpoints.get(name).map(|r| r.protocol.clone())
+    }
+
+    /// Unregisters the endpoint called `name` (if it is the one behind `control`) and queues its
+    /// `on_stop`. Idempotent.
+    pub(crate) fn stop_endpoint(&self, name: &str, control: &dyn InboxControl) {
+        {
+            let mut endpoints = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
+            let same = endpoints.get(name).is_some_and(|r| {
+                std::ptr::addr_eq(Arc::as_ptr(&r.control), control as *const dyn InboxControl)
+            });
+            if same {
+                endpoints.remove(name);
+            }
+        }
+        control.stop();
+    }
+
+    /// Tells every endpoint of a network event.
+    #[allow(dead_code)] // used by the network layer
+    pub(crate) fn post_to_all(&self, event: Event) {
+        let endpoints = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
+        for reg in endpoints.values() {
+            reg.control.post_event(&event);
+        }
+    }
+
+    /// Refuses new endpoints and messages, stops every endpoint (each runs `on_stop` after its
+    /// queued messages), waits until all have, and ends the loops. Must not run on a loop thread.
+    pub(crate) fn shutdown(&self) {
+        let registrations: Vec<Registration> = {
+            let mut endpoints = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
+            self.stopped.store(true, Ordering::Release);
+            endpoints.drain().map(|(_, r)| r).collect()
+        };
+        for reg in &registrations {
+            reg.control.stop();
+        }
+        drop(registrations);
+        {
+            let mut n = self.live.count.lock().unwrap_or_else(|p| p.into_inner());
+            while *n > 0 {
+                n = self.live.cond.wait(n).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        self.shared_loop.signal_exit();
+        self.shared_loop.join();
+        let dedicated =
+            std::mem::take(&mut *self.dedicated.lock().unwrap_or_else(|p| p.into_inner()));
+        for l in dedicated {
+            l.signal_exit();
+            l.join();
+        }
+    }
+}

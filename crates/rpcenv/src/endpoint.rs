@@ -1,0 +1,416 @@
+//! The endpoint traits: [`RpcEndpoint`] (one message at a time, `&mut self`) and
+//! [`ConcurrentRpcEndpoint`] (`&self`, may run on several loop threads at once), and
+//! [`EndpointCtx`], what every callback is handed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Weak;
+
+use crate::address::RpcAddress;
+use crate::call_context::RpcCallContext;
+use crate::endpoint_ref::RpcEndpointRef;
+use crate::env::{EnvInner, RpcEnv};
+use crate::error::{HandlerResult, RpcError};
+use crate::message::RpcMessage;
+
+/// An endpoint that processes one message at a time (Spark's `ThreadSafeRpcEndpoint`).
+///
+/// Callbacks run on the env's message loop threads, never two at once for one endpoint, in the
+/// order the messages were posted; the effects of one are visible to the next. `on_start` runs
+/// first and `on_stop` last. Handlers are synchronous: long or blocking work belongs elsewhere
+/// (spawn it on [`EndpointCtx::runtime`] and answer the [`RpcCallContext`] from there).
+///
+/// Every callback may return an error (any `Box<dyn Error>`-convertible error, via `?`); it is
+/// handed to [`on_error`](Self::on_error). A panic is caught and reported the same way: the loop
+/// thread survives, and an asker gets a failure.
+///
+/// ```
+/// use rpcenv::{EndpointCtx, HandlerResult, RpcCallContext, RpcEndpoint, RpcEnv};
+///
+/// struct Echo;
+/// impl RpcEndpoint for Echo {
+///     type Message = String;
+///     fn receive_and_reply(&mut self, _: &EndpointCtx<String>, msg: String, ctx: RpcCallContext) -> HandlerResult {
+///         ctx.reply(msg);
+///         Ok(())
+///     }
+/// }
+///
+/// let env = RpcEnv::builder("doc").client_mode(true).build()?;
+/// let echo = env.setup_endpoint("echo", Echo)?;
+/// assert_eq!(echo.ask_sync::<String>("hello".to_string())?, "hello");
+/// env.shutdown();
+/// # Ok::<(), rpcenv::RpcError>(())
+/// ```
+pub trait RpcEndpoint: Send + 'static {
+    /// The messages this endpoint accepts.
+    type Message: RpcMessage;
+
+    /// Called once, first, before any message.
+    fn on_start(&mut self, ctx: &EndpointCtx<Self::Message>) -> HandlerResult {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// A message sent with [`RpcEndpointRef::send`]. The default reports
+    /// [`RpcError::NotImplemented`] to `on_error`.
+    fn receive(
+        &mut self,
+        ctx: &EndpointCtx<Self::Message>,
+        message: Self::Message,
+    ) -> HandlerResult {
+        let _ = message;
+        Err(not_implemented(ctx, "receive"))
+    }
+
+    /// A message sent with [`RpcEndpointRef::ask`]; answer through `reply`, now or later. The
+    /// default answers the asker with a failure.
+    fn receive_and_reply(
+        &mut self,
+        ctx: &EndpointCtx<Self::Message>,
+        message: Self::Message,
+        reply: RpcCallContext,
+    ) -> HandlerResult {
+        let _ = message;
+        reply_not_implemented(ctx, reply);
+        Ok(())
+    }
+
+    /// An error raised by another callback of this endpoint. The default logs it.
+    fn on_error(&mut self, ctx: &EndpointCtx<Self::Message>, error: RpcError) -> HandlerResult {
+        log_error(ctx, &error);
+        Ok(())
+    }
+
+    /// A remote process connected (its socket address, and later its listening address).
+    fn on_connected(
+        &mut self,
+        ctx: &EndpointCtx<Self::Message>,
+        remote: &RpcAddress,
+    ) -> HandlerResult {
+        let _ = (ctx, remote);
+        Ok(())
+    }
+
+    /// A remote process disconnected.
+    fn on_disconnected(
+        &mut self,
+        ctx: &EndpointCtx<Self::Message>,
+        remote: &RpcAddress,
+    ) -> HandlerResult {
+        let _ = (ctx, remote);
+        Ok(())
+    }
+
+    /// The connection to a remote process failed.
+    fn on_network_error(
+        &mut self,
+        ctx: &EndpointCtx<Self::Message>,
+        error: &RpcError,
+        remote: &RpcAddress,
+    ) -> HandlerResult {
+        let _ = (ctx, error, remote);
+        Ok(())
+    }
+
+    /// Called once, last. [`EndpointCtx::self_ref`] is `None` here.
+    fn on_stop(&mut self, ctx: &EndpointCtx<Self::Message>) -> HandlerResult {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Whether this endpoint gets a message loop thread of its own (Spark's
+    /// `IsolatedThreadSafeRpcEndpoint`), so that a busy shared pool cannot starve it and it cannot
+    /// starve others. Read once, at registration.
+    fn isolated(&self) -> bool {
+        false
+    }
+}
+
+/// An endpoint whose messages may be processed by several loop threads at once (Spark's plain
+/// `RpcEndpoint`): callbacks take `&self`, so its state must be `Sync`.
+///
+/// `on_start` still runs first and alone, and `on_stop` last and alone; between them, messages
+/// may run concurrently and complete out of order.
+pub trait ConcurrentRpcEndpoint: Send + Sync + 'static {
+    /// The messages this endpoint accepts.
+    type Message: RpcMessage;
+
+    /// Called once, first, before any message, alone.
+    fn on_start(&self, ctx: &EndpointCtx<Self::Message>) -> HandlerResult {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// A message sent with `send`. The default reports [`RpcError::NotImplemented`].
+    fn receive(&self, ctx: &EndpointCtx<Self::Message>, message: Self::Message) -> HandlerResult {
+        let _ = message;
+        Err(not_implemented(ctx, "receive"))
+    }
+
+    /// A message sent with `ask`. The default answers the asker with a failure.
+    fn receive_and_reply(
+        &self,
+        ctx: &EndpointCtx<Self::Message>,
+        message: Self::Message,
+        reply: RpcCallContext,
+    ) -> HandlerResult {
+        let _ = message;
+        reply_not_implemented(ctx, reply);
+        Ok(())
+    }
+
+    /// An error raised by another callback. The default logs it.
+    fn on_error(&self, ctx: &EndpointCtx<Self::Message>, error: RpcError) -> HandlerResult {
+        log_error(ctx, &error);
+        Ok(())
+    }
+
+    /// A remote process connected.
+    fn on_connected(&self, ctx: &EndpointCtx<Self::Message>, remote: &RpcAddress) -> HandlerResult {
+        let _ = (ctx, remote);
+        Ok(())
+    }
+
+    /// A remote process disconnected.
+    fn on_disconnected(
+        &self,
+        ctx: &EndpointCtx<Self::Message>,
+        remote: &RpcAddress,
+    ) -> HandlerResult {
+        let _ = (ctx, remote);
+        Ok(())
+    }
+
+    /// The connection to a remote process failed.
+    fn on_network_error(
+        &self,
+        ctx: &EndpointCtx<Self::Message>,
+        error: &RpcError,
+        remote: &RpcAddress,
+    ) -> HandlerResult {
+        let _ = (ctx, error, remote);
+        Ok(())
+    }
+
+    /// Called once, last, alone.
+    fn on_stop(&self, ctx: &EndpointCtx<Self::Message>) -> HandlerResult {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Threads of a message loop of this endpoint's own (Spark's `IsolatedRpcEndpoint`); `0`, the
+    /// default, shares the env's pool. Read once, at registration.
+    fn dedicated_threads(&self) -> usize {
+        0
+    }
+}
+
+fn not_implemented<M>(ctx: &EndpointCtx<M>, method: &'static str) -> crate::BoxError {
+    Box::new(RpcError::NotImplemented {
+        endpoint: ctx.name().to_string(),
+        method,
+    })
+}
+
+fn reply_not_implemented<M>(ctx: &EndpointCtx<M>, reply: RpcCallContext) {
+    reply.send_failure(RpcError::NotImplemented {
+        endpoint: ctx.name().to_string(),
+        method: "receive_and_reply",
+    });
+}
+
+fn log_error<M>(ctx: &EndpointCtx<M>, error: &RpcError) {
+    if ctx.is_stopping() {
+        tracing::debug!(endpoint = ctx.name(), %error, "ignoring error of a stopping endpoint");
+    } else {
+        tracing::error!(endpoint = ctx.name(), %error, "ignoring error (implement on_error to handle it)");
+    }
+}
+
+/// What every callback of an endpoint is handed: its name, its own ref, and its env.
+pub struct EndpointCtx<M> {
+    self_ref: RpcEndpointRef<M>,
+    env: Weak<EnvInner>,
+    runtime: tokio::runtime::Handle,
+    stopping: AtomicBool,
+}
+
+impl<M: RpcMessage> EndpointCtx<M> {
+    pub(crate) fn new(
+        self_ref: RpcEndpointRef<M>,
+        env: Weak<EnvInner>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        EndpointCtx {
+            self_ref,
+            env,
+            runtime,
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// This endpoint's own ref: available from `on_start` on, `None` once the endpoint is
+    /// stopping (in `on_stop`), as in Spark.
+    pub fn self_ref(&self) -> Option<&RpcEndpointRef<M>> {
+        if self.is_stopping() {
+            None
+        } else {
+            Some(&self.self_ref)
+        }
+    }
+
+    /// Stops this endpoint: `on_stop` runs after the messages already queued.
+    pub fn stop(&self) {
+        if let Some(env) = self.env() {
+            env.stop(&self.self_ref);
+        }
+    }
+}
+
+impl<M> EndpointCtx<M> {
+    /// The name the endpoint was registered under.
+    pub fn name(&self) -> &str {
+        self.self_ref.name()
+    }
+
+    /// The env, unless it has been dropped.
+    pub fn env(&self) -> Option<RpcEnv> {
+        self.env.upgrade().map(RpcEnv::from_inner)
+    }
+
+    /// The env's tokio runtime, for async work started from a handler (asks to other endpoints,
+    /// timers, IO) without blocking the message loop.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
+    /// Whether `on_stop` has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_stopping(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+}
+
+/// The callbacks of either endpoint flavour, behind one interface for the inbox.
+pub(crate) trait Callbacks<M> {
+    fn on_start(&mut self, ctx: &EndpointCtx<M>) -> HandlerResult;
+    fn receive(&mut self, ctx: &EndpointCtx<M>, message: M) -> HandlerResult;
+    fn receive_and_reply(
+        &mut self,
+        ctx: &EndpointCtx<M>,
+        message: M,
+        reply: RpcCallContext,
+    ) -> HandlerResult;
+    fn on_error(&mut self, ctx: &EndpointCtx<M>, error: RpcError) -> HandlerResult;
+    fn on_connected(&mut self, ctx: &EndpointCtx<M>, remote: &RpcAddress) -> HandlerResult;
+    fn on_disconnected(&mut self, ctx: &EndpointCtx<M>, remote: &RpcAddress) -> HandlerResult;
+    fn on_network_error(
+        &mut self,
+        ctx: &EndpointCtx<M>,
+        error: &RpcError,
+        remote: &RpcAddress,
+    ) -> HandlerResult;
+    fn on_stop(&mut self, ctx: &EndpointCtx<M>) -> HandlerResult;
+}
+
+macro_rules! forward_callbacks {
+    () => {
+        fn on_start(&mut self, ctx: &EndpointCtx<E::Message>) -> HandlerResult {
+            E::on_start(self, ctx)
+        }
+        fn receive(&mut self, ctx: &EndpointCtx<E::Message>, message: E::Message) -> HandlerResult {
+            E::receive(self, ctx, message)
+        }
+        fn receive_and_reply(
+            &mut self,
+            ctx: &EndpointCtx<E::Message>,
+            message: E::Message,
+            reply: RpcCallContext,
+        ) -> HandlerResult {
+            E::receive_and_reply(self, ctx, message, reply)
+        }
+        fn on_error(&mut self, ctx: &EndpointCtx<E::Message>, error: RpcError) -> HandlerResult {
+            E::on_error(self, ctx, error)
+        }
+        fn on_connected(
+            &mut self,
+            ctx: &EndpointCtx<E::Message>,
+            remote: &RpcAddress,
+        ) -> HandlerResult {
+            E::on_connected(self, ctx, remote)
+        }
+        fn on_disconnected(
+            &mut self,
+            ctx: &EndpointCtx<E::Message>,
+            remote: &RpcAddress,
+        ) -> HandlerResult {
+            E::on_disconnected(self, ctx, remote)
+        }
+        fn on_network_error(
+            &mut self,
+            ctx: &EndpointCtx<E::Message>,
+            error: &RpcError,
+            remote: &RpcAddress,
+        ) -> HandlerResult {
+            E::on_network_error(self, ctx, error, remote)
+        }
+        fn on_stop(&mut self, ctx: &EndpointCtx<E::Message>) -> HandlerResult {
+            E::on_stop(self, ctx)
+        }
+    };
+}
+
+impl<E: RpcEndpoint> Callbacks<E::Message> for E {
+    forward_callbacks!();
+}
+
+/// A concurrent endpoint seen through a shared reference.
+pub(crate) struct Shared<'a, E>(pub(crate) &'a E);
+
+impl<E: ConcurrentRpcEndpoint> Callbacks<E::Message> for Shared<'_, E> {
+    fn on_start(&mut self, ctx: &EndpointCtx<E::Message>) -> HandlerResult {
+        self.0.on_start(ctx)
+    }
+    fn receive(&mut self, ctx: &EndpointCtx<E::Message>, message: E::Message) -> HandlerResult {
+        self.0.receive(ctx, message)
+    }
+    fn receive_and_reply(
+        &mut self,
+        ctx: &EndpointCtx<E::Message>,
+        message: E::Message,
+        reply: RpcCallContext,
+    ) -> HandlerResult {
+        self.0.receive_and_reply(ctx, message, reply)
+    }
+    fn on_error(&mut self, ctx: &EndpointCtx<E::Message>, error: RpcError) -> HandlerResult {
+        self.0.on_error(ctx, error)
+    }
+    fn on_connected(
+        &mut self,
+        ctx: &EndpointCtx<E::Message>,
+        remote: &RpcAddress,
+    ) -> HandlerResult {
+        self.0.on_connected(ctx, remote)
+    }
+    fn on_disconnected(
+        &mut self,
+        ctx: &EndpointCtx<E::Message>,
+        remote: &RpcAddress,
+    ) -> HandlerResult {
+        self.0.on_disconnected(ctx, remote)
+    }
+    fn on_network_error(
+        &mut self,
+        ctx: &EndpointCtx<E::Message>,
+        error: &RpcError,
+        remote: &RpcAddress,
+    ) -> HandlerResult {
+        self.0.on_network_error(ctx, error, remote)
+    }
+    fn on_stop(&mut self, ctx: &EndpointCtx<E::Message>) -> HandlerResult {
+        self.0.on_stop(ctx)
+    }
+}

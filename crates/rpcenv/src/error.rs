@@ -1,0 +1,268 @@
+//! [`RpcError`], the one error type of the rpc layer, and [`Failure`], what an endpoint answers
+//! an ask with when it fails it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::address::AddressError;
+use crate::conf::ConfError;
+
+/// Any error, as handlers return it (`?` converts most errors into it).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// An error shared between the asker and `on_error`.
+pub type SharedError = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What an endpoint's handler returns.
+pub type HandlerResult = Result<(), BoxError>;
+
+/// Why an ask was answered with a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The handler called [`RpcCallContext::send_failure`](crate::RpcCallContext::send_failure).
+    Reported,
+    /// The handler returned an error.
+    Handler,
+    /// The handler panicked.
+    Panic,
+    /// The endpoint does not implement `receive_and_reply`.
+    NotImplemented,
+    /// The reply could not be serialized (remote asks).
+    Serialization,
+}
+
+/// The failure an endpoint answered an ask with.
+///
+/// Its message always travels; across the wire only the kind and message do. Locally the original
+/// error is kept as [`source`](Self::source), so it can be downcast.
+#[derive(Clone)]
+pub struct Failure {
+    kind: FailureKind,
+    message: String,
+    source: Option<SharedError>,
+}
+
+impl Failure {
+    /// A failure of `kind` with `message` and no source.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn from_error(kind: FailureKind, error: SharedError) -> Self {
+        Failure {
+            kind,
+            message: error.to_string(),
+            source: Some(error),
+        }
+    }
+
+    /// Why.
+    pub fn kind(&self) -> FailureKind {
+        self.kind
+    }
+
+    /// The failure's message (the error's `Display`).
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The original error, for a failure raised in this process.
+    pub fn source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.source.as_deref()
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Debug for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Failure")
+            .field("kind", &self.kind)
+            .field("message", &self.message)
+            .finish()
+    }
+}
+
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Everything that can go wrong in the rpc layer. Each variant carries the context needed to act
+/// on it: the endpoint, the address, the setting to change.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RpcError {
+    /// A wait ran out. The message names the setting that controls it.
+    #[error("{description}. This timeout is controlled by {setting}")]
+    Timeout {
+        /// What was waited for, e.g. "Cannot receive any reply from X in 1s".
+        description: String,
+        /// How long was waited.
+        after: Duration,
+        /// The setting that controls this timeout.
+        setting: String,
+    },
+    /// No endpoint of that name exists at that address.
+    #[error("Cannot find endpoint: {uri}")]
+    EndpointNotFound {
+        /// The endpoint's full URI.
+        uri: String,
+    },
+    /// The endpoint has been stopped; the message was not delivered.
+    #[error("endpoint {name} is stopped; the message was not delivered")]
+    EndpointStopped {
+        /// The endpoint's name.
+        name: String,
+    },
+    /// The env has been shut down.
+    #[error("RpcEnv already stopped")]
+    EnvStopped,
+    /// An endpoint of that name is already registered in this env.
+    #[error("There is already an RpcEndpoint called {name}")]
+    AlreadyRegistered {
+        /// The name.
+        name: String,
+    },
+    /// The endpoint answered the ask with a failure.
+    #[error("endpoint {endpoint} failed the ask: {failure}")]
+    Failed {
+        /// The endpoint's name.
+        endpoint: String,
+        /// The failure it answered with.
+        #[source]
+        failure: Failure,
+    },
+    /// A handler returned an error (as `on_error` sees it).
+    #[error("handler of endpoint {endpoint} failed: {source}")]
+    Handler {
+        /// The endpoint's name.
+        endpoint: String,
+        /// The error the handler returned.
+        #[source]
+        source: SharedError,
+    },
+    /// A handler panicked (as `on_error` sees it). The message loop survived.
+    #[error("handler of endpoint {endpoint} panicked: {message}")]
+    Panicked {
+        /// The endpoint's name.
+        endpoint: String,
+        /// The panic's message.
+        message: String,
+    },
+    /// The endpoint received a message it has no handler for.
+    #[error("{endpoint} does not implement '{method}'")]
+    NotImplemented {
+        /// The endpoint's name.
+        endpoint: String,
+        /// The missing method.
+        method: &'static str,
+    },
+    /// The reply was of another type than the asker expected.
+    #[error("endpoint {endpoint} replied with a {actual} but the ask expected a {expected}")]
+    UnexpectedReplyType {
+        /// The endpoint's name.
+        endpoint: String,
+        /// The type `ask::<R>` named.
+        expected: &'static str,
+        /// The type of the reply.
+        actual: String,
+    },
+    /// The endpoint dropped the call context without replying.
+    #[error("endpoint {endpoint} dropped the RpcCallContext without replying")]
+    NoReply {
+        /// The endpoint's name.
+        endpoint: String,
+    },
+    /// The ask was aborted by its caller.
+    #[error("ask to {endpoint} was aborted: {reason}")]
+    Aborted {
+        /// The endpoint's URI.
+        endpoint: String,
+        /// The reason given to `abort`.
+        #[source]
+        reason: SharedError,
+    },
+    /// All attempts of `ask_with_retry` failed.
+    #[error("ask to {endpoint} failed after {attempts} attempts: {last}")]
+    RetriesExhausted {
+        /// The endpoint's URI.
+        endpoint: String,
+        /// Attempts made (the setting `rpc.numRetries`).
+        attempts: u32,
+        /// The last attempt's error.
+        #[source]
+        last: Box<RpcError>,
+    },
+    /// A lookup named a message type other than the endpoint's.
+    #[error("endpoint {uri} speaks {actual}, but the lookup expected {expected}")]
+    MessageTypeMismatch {
+        /// The endpoint's URI.
+        uri: String,
+        /// The protocol name of the message type the lookup named.
+        expected: String,
+        /// The protocol name of the endpoint's message type.
+        actual: String,
+    },
+    /// A blocking call was made on a tokio runtime thread.
+    #[error("{operation} blocks and was called on a tokio runtime thread, where it could deadlock; use the async form instead (e.g. `ask(..).await`)")]
+    BlockingInAsyncContext {
+        /// The blocking call.
+        operation: &'static str,
+    },
+    /// An invalid RPC URL.
+    #[error(transparent)]
+    InvalidAddress(#[from] AddressError),
+    /// An invalid setting.
+    #[error(transparent)]
+    Conf(#[from] ConfError),
+    /// The env could not be built.
+    #[error("cannot start RpcEnv {name}: {reason}")]
+    Startup {
+        /// The env's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl RpcError {
+    /// Whether this is a timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, RpcError::Timeout { .. })
+    }
+
+    /// The failure an endpoint answered with, if this is one.
+    pub fn failure(&self) -> Option<&Failure> {
+        match self {
+            RpcError::Failed { failure, .. } => Some(failure),
+            _ => None,
+        }
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&'static str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic with a non-text payload".to_string()
+    }
+}

@@ -1,0 +1,733 @@
+//! The per-endpoint [`Inbox`]: a FIFO of messages and the state machine that decides who may
+//! process them.
+//!
+//! The rules (Spark's Inbox):
+//! - `OnStart` is the first message and runs alone; `OnStop` is the last and runs alone.
+//! - A one-at-a-time endpoint is processed by at most one thread at a time (`active <= 1`).
+//! - A concurrent endpoint may be processed by several threads once `on_start` has run, until
+//!   `stop` disables concurrency again; then every thread but the last leaves, and the last one
+//!   runs what remains and `on_stop`.
+//! - After `stop`, posts are refused and handed back to the poster, which reports them (an ask
+//!   fails with `EndpointStopped`); nothing is dropped silently.
+//!
+//! The inbox knows no threads: a [`Scheduler`] is told when it needs a thread, and a thread calls
+//! [`Inbox::process`]. With [`Scheduler::Manual`] the tests drive it by hand, deterministically.
+//!
+//! Cost per message: one short lock to post. A processor swaps the whole queue out under one lock
+//! and runs the batch with the endpoint's lock held once, so a busy endpoint costs no per-message
+//! lock on the processing side.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use crate::address::RpcAddress;
+use crate::call_context::{with_handler_scope, CallOutcome, RpcCallContext};
+use crate::endpoint::{Callbacks, ConcurrentRpcEndpoint, EndpointCtx, RpcEndpoint, Shared};
+use crate::error::{panic_message, Failure, FailureKind, HandlerResult, RpcError, SharedError};
+use crate::message::RpcMessage;
+
+/// A message in an inbox.
+#[allow(dead_code)] // network events are raised by the network layer
+pub(crate) enum InboxMessage<M> {
+    OnStart,
+    OnStop,
+    OneWay(M),
+    Rpc(M, RpcCallContext),
+    Connected(RpcAddress),
+    Disconnected(RpcAddress),
+    NetworkError(Arc<RpcError>, RpcAddress),
+}
+
+impl<M> InboxMessage<M> {
+    /// Reports a message that could not be delivered: an ask fails with `error`.
+    pub(crate) fn reject(self, error: RpcError) {
+        if let InboxMessage::Rpc(_, ctx) = self {
+            ctx.fail(error);
+        }
+    }
+}
+
+/// Something a message loop thread can run.
+pub(crate) trait Runnable: Send + Sync {
+    fn run(self: Arc<Self>);
+}
+
+/// How an inbox gets a thread.
+#[derive(Clone)]
+pub(crate) enum Scheduler {
+    /// Queue it on a message loop.
+    Loop(crossbeam_channel::Sender<Job>),
+    /// Nobody: the owner calls [`Inbox::process_now`] (tests).
+    #[cfg_attr(not(test), allow(dead_code))]
+    Manual,
+}
+
+/// Work for a message loop thread.
+pub(crate) enum Job {
+    Run(Arc<dyn Runnable>),
+    Exit,
+}
+
+impl Scheduler {
+    fn schedule(&self, job: Arc<dyn Runnable>) {
+        if let Scheduler::Loop(tx) = self {
+            // The loop only goes away after every inbox on it has terminated.
+            if tx.send(Job::Run(job)).is_err() {
+                tracing::error!("message loop is gone; inbox not scheduled");
+            }
+        }
+    }
+
+    fn is_manual(&self) -> bool {
+        matches!(self, Scheduler::Manual)
+    }
+}
+
+/// How an endpoint flavour is stored and called.
+pub(crate) trait Behaviour: Send + Sync + 'static {
+    type Message: RpcMessage;
+    /// Whether messages may be processed by several threads at once after `on_start`.
+    const CONCURRENT: bool;
+    /// Calls `f` with the endpoint's callbacks (a one-at-a-time endpoint is locked meanwhile).
+    fn with<T>(&self, f: impl FnOnce(&mut dyn Callbacks<Self::Message>) -> T) -> T;
+}
+
+/// A one-at-a-time endpoint. The lock is never contended: the inbox lets one thread in at a time.
+pub(crate) struct Sequential<E>(Mutex<E>);
+
+impl<E: RpcEndpoint> Sequential<E> {
+    pub(crate) fn new(endpoint: E) -> Self {
+        Sequential(Mutex::new(endpoint))
+    }
+}
+
+impl<E: RpcEndpoint> Behaviour for Sequential<E> {
+    type Message = E::Message;
+    const CONCURRENT: bool = false;
+    fn with<T>(&self, f: impl FnOnce(&mut dyn Callbacks<E::Message>) -> T) -> T {
+        // Handlers run under catch_unwind, so the lock is not poisoned by them.
+        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut *guard)
+    }
+}
+
+/// A concurrent endpoint.
+pub(crate) struct Concurrent<E>(E);
+
+impl<E: ConcurrentRpcEndpoint> Concurrent<E> {
+    pub(crate) fn new(endpoint: E) -> Self {
+        Concurrent(endpoint)
+    }
+}
+
+impl<E: ConcurrentRpcEndpoint> Behaviour for Concurrent<E> {
+    type Message = E::Message;
+    const CONCURRENT: bool = true;
+    fn with<T>(&self, f: impl FnOnce(&mut dyn Callbacks<E::Message>) -> T) -> T {
+        f(&mut Shared(&self.0))
+    }
+}
+
+/// The endpoint and its context, dropped once `on_stop` has run.
+struct Core<B: Behaviour> {
+    behaviour: B,
+    ctx: EndpointCtx<B::Message>,
+}
+
+struct State<M, C> {
+    queue: VecDeque<InboxMessage<M>>,
+    /// An emptied buffer kept for the next swap, so steady traffic allocates nothing.
+    spare: VecDeque<InboxMessage<M>>,
+    /// `OnStop` is queued: no more posts.
+    stopped: bool,
+    /// Several threads may process (a concurrent endpoint between `on_start` and `stop`).
+    concurrent: bool,
+    /// Threads processing or scheduled to.
+    active: usize,
+    /// `on_stop` has run.
+    terminated: bool,
+    core: Option<Arc<C>>,
+}
+
+/// Told when an inbox has terminated (`on_stop` ran), so shutdown can wait for all of them.
+pub(crate) trait TerminationListener: Send + Sync {
+    fn terminated(&self, name: &str);
+}
+
+/// The inbox of one endpoint.
+pub(crate) struct Inbox<B: Behaviour> {
+    name: Arc<str>,
+    me: Weak<Self>,
+    state: Mutex<State<B::Message, Core<B>>>,
+    scheduler: Scheduler,
+    max_threads: usize,
+    env_stopped: Arc<AtomicBool>,
+    listener: Option<Arc<dyn TerminationListener>>,
+}
+
+/// Batches a processor runs before it yields its thread to other inboxes.
+const ROUNDS_BEFORE_YIELD: usize = 8;
+
+impl<B: Behaviour> Inbox<B> {
+    /// A new inbox whose first message is `OnStart`. Nothing runs until [`install`](Self::install).
+    pub(crate) fn new(
+        name: Arc<str>,
+        scheduler: Scheduler,
+        max_threads: usize,
+        env_stopped: Arc<AtomicBool>,
+        listener: Option<Arc<dyn TerminationListener>>,
+    ) -> Arc<Self> {
+        let mut queue = VecDeque::new();
+        queue.push_back(InboxMessage::OnStart);
+        Arc::new_cyclic(|me| Inbox {
+            name,
+            me: me.clone(),
+            state: Mutex::new(State {
+                queue,
+                spare: VecDeque::new(),
+                stopped: false,
+                concurrent: false,
+                active: 0,
+                terminated: false,
+                core: None,
+            }),
+            scheduler,
+            max_threads: max_threads.max(1),
+            env_stopped,
+            listener,
+        })
+    }
+
+    /// Hands the inbox its endpoint and schedules `on_start`.
+    pub(crate) fn install(&self, behaviour: B, ctx: EndpointCtx<B::Message>) {
+        let schedule = {
+            let mut st = self.lock();
+            st.core = Some(Arc::new(Core { behaviour, ctx }));
+            self.claim_thread(&mut st)
+        };
+        if schedule {
+            self.schedule();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<B::Message, Core<B>>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a new thread should be scheduled; if so, counts it as active.
+    fn claim_thread(&self, st: &mut State<B::Message, Core<B>>) -> bool {
+        let limit = if st.concurrent { self.max_threads } else { 1 };
+        if self.scheduler.is_manual() || st.core.is_none() || st.active >= limit {
+            return false;
+        }
+        st.active += 1;
+        true
+    }
+
+    fn schedule(&self) {
+        if let Some(me) = self.me.upgrade() {
+            self.scheduler.schedule(me);
+        }
+    }
+
+    /// Queues a message; a refused message (the endpoint is stopped) is handed back.
+    pub(crate) fn post(
+        &self,
+        message: InboxMessage<B::Message>,
+    ) -> Result<(), InboxMessage<B::Message>> {
+        let schedule = {
+            let mut st = self.lock();
+            if st.stopped {
+                return Err(message);
+            }
+            st.queue.push_back(message);
+            self.claim_thread(&mut st)
+        };
+        if schedule {
+            self.schedule();
+        }
+        Ok(())
+    }
+
+    /// The error a refused post is reported with.
+    pub(crate) fn refusal(&self) -> RpcError {
+        if self.env_stopped.load(Ordering::Acquire) {
+            RpcError::EnvStopped
+        } else {
+            RpcError::EndpointStopped {
+                name: self.name.to_string(),
+            }
+        }
+    }
+
+    /// Queues `OnStop` after the messages already queued; later posts are refused. Returns false
+    /// if the inbox was already stopped.
+    pub(crate) fn stop(&self) -> bool {
+        let schedule = {
+            let mut st = self.lock();
+            if st.stopped {
+                return false;
+            }
+            st.stopped = true;
+            st.concurrent = false;
+            st.queue.push_back(InboxMessage::OnStop);
+            self.claim_thread(&mut st)
+        };
+        if schedule {
+            self.schedule();
+        }
+        true
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_terminated(&self) -> bool {
+        self.lock().terminated
+    }
+
+    #[cfg(test)]
+    fn active_threads(&self) -> usize {
+        self.lock().active
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.lock().queue.is_empty()
+    }
+
+    /// Processes messages on the calling thread as a thread the scheduler did not count (tests).
+    #[cfg(test)]
+    pub(crate) fn process_now(&self) {
+        self.lock().active += 1;
+        self.process();
+    }
+
+    /// Runs queued messages until the queue is empty (or yields the thread after a while). The
+    /// caller must hold one of the `active` counts.
+    pub(crate) fn process(&self) {
+        let mut batch: VecDeque<InboxMessage<B::Message>> = VecDeque::new();
+        let mut rounds = 0;
+        loop {
+            let core = {
+                let mut st = self.lock();
+                if st.spare.capacity() < batch.capacity() {
+                    st.spare = std::mem::take(&mut batch);
+                }
+                if (!st.concurrent && st.active > 1) || st.queue.is_empty() || st.core.is_none() {
+                    // Not alone while concurrency is off, or nothing to do: leave.
+                    st.active -= 1;
+                    return;
+                }
+                if rounds == ROUNDS_BEFORE_YIELD && !self.scheduler.is_manual() {
+                    // Fairness: requeue behind other inboxes, keeping our active count.
+                    drop(st);
+                    self.schedule();
+                    return;
+                }
+                if B::CONCURRENT {
+                    // One at a time, so that other threads can take the rest once on_start ran.
+                    batch.extend(st.queue.pop_front());
+                } else {
+                    batch = std::mem::take(&mut st.spare);
+                    std::mem::swap(&mut st.queue, &mut batch);
+                }
+                st.core.clone().expect("checked above")
+            };
+            rounds += 1;
+            core.behaviour.with(|callbacks| {
+                while let Some(message) = batch.pop_front() {
+                    self.deliver(callbacks, &core.ctx, message);
+                }
+            });
+        }
+    }
+
+    fn deliver(
+        &self,
+        cb: &mut dyn Callbacks<B::Message>,
+        ctx: &EndpointCtx<B::Message>,
+        message: InboxMessage<B::Message>,
+    ) {
+        match message {
+            InboxMessage::OneWay(m) => {
+                let r = guarded(|| cb.receive(ctx, m));
+                self.report(cb, ctx, r);
+            }
+            InboxMessage::Rpc(m, reply) => {
+                let current = reply.target().map(|t| t.id());
+                let r = with_handler_scope(
+                    current,
+                    || guarded(|| cb.receive_and_reply(ctx, m, reply)),
+                    |r| match r {
+                        Ok(()) => CallOutcome::Returned,
+                        Err(Problem::Error(e)) => CallOutcome::Failed(Failure::from_error(
+                            FailureKind::Handler,
+                            e.clone(),
+                        )),
+                        Err(Problem::Panic(msg)) => CallOutcome::Failed(Failure::new(
+                            FailureKind::Panic,
+                            format!("handler panicked: {msg}"),
+                        )),
+                    },
+                );
+                self.report(cb, ctx, r);
+            }
+            InboxMessage::OnStart => {
+                let r = guarded(|| cb.on_start(ctx));
+                self.report(cb, ctx, r);
+                self.started();
+            }
+            InboxMessage::OnStop => {
+                ctx.mark_stopping();
+                let r = guarded(|| cb.on_stop(ctx));
+                self.report(cb, ctx, r);
+                self.terminate();
+            }
+            InboxMessage::Connected(a) => {
+                let r = guarded(|| cb.on_connected(ctx, &a));
+                self.report(cb, ctx, r);
+            }
+            InboxMessage::Disconnected(a) => {
+                let r = guarded(|| cb.on_disconnected(ctx, &a));
+                self.report(cb, ctx, r);
+            }
+            InboxMessage::NetworkError(e, a) => {
+                let r = guarded(|| cb.on_network_error(ctx, &e, &a));
+                self.report(cb, ctx, r);
+            }
+        }
+    }
+
+    /// Hands a failed callback's error to `on_error`; an error of `on_error` itself is logged.
+    fn report(
+        &self,
+        cb: &mut dyn Callbacks<B::Message>,
+        ctx: &EndpointCtx<B::Message>,
+        result: Result<(), Problem>,
+    ) {
+        let error = match result {
+            Ok(()) => return,
+            Err(Problem::Error(e)) => match e.downcast_ref::<RpcError>() {
+                Some(RpcError::NotImplemented { endpoint, method }) => RpcError::NotImplemented {
+                    endpoint: endpoint.clone(),
+                    method,
+                },
+                _ => RpcError::Handler {
+                    endpoint: self.name.to_string(),
+                    source: e,
+                },
+            },
+            Err(Problem::Panic(message)) => RpcError::Panicked {
+                endpoint: self.name.to_string(),
+                message,
+            },
+        };
+        match guarded(|| cb.on_error(ctx, error)) {
+            Ok(()) => {}
+            Err(Problem::Error(e)) => {
+                tracing::error!(endpoint = %self.name, error = %e, "on_error failed")
+            }
+            Err(Problem::Panic(m)) => {
+                tracing::error!(endpoint = %self.name, panic = %m, "on_error panicked")
+            }
+        }
+    }
+
+    /// `on_start` has run: a concurrent endpoint may now use more threads.
+    fn started(&self) {
+        let extra = {
+            let mut st = self.lock();
+            if !B::CONCURRENT || st.stopped {
+                return;
+            }
+            st.concurrent = true;
+            let mut n = 0;
+            while n < st.queue.len() && self.claim_thread(&mut st) {
+                n += 1;
+            }
+            n
+        };
+        for _ in 0..extra {
+            self.schedule();
+        }
+    }
+
+    /// `on_stop` has run: drop the endpoint (and the cycle through its own ref) and tell the
+    /// dispatcher.
+    fn terminate(&self) {
+        let (core, leftover) = {
+            let mut st = self.lock();
+            st.terminated = true;
+            // Nothing can follow OnStop (posts are refused once it is queued), but be thorough.
+            (st.core.take(), std::mem::take(&mut st.queue))
+        };
+        for m in leftover {
+            m.reject(self.refusal());
+        }
+        // The endpoint itself is dropped when the running batch lets go of its clone.
+        drop(core);
+        if let Some(listener) = &self.listener {
+            listener.terminated(&self.name);
+        }
+    }
+}
+
+impl<B: Behaviour> Runnable for Inbox<B> {
+    fn run(self: Arc<Self>) {
+        self.process();
+    }
+}
+
+/// A failed callback: an error it returned, or a panic.
+enum Problem {
+    Error(SharedError),
+    Panic(String),
+}
+
+fn guarded(f: impl FnOnce() -> HandlerResult) -> Result<(), Problem> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Problem::Error(Arc::from(e))),
+        Err(payload) => Err(Problem::Panic(panic_message(&*payload))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Spark's InboxSuite (catalog tests 43-49), driven by hand with a manual scheduler.
+    use super::*;
+    use crate::endpoint_ref::RpcEndpointRef;
+    use crate::reply::ReplySlot;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Weak;
+
+    #[derive(Default)]
+    struct Record {
+        started: bool,
+        stopped: bool,
+        received: Vec<String>,
+        asked: Vec<String>,
+        connected: Vec<RpcAddress>,
+        disconnected: Vec<RpcAddress>,
+        network_errors: Vec<(String, RpcAddress)>,
+        errors: Vec<String>,
+    }
+
+    /// Spark's TestRpcEndpoint: records every callback.
+    #[derive(Clone, Default)]
+    struct TestEndpoint(Arc<Mutex<Record>>);
+
+    impl TestEndpoint {
+        fn record(&self) -> std::sync::MutexGuard<'_, Record> {
+            self.0.lock().unwrap()
+        }
+    }
+
+    impl RpcEndpoint for TestEndpoint {
+        type Message = String;
+        fn on_start(&mut self, _: &EndpointCtx<String>) -> HandlerResult {
+            self.record().started = true;
+            Ok(())
+        }
+        fn receive(&mut self, _: &EndpointCtx<String>, m: String) -> HandlerResult {
+            if m == "oom" {
+                panic!("out of memory (simulated)");
+            }
+            self.record().received.push(m);
+            Ok(())
+        }
+        fn receive_and_reply(
+            &mut self,
+            _: &EndpointCtx<String>,
+            m: String,
+            reply: RpcCallContext,
+        ) -> HandlerResult {
+            self.record().asked.push(m.clone());
+            reply.reply(m);
+            Ok(())
+        }
+        fn on_error(&mut self, _: &EndpointCtx<String>, e: RpcError) -> HandlerResult {
+            self.record().errors.push(e.to_string());
+            Ok(())
+        }
+        fn on_connected(&mut self, _: &EndpointCtx<String>, a: &RpcAddress) -> HandlerResult {
+            self.record().connected.push(a.clone());
+            Ok(())
+        }
+        fn on_disconnected(&mut self, _: &EndpointCtx<String>, a: &RpcAddress) -> HandlerResult {
+            self.record().disconnected.push(a.clone());
+            Ok(())
+        }
+        fn on_network_error(
+            &mut self,
+            _: &EndpointCtx<String>,
+            e: &RpcError,
+            a: &RpcAddress,
+        ) -> HandlerResult {
+            self.record()
+                .network_errors
+                .push((e.to_string(), a.clone()));
+            Ok(())
+        }
+        fn on_stop(&mut self, _: &EndpointCtx<String>) -> HandlerResult {
+            self.record().stopped = true;
+            Ok(())
+        }
+    }
+
+    fn test_runtime() -> tokio::runtime::Handle {
+        crate::runtime::shared_runtime(1)
+    }
+
+    fn manual_inbox(ep: TestEndpoint) -> Arc<Inbox<Sequential<TestEndpoint>>> {
+        let inbox = Inbox::new(
+            "test".into(),
+            Scheduler::Manual,
+            1,
+            Arc::new(AtomicBool::new(false)),
+            None,
+        );
+        let self_ref = RpcEndpointRef::local_for_tests(inbox.clone());
+        let ctx = EndpointCtx::new(self_ref, Weak::new(), test_runtime());
+        inbox.install(Sequential::new(ep), ctx);
+        inbox
+    }
+
+    #[test]
+    fn post() {
+        let ep = TestEndpoint::default();
+        let inbox = manual_inbox(ep.clone());
+        inbox.post(InboxMessage::OneWay("hi".into())).ok().unwrap();
+        inbox.process_now();
+        assert!(inbox.is_empty());
+        assert_eq!(ep.record().received, vec!["hi"]);
+        inbox.stop();
+        inbox.process_now();
+        assert!(inbox.is_terminated());
+        assert!(ep.record().started && ep.record().stopped);
+        // Once stopped, posts are handed back for the poster to report.
+        assert!(inbox.post(InboxMessage::OneWay("late".into())).is_err());
+        assert!(matches!(inbox.refusal(), RpcError::EndpointStopped { .. }));
+    }
+
+    #[test]
+    fn post_with_reply() {
+        let ep = TestEndpoint::default();
+        let inbox = manual_inbox(ep.clone());
+        let slot = ReplySlot::new();
+        let ctx = RpcCallContext::new(
+            crate::call_context::ReplyTarget::Local(slot.clone()),
+            None,
+            "test".into(),
+        );
+        inbox
+            .post(InboxMessage::Rpc("hi".into(), ctx))
+            .ok()
+            .unwrap();
+        inbox.process_now();
+        assert_eq!(ep.record().asked, vec!["hi"]);
+        assert!(slot.is_complete());
+    }
+
+    #[test]
+    fn post_multiple_threads() {
+        let ep = TestEndpoint::default();
+        let inbox = manual_inbox(ep.clone());
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..10)
+            .map(|_| {
+                let inbox = inbox.clone();
+                let dropped = dropped.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        if inbox.post(InboxMessage::OneWay("hi".into())).is_err() {
+                            dropped.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        inbox.process_now();
+        inbox.stop();
+        inbox.process_now();
+        for t in threads {
+            t.join().unwrap();
+        }
+        inbox.process_now();
+        let received = ep.record().received.len();
+        assert_eq!(received + dropped.load(Ordering::SeqCst), 1000);
+        assert!(ep.record().started && ep.record().stopped);
+    }
+
+    #[test]
+    fn post_associated() {
+        let ep = TestEndpoint::default();
+        let inbox = manual_inbox(ep.clone());
+        let addr = RpcAddress::new("localhost", 11111);
+        inbox
+            .post(InboxMessage::Connected(addr.clone()))
+            .ok()
+            .unwrap();
+        inbox.process_now();
+        assert_eq!(ep.record().connected, vec![addr]);
+    }
+
+    #[test]
+    fn post_disassociated() {
+        let ep = TestEndpoint::default();
+        let inbox = manual_inbox(ep.clone());
+        let addr = RpcAddress::new("localhost", 11111);
+        inbox
+            .post(InboxMessage::Disconnected(addr.clone()))
+            .ok()
+            .unwrap();
+        inbox.process_now();
+        assert_eq!(ep.record().disconnected, vec![addr]);
+    }
+
+    #[test]
+    fn post_association_error() {
+        let ep = TestEndpoint::default();
+        let inbox = manual_inbox(ep.clone());
+        let addr = RpcAddress::new("localhost", 11111);
+        let cause = Arc::new(RpcError::Startup {
+            name: "peer".into(),
+            reason: "Oops".into(),
+        });
+        inbox
+            .post(InboxMessage::NetworkError(cause, addr.clone()))
+            .ok()
+            .unwrap();
+        inbox.process_now();
+        let errors = &ep.record().network_errors;
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].0.contains("Oops"));
+        assert_eq!(errors[0].1, addr);
+    }
+
+    /// SPARK-32738: a fatal error in a handler must not leave the inbox "active" forever. In Rust
+    /// the analog is a panic: it is caught, reported to on_error, and the count returns to zero.
+    #[test]
+    fn spark_32738_should_reduce_the_number_of_active_threads_when_fatal_error_happens() {
+        let ep = TestEndpoint::default();
+        let inbox = manual_inbox(ep.clone());
+        inbox.post(InboxMessage::OneWay("oom".into())).ok().unwrap();
+        inbox.process_now();
+        assert_eq!(inbox.active_threads(), 0);
+        let errors = ep.record().errors.clone();
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0].contains("out of memory (simulated)"),
+            "{errors:?}"
+        );
+        // The inbox keeps working.
+        inbox
+            .post(InboxMessage::OneWay("after".into()))
+            .ok()
+            .unwrap();
+        inbox.process_now();
+        assert_eq!(ep.record().received, vec!["after"]);
+        assert_eq!(inbox.active_threads(), 0);
+    }
+}

@@ -1,0 +1,308 @@
+//! The reply path of an ask: a one-shot [`ReplySlot`] completed exactly once (by the reply, a
+//! failure, the timeout, an abort or the caller's drop), and [`Ask`], the future the caller awaits.
+
+use std::any::Any;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use crate::address::RpcEndpointAddress;
+use crate::error::{BoxError, RpcError};
+use crate::message::RpcReply;
+use crate::timeout::{ensure_blocking_allowed, RpcTimeout};
+
+/// A reply as it arrives: a moved value from a local endpoint.
+pub(crate) struct ReplyValue {
+    value: Box<dyn Any + Send>,
+    type_name: &'static str,
+}
+
+impl ReplyValue {
+    pub(crate) fn local<R: RpcReply>(value: R) -> Self {
+        ReplyValue {
+            value: Box::new(value),
+            type_name: std::any::type_name::<R>(),
+        }
+    }
+
+    fn into_typed<R: RpcReply>(self, endpoint: &RpcEndpointAddress) -> Result<R, RpcError> {
+        match self.value.downcast::<R>() {
+            Ok(v) => Ok(*v),
+            Err(_) => Err(RpcError::UnexpectedReplyType {
+                endpoint: endpoint.to_string(),
+                expected: std::any::type_name::<R>(),
+                actual: self.type_name.to_string(),
+            }),
+        }
+    }
+}
+
+pub(crate) type ReplyResult = Result<ReplyValue, RpcError>;
+
+enum SlotState {
+    Pending {
+        waker: Option<Waker>,
+        blocking_waiter: bool,
+    },
+    Done(ReplyResult),
+    Taken,
+}
+
+/// A one-shot cell for the outcome of one ask. The first completion wins; later ones are
+/// dropped (a late reply after a timeout, a reply after an abort).
+pub(crate) struct ReplySlot {
+    state: Mutex<SlotState>,
+    cond: Condvar,
+}
+
+impl ReplySlot {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(ReplySlot {
+            state: Mutex::new(SlotState::Pending {
+                waker: None,
+                blocking_waiter: false,
+            }),
+            cond: Condvar::new(),
+        })
+    }
+
+    /// Completes the slot; returns false (and drops `result`) if it was already complete.
+    pub(crate) fn complete(&self, result: ReplyResult) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let SlotState::Pending {
+            waker,
+            blocking_waiter,
+        } = &mut *state
+        else {
+            return false;
+        };
+        let waker = waker.take();
+        let notify = *blocking_waiter;
+        *state = SlotState::Done(result);
+        drop(state);
+        if notify {
+            self.cond.notify_all();
+        }
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    pub(crate) fn is_complete(&self) -> bool {
+        !matches!(
+            *self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            SlotState::Pending { .. }
+        )
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<ReplyResult> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut *state {
+            SlotState::Pending { waker, .. } => {
+                match waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            SlotState::Done(_) => match std::mem::replace(&mut *state, SlotState::Taken) {
+                SlotState::Done(r) => Poll::Ready(r),
+                _ => unreachable!(),
+            },
+            SlotState::Taken => Poll::Ready(Err(RpcError::Startup {
+                name: String::new(),
+                reason: "ask polled after completion".into(),
+            })),
+        }
+    }
+
+    /// Blocks until complete or `deadline`; `None` when the deadline passed first.
+    fn wait(&self, deadline: Option<Instant>) -> Option<ReplyResult> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match &mut *state {
+                SlotState::Pending {
+                    blocking_waiter, ..
+                } => {
+                    *blocking_waiter = true;
+                    match deadline {
+                        None => state = self.cond.wait(state).unwrap_or_else(|p| p.into_inner()),
+                        Some(d) => {
+                            let now = Instant::now();
+                            if now >= d {
+                                return None;
+                            }
+                            state = self
+                                .cond
+                                .wait_timeout(state, d - now)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0;
+                        }
+                    }
+                }
+                SlotState::Done(_) => {
+                    return match std::mem::replace(&mut *state, SlotState::Taken) {
+                        SlotState::Done(r) => Some(r),
+                        _ => unreachable!(),
+                    }
+                }
+                SlotState::Taken => return None,
+            }
+        }
+    }
+}
+
+/// The pending reply of an ask: a future of the reply, or of the error that ended the wait.
+///
+/// The message was already posted when `ask` returned. The future is bounded by its
+/// [`RpcTimeout`] (the env's `rpc.askTimeout` unless one was given); it can be awaited on any
+/// executor. Dropping it cancels the ask: a reply that arrives later is discarded. Use
+/// [`abort_handle`](Self::abort_handle) to fail it from elsewhere, or [`wait`](Self::wait) to block
+/// on it from a plain thread.
+#[must_use = "an ask does nothing useful unless its reply is awaited"]
+pub struct Ask<R> {
+    slot: Arc<ReplySlot>,
+    endpoint: Arc<RpcEndpointAddress>,
+    timeout: RpcTimeout,
+    deadline: Option<Instant>,
+    runtime: tokio::runtime::Handle,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    _reply: PhantomData<fn() -> R>,
+}
+
+impl<R: RpcReply> Ask<R> {
+    pub(crate) fn new(
+        slot: Arc<ReplySlot>,
+        endpoint: Arc<RpcEndpointAddress>,
+        timeout: RpcTimeout,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        let deadline = timeout.deadline();
+        Ask {
+            slot,
+            endpoint,
+            timeout,
+            deadline,
+            runtime,
+            sleep: None,
+            _reply: PhantomData,
+        }
+    }
+
+    /// A handle that can fail this ask from any thread, e.g. when the caller gives up.
+    pub fn abort_handle(&self) -> AbortHandle {
+        AbortHandle {
+            slot: self.slot.clone(),
+            endpoint: self.endpoint.clone(),
+        }
+    }
+
+    /// Fails the ask with `reason`; a reply arriving later is discarded.
+    pub fn abort(&self, reason: impl Into<BoxError>) {
+        self.abort_handle().abort(reason);
+    }
+
+    /// The timeout bounding this ask.
+    pub fn timeout(&self) -> &RpcTimeout {
+        &self.timeout
+    }
+
+    /// Blocks the calling thread until the reply, a failure or the timeout.
+    ///
+    /// Returns [`RpcError::BlockingInAsyncContext`] on a tokio runtime thread; await the `Ask`
+    /// there instead.
+    pub fn wait(self) -> Result<R, RpcError> {
+        ensure_blocking_allowed("Ask::wait")?;
+        match self.slot.wait(self.deadline) {
+            Some(r) => r.and_then(|v| v.into_typed(&self.endpoint)),
+            None => Err(self.expire()),
+        }
+    }
+
+    /// Fails the slot with the timeout error (unless a reply won the race) and returns the
+    /// outcome to report.
+    fn expire(&self) -> RpcError {
+        let error = self.timeout.timeout_error(&self.endpoint);
+        // If a reply raced in, it is discarded: the caller has already been told of the timeout.
+        self.slot
+            .complete(Err(self.timeout.timeout_error(&self.endpoint)));
+        error
+    }
+}
+
+impl<R: RpcReply> Future for Ask<R> {
+    type Output = Result<R, RpcError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(r) = self.slot.poll(cx) {
+            return Poll::Ready(r.and_then(|v| v.into_typed(&self.endpoint)));
+        }
+        let Some(deadline) = self.deadline else {
+            return Poll::Pending;
+        };
+        if self.sleep.is_none() {
+            let _entered = self.runtime.enter();
+            self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline.into())));
+        }
+        let sleep = self.sleep.as_mut().expect("sleep was just set");
+        if sleep.as_mut().poll(cx).is_ready() {
+            // A reply may have arrived between the two polls; it wins.
+            if let Poll::Ready(r) = self.slot.poll(cx) {
+                return Poll::Ready(r.and_then(|v| v.into_typed(&self.endpoint)));
+            }
+            return Poll::Ready(Err(self.expire()));
+        }
+        Poll::Pending
+    }
+}
+
+impl<R> Drop for Ask<R> {
+    fn drop(&mut self) {
+        // Cancel: the endpoint's reply, if it ever comes, finds the slot complete and is dropped.
+        if !self.slot.is_complete() {
+            self.slot.complete(Err(RpcError::Aborted {
+                endpoint: self.endpoint.to_string(),
+                reason: Arc::new(Cancelled),
+            }));
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the ask was dropped by its caller")]
+struct Cancelled;
+
+/// Fails an [`Ask`] from any thread (Spark's `askAbortable(...).abort`).
+#[derive(Clone)]
+pub struct AbortHandle {
+    slot: Arc<ReplySlot>,
+    endpoint: Arc<RpcEndpointAddress>,
+}
+
+impl AbortHandle {
+    /// Fails the ask with [`RpcError::Aborted`] carrying `reason`. Does nothing if the ask has
+    /// already completed.
+    pub fn abort(&self, reason: impl Into<BoxError>) {
+        let reason: BoxError = reason.into();
+        self.slot.complete(Err(RpcError::Aborted {
+            endpoint: self.endpoint.to_string(),
+            reason: Arc::from(reason),
+        }));
+    }
+}
+
+impl std::fmt::Debug for AbortHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AbortHandle({})", self.endpoint)
+    }
+}
+
+impl<R> std::fmt::Debug for Ask<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ask({}, {:?})", self.endpoint, self.timeout)
+    }
+}
