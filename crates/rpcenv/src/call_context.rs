@@ -4,22 +4,37 @@ use std::cell::RefCell;
 use std::sync::Arc;
 
 use crate::address::RpcAddress;
+use crate::codec::{encode_reply_error, encode_reply_ok, WireError};
 use crate::error::{BoxError, Failure, FailureKind, RpcError};
 use crate::message::RpcReply;
 use crate::reply::{ReplySlot, ReplyValue};
+use rpcenv_transport::RpcResponder;
 
 /// Where the reply of one ask goes.
-#[derive(Clone)]
 pub(crate) enum ReplyTarget {
     /// An ask from this env: the reply value is moved into the asker's slot.
     Local(Arc<ReplySlot>),
+    /// An ask that came over the network: the reply is serialized into an RpcResponse.
+    Remote(Box<RpcResponder>),
 }
 
 impl ReplyTarget {
-    fn complete(&self, result: Result<ReplyValue, RpcError>) {
+    fn complete_ok<R: RpcReply>(self, value: R, endpoint: &str) {
         match self {
             ReplyTarget::Local(slot) => {
-                slot.complete(result);
+                slot.complete(Ok(ReplyValue::local(value)));
+            }
+            ReplyTarget::Remote(responder) => responder.respond(encode_reply_ok(&value, endpoint)),
+        }
+    }
+
+    fn complete_err(self, error: RpcError) {
+        match self {
+            ReplyTarget::Local(slot) => {
+                slot.complete(Err(error));
+            }
+            ReplyTarget::Remote(responder) => {
+                responder.respond(encode_reply_error(&WireError::from_error(&error)))
             }
         }
     }
@@ -28,6 +43,7 @@ impl ReplyTarget {
     pub(crate) fn id(&self) -> usize {
         match self {
             ReplyTarget::Local(slot) => Arc::as_ptr(slot) as *const () as usize,
+            ReplyTarget::Remote(responder) => &**responder as *const RpcResponder as usize,
         }
     }
 }
@@ -76,7 +92,7 @@ impl RpcCallContext {
     /// Answers the ask with `value`.
     pub fn reply<R: RpcReply>(mut self, value: R) {
         if let Some(target) = self.target.take() {
-            target.complete(Ok(ReplyValue::local(value)));
+            target.complete_ok(value, &self.endpoint);
         }
     }
 
@@ -86,7 +102,7 @@ impl RpcCallContext {
         if let Some(target) = self.target.take() {
             let error: BoxError = error.into();
             let failure = Failure::from_error(FailureKind::Reported, Arc::from(error));
-            target.complete(Err(self.failed(failure)));
+            target.complete_err(self.failed(failure));
         }
     }
 
@@ -103,7 +119,7 @@ impl RpcCallContext {
     /// Fails the ask with `error` (used when the message could not be delivered).
     pub(crate) fn fail(mut self, error: RpcError) {
         if let Some(target) = self.target.take() {
-            target.complete(Err(error));
+            target.complete_err(error);
         }
     }
 
@@ -122,17 +138,18 @@ impl Drop for RpcCallContext {
         };
         // Dropped inside a handler call (or while it unwinds): the dispatcher answers once the
         // handler has returned, with the handler's error if it returned one.
-        let deferred = HANDLER_SCOPE.with(|scope| match &mut *scope.borrow_mut() {
+        let endpoint = self.endpoint.clone();
+        let deferred = HANDLER_SCOPE.with(move |scope| match &mut *scope.borrow_mut() {
             Some(dropped) => {
-                dropped.push((target.clone(), self.endpoint.clone()));
-                true
+                dropped.push((target, endpoint));
+                None
             }
-            None => false,
+            None => Some(target),
         });
-        if !deferred {
-            target.complete(Err(RpcError::NoReply {
+        if let Some(target) = deferred {
+            target.complete_err(RpcError::NoReply {
                 endpoint: self.endpoint.to_string(),
-            }));
+            });
         }
     }
 }
@@ -185,7 +202,7 @@ pub(crate) fn with_handler_scope<T>(
                     endpoint: endpoint.to_string(),
                 },
             };
-            target.complete(Err(error));
+            target.complete_err(error);
         }
     }
     result

@@ -14,8 +14,11 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use crate::address::RpcAddress;
+use crate::call_context::RpcCallContext;
+use crate::codec::decode_content;
 use crate::endpoint::EndpointCtx;
 use crate::endpoint_ref::{Mailbox, RpcEndpointRef};
+use crate::env::DecodeScope;
 use crate::error::RpcError;
 use crate::inbox::{Behaviour, Inbox, InboxMessage, Job, Scheduler, TerminationListener};
 use crate::message::RpcMessage;
@@ -92,7 +95,6 @@ impl MessageLoop {
 }
 
 /// A network event every endpoint hears about.
-#[allow(dead_code)] // raised by the network layer
 pub(crate) enum Event {
     Connected(RpcAddress),
     Disconnected(RpcAddress),
@@ -102,8 +104,10 @@ pub(crate) enum Event {
 /// What the dispatcher needs of an inbox whatever its message type.
 pub(crate) trait InboxControl: Send + Sync {
     fn stop(&self) -> bool;
-    #[allow(dead_code)] // used by the network layer
     fn post_event(&self, event: &Event);
+    /// Decodes a message that came over the network (refs in it are rebound through `scope`)
+    /// and queues it; an ask whose message cannot be decoded or delivered fails.
+    fn post_remote(&self, content: &[u8], reply: Option<RpcCallContext>, scope: &DecodeScope);
 }
 
 impl<B: Behaviour> InboxControl for Inbox<B> {
@@ -119,6 +123,38 @@ impl<B: Behaviour> InboxControl for Inbox<B> {
         };
         // A stopped endpoint no longer hears network events.
         let _ = self.post(message);
+    }
+
+    fn post_remote(&self, content: &[u8], reply: Option<RpcCallContext>, scope: &DecodeScope) {
+        let message = match scope.run(|| decode_content::<B::Message>(content)) {
+            Ok(m) => m,
+            Err(e) => {
+                let error = RpcError::BadRequest {
+                    peer: scope.peer(),
+                    message: format!(
+                        "endpoint {} cannot decode the message: {}",
+                        self.name(),
+                        e.reason
+                    ),
+                };
+                tracing::warn!(endpoint = %self.name(), error = %error, "undecodable message");
+                if let Some(ctx) = reply {
+                    ctx.fail(error);
+                }
+                return;
+            }
+        };
+        let message = match reply {
+            Some(ctx) => InboxMessage::Rpc(message, ctx),
+            None => InboxMessage::OneWay(message),
+        };
+        if let Err(refused) = self.post(message) {
+            let error = self.refusal();
+            if matches!(refused, InboxMessage::OneWay(_)) {
+                tracing::warn!(endpoint = %self.name(), error = %error, "remote one-way message refused");
+            }
+            refused.reject(error);
+        }
     }
 }
 
@@ -276,7 +312,6 @@ impl Dispatcher {
     }
 
     /// The protocol name of a registered endpoint's message type.
-    #[allow(dead_code)] // used by the endpoint verifier
     pub(crate) fn protocol_of(&self, name: &str) -> Option<Cow<'static, str>> {
         let endpoints = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
         endpoints.get(name).map(|r| r.protocol.clone())
@@ -297,8 +332,13 @@ impl Dispatcher {
         control.stop();
     }
 
+    /// The inbox of the endpoint called `name`.
+    pub(crate) fn control(&self, name: &str) -> Option<Arc<dyn InboxControl>> {
+        let endpoints = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
+        endpoints.get(name).map(|r| r.control.clone())
+    }
+
     /// Tells every endpoint of a network event.
-    #[allow(dead_code)] // used by the network layer
     pub(crate) fn post_to_all(&self, event: Event) {
         let endpoints = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
         for reg in endpoints.values() {

@@ -3,17 +3,24 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use bytes::Bytes;
+use rpcenv_transport::{TransportClient, TransportError};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::address::{RpcAddress, RpcEndpointAddress};
 use crate::call_context::{ReplyTarget, RpcCallContext};
+use crate::codec::encode_request;
 use crate::dispatcher::InboxControl;
+use crate::env::EnvInner;
 use crate::error::RpcError;
 use crate::inbox::{Behaviour, Inbox, InboxMessage};
 use crate::message::{RpcMessage, RpcReply};
+use crate::net::Network;
+use crate::outbox::{dispatch, OutboxMessage};
 use crate::reply::{Ask, ReplySlot};
 use crate::timeout::{ensure_blocking_allowed, RpcTimeout};
 
@@ -46,14 +53,23 @@ pub(crate) struct RefDefaults {
     pub(crate) runtime: tokio::runtime::Handle,
     /// The address of the env the refs belong to (the sender of their messages).
     pub(crate) sender: Option<RpcAddress>,
+    /// The env, for its network.
+    pub(crate) env: Weak<EnvInner>,
 }
 
 pub(crate) enum Target<M> {
     Local(Arc<dyn Mailbox<M>>),
+    /// Another env's endpoint: through the outbox of its address, or, for an endpoint of a
+    /// client-mode env, over the connection that env opened.
+    Remote {
+        client: Option<TransportClient>,
+    },
 }
 
 struct RefInner<M> {
     address: Arc<RpcEndpointAddress>,
+    /// What timeout errors name: the address, or for a ref bound to a connection, the peer.
+    described: Arc<RpcEndpointAddress>,
     name: Arc<str>,
     target: Target<M>,
     defaults: Arc<RefDefaults>,
@@ -103,13 +119,107 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
         defaults: Arc<RefDefaults>,
     ) -> Self {
         let name: Arc<str> = address.name().into();
+        let address = Arc::new(address);
         RpcEndpointRef {
             inner: Arc::new(RefInner {
-                address: Arc::new(address),
+                described: address.clone(),
+                address,
                 name,
                 target: Target::Local(mailbox),
                 defaults,
             }),
+        }
+    }
+
+    pub(crate) fn remote(
+        address: RpcEndpointAddress,
+        client: Option<TransportClient>,
+        defaults: Arc<RefDefaults>,
+    ) -> Self {
+        let name: Arc<str> = address.name().into();
+        let described = match (&client, address.address()) {
+            (Some(c), None) => Arc::new(RpcEndpointAddress::new(
+                Some(RpcAddress::from_socket_addr(c.remote_addr())),
+                address.name(),
+            )),
+            _ => Arc::new(address.clone()),
+        };
+        RpcEndpointRef {
+            inner: Arc::new(RefInner {
+                address: Arc::new(address),
+                described,
+                name,
+                target: Target::Remote { client },
+                defaults,
+            }),
+        }
+    }
+
+    /// The network of the ref's env, or why there is none.
+    fn network(&self) -> Result<Arc<Network>, RpcError> {
+        self.inner
+            .defaults
+            .env
+            .upgrade()
+            .filter(|env| !env.is_stopped())
+            .map(|env| env.network().clone())
+            .ok_or(RpcError::EnvStopped)
+    }
+
+    /// Serializes `message` in an envelope for the remote endpoint.
+    fn envelope(&self, message: &M, net: &Network) -> Result<Bytes, RpcError> {
+        let body = encode_request(
+            self.inner.defaults.sender.as_ref(),
+            self.inner.address.address(),
+            &self.inner.name,
+            message,
+        )
+        .map_err(|e| RpcError::Serialization {
+            endpoint: self.inner.address.to_string(),
+            message: e,
+        })?;
+        net.check_size(&body)?;
+        Ok(body)
+    }
+
+    fn send_remote(
+        &self,
+        client: Option<&TransportClient>,
+        message: OutboxMessage,
+        net: &Arc<Network>,
+    ) -> Result<(), RpcError> {
+        match (client, self.inner.address.address()) {
+            (Some(c), _) => {
+                if !c.is_active() {
+                    let error = RpcError::Connection {
+                        peer: c.remote_addr().to_string(),
+                        source: TransportError::ConnectionClosed {
+                            peer: c.remote_addr(),
+                        },
+                    };
+                    if let OutboxMessage::Rpc(_, slot) = message {
+                        slot.complete(Err(error));
+                        return Ok(());
+                    }
+                    return Err(error);
+                }
+                dispatch(c, message, net);
+                Ok(())
+            }
+            (None, Some(address)) => {
+                net.post(address, message);
+                Ok(())
+            }
+            (None, None) => {
+                let error = RpcError::ClientEndpointUnreachable {
+                    uri: self.inner.address.to_string(),
+                };
+                if let OutboxMessage::Rpc(_, slot) = message {
+                    slot.complete(Err(error));
+                    return Ok(());
+                }
+                Err(error)
+            }
         }
     }
 
@@ -121,6 +231,7 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
             retry_wait: Duration::from_secs(3),
             runtime: crate::runtime::shared_runtime(1),
             sender: None,
+            env: Weak::new(),
         });
         Self::local(RpcEndpointAddress::new(None, "test"), mailbox, defaults)
     }
@@ -134,6 +245,11 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
             Target::Local(mailbox) => mailbox
                 .post(InboxMessage::OneWay(message))
                 .map_err(|_| mailbox.refusal()),
+            Target::Remote { client } => {
+                let net = self.network()?;
+                let body = self.envelope(&message, &net)?;
+                self.send_remote(client.as_ref(), OutboxMessage::OneWay(body), &net)
+            }
         }
     }
 
@@ -147,21 +263,34 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
     /// [`ask`](Self::ask) with an explicit timeout.
     pub fn ask_with_timeout<R: RpcReply>(&self, message: M, timeout: RpcTimeout) -> Ask<R> {
         let slot = ReplySlot::new();
-        let ctx = RpcCallContext::new(
-            ReplyTarget::Local(slot.clone()),
-            self.inner.defaults.sender.clone(),
-            self.inner.name.clone(),
-        );
         match &self.inner.target {
             Target::Local(mailbox) => {
+                let ctx = RpcCallContext::new(
+                    ReplyTarget::Local(slot.clone()),
+                    self.inner.defaults.sender.clone(),
+                    self.inner.name.clone(),
+                );
                 if let Err(refused) = mailbox.post(InboxMessage::Rpc(message, ctx)) {
                     refused.reject(mailbox.refusal());
+                }
+            }
+            Target::Remote { client } => {
+                let sent = self.network().and_then(|net| {
+                    let body = self.envelope(&message, &net)?;
+                    self.send_remote(
+                        client.as_ref(),
+                        OutboxMessage::Rpc(body, slot.clone()),
+                        &net,
+                    )
+                });
+                if let Err(e) = sent {
+                    slot.complete(Err(e));
                 }
             }
         }
         Ask::new(
             slot,
-            self.inner.address.clone(),
+            self.inner.described.clone(),
             timeout,
             self.inner.defaults.runtime.clone(),
         )
@@ -228,9 +357,11 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
         })
     }
 
-    pub(crate) fn control(&self) -> &dyn InboxControl {
+    /// The inbox behind a local ref.
+    pub(crate) fn control(&self) -> Option<&dyn InboxControl> {
         match &self.inner.target {
-            Target::Local(mailbox) => mailbox.control(),
+            Target::Local(mailbox) => Some(mailbox.control()),
+            Target::Remote { .. } => None,
         }
     }
 }

@@ -5,14 +5,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, Weak};
 
 use crate::address::{RpcAddress, RpcEndpointAddress};
+use crate::call_context::{ReplyTarget, RpcCallContext};
 use crate::conf::RpcConf;
+use crate::dispatcher::Event;
 use crate::dispatcher::{on_message_loop_thread, Dispatcher, LookupError};
 use crate::endpoint::{ConcurrentRpcEndpoint, EndpointCtx, RpcEndpoint};
 use crate::endpoint_ref::{RefDefaults, RpcEndpointRef};
 use crate::error::RpcError;
 use crate::inbox::{Behaviour, Concurrent, Sequential};
 use crate::message::RpcMessage;
-use crate::timeout::ensure_blocking_allowed;
+use crate::net::{Network, RpcEnvHandler, FRAME_HEADROOM};
+use crate::timeout::{block_on_until, ensure_blocking_allowed};
+use crate::verifier::{Existence, Verifier, VerifierRequest, VERIFIER_NAME};
+use rpcenv_transport::{
+    RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportConf,
+    TransportServer,
+};
 
 /// Builds an [`RpcEnv`].
 ///
@@ -79,7 +87,8 @@ impl RpcEnvBuilder {
         self
     }
 
-    /// Starts the env: its message loop threads (and, in server mode, its server).
+    /// Starts the env: its message loop threads and, unless in client mode, its server (with
+    /// the `endpoint-verifier` endpoint that remote lookups ask).
     pub fn build(self) -> Result<RpcEnv, RpcError> {
         let startup = |reason: String| RpcError::Startup {
             name: self.name.clone(),
@@ -96,35 +105,102 @@ impl RpcEnvBuilder {
             }
             None => crate::runtime::shared_runtime(self.conf.io_threads()),
         };
-        let dispatcher = Dispatcher::new(self.conf.dispatcher_threads())
-            .map_err(|e| startup(format!("cannot start message loop threads: {e}")))?;
-        let address = if self.client_mode {
+        let tconf = transport_conf(&self.conf, &self.name);
+        let handler = RpcEnvHandler::new();
+        let server = if self.client_mode {
             None
         } else {
-            let host = self.advertise_host.as_deref().unwrap_or(&self.bind_host);
-            Some(RpcAddress::new(host, self.port))
+            Some(bind_server(
+                &runtime,
+                &tconf,
+                &self.bind_host,
+                self.port,
+                handler.clone(),
+            )?)
         };
-        let defaults = Arc::new(RefDefaults {
-            ask_timeout: self.conf.ask_timeout(),
-            num_retries: self.conf.num_retries(),
-            retry_wait: self.conf.retry_wait(),
-            runtime: runtime.clone(),
-            sender: address.clone(),
+        let address = server.as_ref().map(|server| {
+            let host = self.advertise_host.as_deref().unwrap_or(&self.bind_host);
+            RpcAddress::new(host, server.port())
         });
-        tracing::debug!(env = %self.name, ?address, "RpcEnv started");
-        Ok(RpcEnv {
-            inner: Arc::new(EnvInner {
-                name: self.name,
-                address,
-                conf: self.conf,
-                dispatcher: Arc::new(dispatcher),
-                runtime,
-                defaults,
-                shutdown_started: AtomicBool::new(false),
-                termination: Arc::new(Termination::default()),
+        let dispatcher = Dispatcher::new(self.conf.dispatcher_threads())
+            .map_err(|e| startup(format!("cannot start message loop threads: {e}")))?;
+        let factory = TransportClientFactory::new(tconf, handler.clone());
+        let max_message_size = usize::try_from(self.conf.max_message_size()).unwrap_or(usize::MAX);
+        let inner = Arc::new_cyclic(|env: &Weak<EnvInner>| EnvInner {
+            defaults: Arc::new(RefDefaults {
+                ask_timeout: self.conf.ask_timeout(),
+                num_retries: self.conf.num_retries(),
+                retry_wait: self.conf.retry_wait(),
+                runtime: runtime.clone(),
+                sender: address.clone(),
+                env: env.clone(),
             }),
-        })
+            network: Arc::new(Network::new(
+                runtime.clone(),
+                factory,
+                server,
+                max_message_size,
+                env.clone(),
+            )),
+            name: self.name,
+            address,
+            conf: self.conf,
+            dispatcher: Arc::new(dispatcher),
+            runtime,
+            shutdown_started: AtomicBool::new(false),
+            termination: Arc::new(Termination::default()),
+        });
+        handler.bind(Arc::downgrade(&inner));
+        let env = RpcEnv { inner };
+        if !self.client_mode {
+            env.setup_endpoint(VERIFIER_NAME, Verifier)?;
+        }
+        tracing::debug!(env = %env.inner.name, address = ?env.inner.address, "RpcEnv started");
+        Ok(env)
     }
+}
+
+/// The transport settings an env derives from its configuration.
+fn transport_conf(conf: &RpcConf, name: &str) -> TransportConf {
+    let non_zero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
+    let max = usize::try_from(conf.max_message_size()).unwrap_or(usize::MAX);
+    TransportConf {
+        module: "rpc".into(),
+        max_frame_size: max.saturating_add(FRAME_HEADROOM),
+        connection_timeout: non_zero(conf.connection_timeout()),
+        connect_timeout: non_zero(conf.connection_creation_timeout()),
+        num_connections_per_peer: 1,
+        port_max_retries: conf.port_max_retries(),
+        service_name: format!("RpcEnv '{name}'"),
+        retry_wait: conf.io_retry_wait(),
+        ..TransportConf::default()
+    }
+}
+
+/// Binds the server on the env's runtime. The bind runs on a helper thread, so that building an
+/// env works the same from plain threads and from async code.
+fn bind_server(
+    runtime: &tokio::runtime::Handle,
+    conf: &TransportConf,
+    host: &str,
+    port: u16,
+    handler: Arc<RpcEnvHandler>,
+) -> Result<TransportServer, RpcError> {
+    let startup = |reason: String| RpcError::Startup {
+        name: format!("{host}:{port}"),
+        reason,
+    };
+    let (rt, conf, bind_host) = (runtime.clone(), conf.clone(), host.to_string());
+    std::thread::Builder::new()
+        .name("rpcenv-bind".into())
+        .spawn(move || {
+            let handler: Arc<dyn RpcHandler> = handler;
+            rt.block_on(TransportServer::bind(conf, &bind_host, port, handler))
+        })
+        .map_err(|e| startup(format!("cannot start a thread: {e}")))?
+        .join()
+        .map_err(|_| startup("the bind thread panicked".into()))?
+        .map_err(|e| startup(e.to_string()))
 }
 
 #[derive(Default)]
@@ -152,6 +228,7 @@ pub(crate) struct EnvInner {
     conf: RpcConf,
     dispatcher: Arc<Dispatcher>,
     runtime: tokio::runtime::Handle,
+    network: Arc<Network>,
     defaults: Arc<RefDefaults>,
     shutdown_started: AtomicBool,
     termination: Arc<Termination>,
@@ -165,11 +242,15 @@ impl EnvInner {
             return;
         }
         let dispatcher = self.dispatcher.clone();
+        let network = self.network.clone();
         let termination = self.termination.clone();
         let name = self.name.clone();
         let run = move || {
             tracing::debug!(env = %name, "RpcEnv shutting down");
+            // Endpoints stop first, so that they hear of no disconnection their own shutdown
+            // causes (SPARK-14699); then queued messages fail and connections close.
             dispatcher.shutdown();
+            network.shutdown();
             termination.finish();
             tracing::debug!(env = %name, "RpcEnv terminated");
         };
@@ -327,10 +408,19 @@ impl RpcEnv {
 
     /// Stops an endpoint: it is unregistered at once, processes the messages already queued, then
     /// runs `on_stop`; later messages are refused. Idempotent.
+    ///
+    /// Only endpoints of this env can be stopped; a ref to a remote endpoint is ignored (with a
+    /// log line).
     pub fn stop<M: RpcMessage>(&self, endpoint: &RpcEndpointRef<M>) {
-        self.inner
-            .dispatcher
-            .stop_endpoint(endpoint.name(), endpoint.control());
+        match endpoint.control() {
+            Some(control) => self
+                .inner
+                .dispatcher
+                .stop_endpoint(endpoint.name(), control),
+            None => {
+                tracing::warn!(env = %self.inner.name, endpoint = %endpoint, "cannot stop a remote endpoint")
+            }
+        }
     }
 
     /// Shuts the env down (idempotent): new messages and endpoints are refused, handler calls in
@@ -370,22 +460,150 @@ impl RpcEnv {
         }
     }
 
+    /// The protocol name of a registered endpoint's message type.
+    pub(crate) fn protocol_of(&self, name: &str) -> Option<std::borrow::Cow<'static, str>> {
+        self.inner.dispatcher.protocol_of(name)
+    }
+
     /// Whether [`shutdown`](Self::shutdown) has been called.
     pub fn is_stopped(&self) -> bool {
         self.inner.dispatcher.is_stopped()
     }
 
-    /// Runs `f` with this env as the one refs deserialize into.
-    #[allow(dead_code)] // used by the network layer
-    pub(crate) fn deserialize_scope<T>(&self, f: impl FnOnce() -> T) -> T {
-        let previous = DESERIALIZING_ENV.with(|e| e.replace(Some(Arc::downgrade(&self.inner))));
-        let result = f();
-        DESERIALIZING_ENV.with(|e| *e.borrow_mut() = previous);
-        result
+    /// A ref to the endpoint `name` of the env at `address`, checked with that env's
+    /// `endpoint-verifier` (it must exist and take messages of type `M`). Blocks for at most
+    /// `rpc.lookupTimeout`.
+    ///
+    /// Fails with [`RpcError::EndpointNotFound`] naming the full URI, or
+    /// [`RpcError::MessageTypeMismatch`] naming both types.
+    pub fn setup_endpoint_ref<M: RpcMessage>(
+        &self,
+        address: &RpcAddress,
+        name: &str,
+    ) -> Result<RpcEndpointRef<M>, RpcError> {
+        ensure_blocking_allowed("RpcEnv::setup_endpoint_ref")?;
+        block_on_until(self.setup_endpoint_ref_async(address, name), None)
+            .expect("a wait without deadline completes")
+    }
+
+    /// [`setup_endpoint_ref`](Self::setup_endpoint_ref) from a URI `rpc://name@host:port`.
+    pub fn setup_endpoint_ref_by_uri<M: RpcMessage>(
+        &self,
+        uri: &str,
+    ) -> Result<RpcEndpointRef<M>, RpcError> {
+        let address = RpcEndpointAddress::parse(uri)?;
+        let host = address
+            .address()
+            .ok_or_else(|| RpcError::ClientEndpointUnreachable {
+                uri: uri.to_string(),
+            })?;
+        self.setup_endpoint_ref(host, address.name())
+    }
+
+    /// The async form of [`setup_endpoint_ref`](Self::setup_endpoint_ref).
+    pub async fn setup_endpoint_ref_async<M: RpcMessage>(
+        &self,
+        address: &RpcAddress,
+        name: &str,
+    ) -> Result<RpcEndpointRef<M>, RpcError> {
+        if self.inner.address.as_ref() == Some(address) {
+            return self.inner.lookup_local(name);
+        }
+        let target = RpcEndpointAddress::new(Some(address.clone()), name);
+        let verifier: RpcEndpointRef<VerifierRequest> = self.inner.remote_ref(
+            RpcEndpointAddress::new(Some(address.clone()), VERIFIER_NAME),
+            None,
+        );
+        let check = VerifierRequest::CheckExistence {
+            name: name.to_string(),
+            protocol: M::protocol_name().into_owned(),
+        };
+        let answer: Existence = verifier
+            .ask_with_timeout(check, self.inner.conf.lookup_timeout())
+            .await?;
+        match answer {
+            Existence::Found => Ok(self.inner.remote_ref(target, None)),
+            Existence::NotFound => Err(RpcError::EndpointNotFound {
+                uri: target.to_string(),
+            }),
+            Existence::WrongType { actual } => Err(RpcError::MessageTypeMismatch {
+                uri: target.to_string(),
+                expected: M::protocol_name().into_owned(),
+                actual,
+            }),
+        }
+    }
+
+    /// The async form of [`setup_endpoint_ref_by_uri`](Self::setup_endpoint_ref_by_uri).
+    pub async fn setup_endpoint_ref_by_uri_async<M: RpcMessage>(
+        &self,
+        uri: &str,
+    ) -> Result<RpcEndpointRef<M>, RpcError> {
+        let address = RpcEndpointAddress::parse(uri)?;
+        let host = address
+            .address()
+            .ok_or_else(|| RpcError::ClientEndpointUnreachable {
+                uri: uri.to_string(),
+            })?;
+        self.setup_endpoint_ref_async(host, address.name()).await
     }
 }
 
 impl EnvInner {
+    pub(crate) fn network(&self) -> &Arc<Network> {
+        &self.network
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.dispatcher.is_stopped()
+    }
+
+    pub(crate) fn post_to_all(&self, event: Event) {
+        self.dispatcher.post_to_all(event);
+    }
+
+    /// Posts a message that came over the network to the endpoint called `name`.
+    pub(crate) fn post_remote(
+        &self,
+        name: &str,
+        content: &[u8],
+        sender: RpcAddress,
+        responder: Option<RpcResponder>,
+        scope: DecodeScope,
+    ) {
+        let reply = responder.map(|r| {
+            RpcCallContext::new(ReplyTarget::Remote(Box::new(r)), Some(sender), name.into())
+        });
+        match self.dispatcher.control(name) {
+            Some(inbox) => inbox.post_remote(content, reply, &scope),
+            None => {
+                let error = if self.is_stopped() {
+                    RpcError::EnvStopped
+                } else {
+                    RpcError::EndpointNotFound {
+                        uri: RpcEndpointAddress::new(self.address.clone(), name).to_string(),
+                    }
+                };
+                match reply {
+                    Some(ctx) => ctx.fail(error),
+                    None => {
+                        tracing::warn!(env = %self.name, peer = %scope.peer(), error = %error, "one-way message not delivered")
+                    }
+                }
+            }
+        }
+    }
+
+    /// A ref to `name` at `address` (another env), or to a client-mode endpoint reached over
+    /// `client`.
+    pub(crate) fn remote_ref<M: RpcMessage>(
+        &self,
+        address: RpcEndpointAddress,
+        client: Option<TransportClient>,
+    ) -> RpcEndpointRef<M> {
+        RpcEndpointRef::remote(address, client, self.defaults.clone())
+    }
+
     fn lookup_local<M: RpcMessage>(&self, name: &str) -> Result<RpcEndpointRef<M>, RpcError> {
         self.dispatcher.lookup::<M>(name).map_err(|e| match e {
             LookupError::NotFound => RpcError::EndpointNotFound {
@@ -410,24 +628,64 @@ impl std::fmt::Debug for RpcEnv {
     }
 }
 
-thread_local! {
-    static DESERIALIZING_ENV: RefCell<Option<Weak<EnvInner>>> = const { RefCell::new(None) };
+/// The env (and connection) refs inside a message are rebound to while it is decoded.
+pub(crate) struct DecodeScope {
+    env: Weak<EnvInner>,
+    client: Option<TransportClient>,
 }
 
-/// Rebinds a deserialized ref to the env that is decoding the message it arrived in.
+impl DecodeScope {
+    pub(crate) fn new(env: Weak<EnvInner>, client: Option<TransportClient>) -> Self {
+        DecodeScope { env, client }
+    }
+
+    /// Runs `f` (a decode) with this scope in force for the refs it deserializes.
+    pub(crate) fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        let scope = (self.env.clone(), self.client.clone());
+        let previous = DECODE_SCOPE.with(|s| s.replace(Some(scope)));
+        let result = f();
+        DECODE_SCOPE.with(|s| *s.borrow_mut() = previous);
+        result
+    }
+
+    /// The peer a message came from, for error messages.
+    pub(crate) fn peer(&self) -> String {
+        self.client.as_ref().map_or_else(
+            || "this process".to_string(),
+            |c| c.remote_addr().to_string(),
+        )
+    }
+}
+
+/// The env and connection a decode binds refs to.
+type Scope = (Weak<EnvInner>, Option<TransportClient>);
+
+thread_local! {
+    static DECODE_SCOPE: RefCell<Option<Scope>> = const { RefCell::new(None) };
+}
+
+/// Rebinds a deserialized ref to the env decoding the message it arrived in: a ref to one of that
+/// env's endpoints becomes local; a ref to another env's endpoint goes through the outbox of its
+/// address; a ref to a client-mode endpoint goes over the connection the message came on.
 pub(crate) fn rebind_ref<M: RpcMessage>(
     address: RpcEndpointAddress,
 ) -> Result<RpcEndpointRef<M>, String> {
-    let env = DESERIALIZING_ENV
-        .with(|e| e.borrow().as_ref().and_then(Weak::upgrade))
+    let (env, client) = DECODE_SCOPE
+        .with(|s| s.borrow().as_ref().map(|(e, c)| (e.upgrade(), c.clone())))
+        .and_then(|(env, client)| env.map(|env| (env, client)))
         .ok_or_else(|| {
             format!("cannot deserialize a ref to {address}: refs are rebound by the RpcEnv that receives them, and none is decoding")
         })?;
     if address.address() == env.address.as_ref() {
-        return env.lookup_local(address.name()).map_err(|e| e.to_string());
+        match env.lookup_local::<M>(address.name()) {
+            Ok(local) => return Ok(local),
+            Err(e) if address.address().is_some() => return Err(e.to_string()),
+            // A client-mode endpoint of another env (both have no address).
+            Err(_) => {}
+        }
     }
-    Err(format!(
-        "cannot reach {address} from RpcEnv {}: it is not served by this env",
-        env.name
-    ))
+    match address.address() {
+        Some(_) => Ok(env.remote_ref(address, None)),
+        None => Ok(env.remote_ref(address, client)),
+    }
 }

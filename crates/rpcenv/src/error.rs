@@ -219,6 +219,51 @@ pub enum RpcError {
         /// The protocol name of the endpoint's message type.
         actual: String,
     },
+    /// The connection to a peer could not be opened, or broke; messages queued for it failed.
+    #[error("connection to {peer} failed: {source}")]
+    Connection {
+        /// The peer's address.
+        peer: String,
+        /// The transport's error.
+        #[source]
+        source: rpcenv_transport::TransportError,
+    },
+    /// A message is larger than `rpc.message.maxSize`; nothing was sent.
+    #[error("message of {size} bytes exceeds the maximum of {max} bytes; raise rpc.message.maxSize to send it")]
+    MessageTooLarge {
+        /// The serialized size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A message or reply could not be serialized; nothing was sent.
+    #[error("cannot serialize a message to {endpoint}: {message}")]
+    Serialization {
+        /// The endpoint's URI.
+        endpoint: String,
+        /// The serializer's error.
+        message: String,
+    },
+    /// The remote env is shutting down.
+    #[error("the RpcEnv at {peer} is stopped")]
+    RemoteEnvStopped {
+        /// The peer's address.
+        peer: String,
+    },
+    /// The peer could not decode the request, or this env could not decode the answer.
+    #[error("bad request or reply exchanged with {peer}: {message}")]
+    BadRequest {
+        /// The peer's address.
+        peer: String,
+        /// What could not be decoded.
+        message: String,
+    },
+    /// A ref to an endpoint of a client-mode env, with no connection to reach it over.
+    #[error("Cannot send message to client endpoint {uri} with no listen address: it can only be reached over the connection its env opened, and this ref has none")]
+    ClientEndpointUnreachable {
+        /// The endpoint's URI.
+        uri: String,
+    },
     /// A blocking call was made on a tokio runtime thread.
     #[error("{operation} blocks and was called on a tokio runtime thread, where it could deadlock; use the async form instead (e.g. `ask(..).await`)")]
     BlockingInAsyncContext {

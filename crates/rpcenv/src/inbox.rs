@@ -29,7 +29,6 @@ use crate::error::{panic_message, Failure, FailureKind, HandlerResult, RpcError,
 use crate::message::RpcMessage;
 
 /// A message in an inbox.
-#[allow(dead_code)] // network events are raised by the network layer
 pub(crate) enum InboxMessage<M> {
     OnStart,
     OnStop,
@@ -230,6 +229,10 @@ impl<B: Behaviour> Inbox<B> {
         if let Some(me) = self.me.upgrade() {
             self.scheduler.schedule(me);
         }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
     /// Queues a message; a refused message (the endpoint is stopped) is handed back.

@@ -31,6 +31,7 @@
 
 pub mod address;
 mod call_context;
+pub mod codec;
 pub mod conf;
 mod dispatcher;
 mod endpoint;
@@ -39,9 +40,12 @@ mod env;
 mod error;
 mod inbox;
 mod message;
+mod net;
+mod outbox;
 mod reply;
 mod runtime;
 mod timeout;
+mod verifier;
 
 pub use address::{AddressError, RpcAddress, RpcEndpointAddress};
 pub use call_context::RpcCallContext;
@@ -53,3 +57,4 @@ pub use error::{BoxError, Failure, FailureKind, HandlerResult, RpcError, SharedE
 pub use message::{RpcMessage, RpcReply};
 pub use reply::{AbortHandle, Ask};
 pub use timeout::RpcTimeout;
+pub use verifier::VERIFIER_NAME;

@@ -9,43 +9,67 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use crate::address::RpcEndpointAddress;
+use crate::codec::decode_content;
+use crate::env::DecodeScope;
 use crate::error::{BoxError, RpcError};
 use crate::message::RpcReply;
 use crate::timeout::{ensure_blocking_allowed, RpcTimeout};
 
-/// A reply as it arrives: a moved value from a local endpoint.
-pub(crate) struct ReplyValue {
-    value: Box<dyn Any + Send>,
-    type_name: &'static str,
+/// A reply as it arrives: a moved value from a local endpoint, or the encoded content of a remote
+/// reply, decoded by the asker (so refs inside it are rebound to the asker's env).
+pub(crate) enum ReplyValue {
+    Local {
+        value: Box<dyn Any + Send>,
+        type_name: &'static str,
+    },
+    Remote {
+        content: Bytes,
+        scope: DecodeScope,
+    },
 }
 
 impl ReplyValue {
     pub(crate) fn local<R: RpcReply>(value: R) -> Self {
-        ReplyValue {
+        ReplyValue::Local {
             value: Box::new(value),
             type_name: std::any::type_name::<R>(),
         }
     }
 
     fn into_typed<R: RpcReply>(self, endpoint: &RpcEndpointAddress) -> Result<R, RpcError> {
-        match self.value.downcast::<R>() {
-            Ok(v) => Ok(*v),
-            Err(_) => Err(RpcError::UnexpectedReplyType {
-                endpoint: endpoint.to_string(),
-                expected: std::any::type_name::<R>(),
-                actual: self.type_name.to_string(),
-            }),
+        match self {
+            ReplyValue::Local { value, type_name } => match value.downcast::<R>() {
+                Ok(v) => Ok(*v),
+                Err(_) => Err(RpcError::UnexpectedReplyType {
+                    endpoint: endpoint.to_string(),
+                    expected: std::any::type_name::<R>(),
+                    actual: type_name.to_string(),
+                }),
+            },
+            ReplyValue::Remote { content, scope } => scope
+                .run(|| decode_content::<R>(&content))
+                .map_err(|e| RpcError::UnexpectedReplyType {
+                    endpoint: endpoint.to_string(),
+                    expected: std::any::type_name::<R>(),
+                    actual: format!("a reply that does not decode as one ({})", e.reason),
+                }),
         }
     }
 }
 
 pub(crate) type ReplyResult = Result<ReplyValue, RpcError>;
 
+/// Undoes the sending of an ask that ended without its reply (removes the pending request).
+pub(crate) type CancelHook = Box<dyn FnOnce() + Send>;
+
 enum SlotState {
     Pending {
         waker: Option<Waker>,
         blocking_waiter: bool,
+        cancel: Option<CancelHook>,
     },
     Done(ReplyResult),
     Taken,
@@ -64,6 +88,7 @@ impl ReplySlot {
             state: Mutex::new(SlotState::Pending {
                 waker: None,
                 blocking_waiter: false,
+                cancel: None,
             }),
             cond: Condvar::new(),
         })
@@ -71,15 +96,35 @@ impl ReplySlot {
 
     /// Completes the slot; returns false (and drops `result`) if it was already complete.
     pub(crate) fn complete(&self, result: ReplyResult) -> bool {
+        self.finish(result, false)
+    }
+
+    /// Completes the slot from the asker's side (timeout, abort, drop): the request is withdrawn
+    /// from its connection, so a late reply is discarded there.
+    pub(crate) fn cancel_with(&self, result: ReplyResult) -> bool {
+        self.finish(result, true)
+    }
+
+    /// Registers how to withdraw the request; runs it at once if the ask already ended.
+    pub(crate) fn set_cancel(&self, hook: CancelHook) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let SlotState::Pending { cancel, .. } = &mut *state {
+            *cancel = Some(hook);
+        }
+    }
+
+    fn finish(&self, result: ReplyResult, run_cancel: bool) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let SlotState::Pending {
             waker,
             blocking_waiter,
+            cancel,
         } = &mut *state
         else {
             return false;
         };
         let waker = waker.take();
+        let cancel = cancel.take();
         let notify = *blocking_waiter;
         *state = SlotState::Done(result);
         drop(state);
@@ -88,6 +133,9 @@ impl ReplySlot {
         }
         if let Some(w) = waker {
             w.wake();
+        }
+        if let (true, Some(cancel)) = (run_cancel, cancel) {
+            cancel();
         }
         true
     }
@@ -229,7 +277,7 @@ impl<R: RpcReply> Ask<R> {
         let error = self.timeout.timeout_error(&self.endpoint);
         // If a reply raced in, it is discarded: the caller has already been told of the timeout.
         self.slot
-            .complete(Err(self.timeout.timeout_error(&self.endpoint)));
+            .cancel_with(Err(self.timeout.timeout_error(&self.endpoint)));
         error
     }
 }
@@ -264,7 +312,7 @@ impl<R> Drop for Ask<R> {
     fn drop(&mut self) {
         // Cancel: the endpoint's reply, if it ever comes, finds the slot complete and is dropped.
         if !self.slot.is_complete() {
-            self.slot.complete(Err(RpcError::Aborted {
+            self.slot.cancel_with(Err(RpcError::Aborted {
                 endpoint: self.endpoint.to_string(),
                 reason: Arc::new(Cancelled),
             }));
@@ -288,7 +336,7 @@ impl AbortHandle {
     /// already completed.
     pub fn abort(&self, reason: impl Into<BoxError>) {
         let reason: BoxError = reason.into();
-        self.slot.complete(Err(RpcError::Aborted {
+        self.slot.cancel_with(Err(RpcError::Aborted {
             endpoint: self.endpoint.to_string(),
             reason: Arc::from(reason),
         }));

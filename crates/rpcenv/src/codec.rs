@@ -1,0 +1,377 @@
+//! What travels inside the transport's `RpcRequest` / `OneWayMessage` / `RpcResponse` bodies.
+//!
+//! The request envelope keeps Spark's `RequestMessage` layout (catalog §5.2):
+//!
+//! ```text
+//! sender address   : u8 0/1, then [u16 length + UTF-8 host, i32 port]
+//! receiver address : the same (absent for endpoints of client-mode envs)
+//! receiver name    : u16 length + UTF-8
+//! content          : u8 codec tag, then the message in that codec
+//! ```
+//!
+//! (Spark writes hosts and names with Java's modified UTF-8, which equals UTF-8 for every string
+//! without NUL or characters outside the BMP; endpoint names and hosts are such strings.)
+//!
+//! A reply body starts with a status byte: `0` then the codec tag and the value, or `1` then an
+//! encoded [`WireError`] (a failure or a delivery error, typed so the asker can act on it).
+//!
+//! The content codec is chosen by its tag byte, so formats can evolve without breaking peers: the
+//! default, and today the only one, is [postcard](https://docs.rs/postcard) (compact, no schema,
+//! well kept). A new format is a new [`ContentCodec`] variant.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::address::RpcAddress;
+use crate::error::{Failure, FailureKind, RpcError};
+
+/// The serialization formats of message content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ContentCodec {
+    /// postcard: compact varint-based binary serde format.
+    Postcard = 1,
+}
+
+impl ContentCodec {
+    fn from_tag(tag: u8) -> Option<Self> {
+        match tag {
+            1 => Some(ContentCodec::Postcard),
+            _ => None,
+        }
+    }
+}
+
+/// An envelope or reply that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot decode {what}: {reason}")]
+pub struct DecodeError {
+    /// What was being decoded.
+    pub what: &'static str,
+    /// Why it failed.
+    pub reason: String,
+}
+
+fn decode_error(what: &'static str, reason: impl Into<String>) -> DecodeError {
+    DecodeError {
+        what,
+        reason: reason.into(),
+    }
+}
+
+/// Serializes `value` with the default codec, after its tag byte, into `out`.
+pub(crate) fn encode_content<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut BytesMut,
+) -> Result<(), String> {
+    out.put_u8(ContentCodec::Postcard as u8);
+    let mut writer = out.writer();
+    postcard::to_io(value, &mut writer).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Deserializes content written by [`encode_content`].
+pub(crate) fn decode_content<T: DeserializeOwned>(content: &[u8]) -> Result<T, DecodeError> {
+    let (&tag, rest) = content
+        .split_first()
+        .ok_or_else(|| decode_error("message content", "empty content"))?;
+    match ContentCodec::from_tag(tag) {
+        Some(ContentCodec::Postcard) => {
+            let (value, remaining) = postcard::take_from_bytes::<T>(rest)
+                .map_err(|e| decode_error("message content", e.to_string()))?;
+            if !remaining.is_empty() {
+                return Err(decode_error(
+                    "message content",
+                    format!("{} trailing bytes", remaining.len()),
+                ));
+            }
+            Ok(value)
+        }
+        None => Err(decode_error(
+            "message content",
+            format!("unknown codec tag {tag} (a newer peer?)"),
+        )),
+    }
+}
+
+/// The decoded header of a request envelope; `content` is the undecoded message.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Envelope<'a> {
+    pub(crate) sender: Option<RpcAddress>,
+    pub(crate) receiver: Option<RpcAddress>,
+    pub(crate) name: &'a str,
+    pub(crate) content: &'a [u8],
+}
+
+fn put_address(out: &mut BytesMut, address: Option<&RpcAddress>) {
+    match address {
+        None => out.put_u8(0),
+        Some(a) => {
+            out.put_u8(1);
+            put_str(out, a.host());
+            out.put_i32(i32::from(a.port()));
+        }
+    }
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    // Hosts and endpoint names are short; longer strings are refused when endpoints register.
+    let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+    out.put_u16(len);
+    out.put_slice(&s.as_bytes()[..usize::from(len)]);
+}
+
+/// Encodes an envelope: header, then `message` with the default codec.
+pub(crate) fn encode_request<T: Serialize + ?Sized>(
+    sender: Option<&RpcAddress>,
+    receiver: Option<&RpcAddress>,
+    name: &str,
+    message: &T,
+) -> Result<Bytes, String> {
+    let mut out = BytesMut::with_capacity(64 + name.len());
+    put_address(&mut out, sender);
+    put_address(&mut out, receiver);
+    put_str(&mut out, name);
+    encode_content(message, &mut out)?;
+    Ok(out.freeze())
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.buf.len() < n {
+            return Err(decode_error("request envelope", "truncated"));
+        }
+        let (head, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn str(&mut self) -> Result<&'a str, DecodeError> {
+        let len = u16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes"));
+        std::str::from_utf8(self.take(usize::from(len))?)
+            .map_err(|_| decode_error("request envelope", "a string is not UTF-8"))
+    }
+
+    fn address(&mut self) -> Result<Option<RpcAddress>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => {
+                let host = self.str()?;
+                let port = i32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes"));
+                let port = u16::try_from(port)
+                    .map_err(|_| decode_error("request envelope", format!("port {port}")))?;
+                Ok(Some(RpcAddress::new(host, port)))
+            }
+            b => Err(decode_error(
+                "request envelope",
+                format!("address flag {b} is not 0 or 1"),
+            )),
+        }
+    }
+}
+
+/// Decodes an envelope's header; the content is left for the receiving endpoint to decode.
+pub(crate) fn decode_request(body: &[u8]) -> Result<Envelope<'_>, DecodeError> {
+    let mut r = Reader { buf: body };
+    let sender = r.address()?;
+    let receiver = r.address()?;
+    let name = r.str()?;
+    Ok(Envelope {
+        sender,
+        receiver,
+        name,
+        content: r.buf,
+    })
+}
+
+const REPLY_OK: u8 = 0;
+const REPLY_ERROR: u8 = 1;
+
+/// Why a remote ask failed, as it travels back to the asker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum WireError {
+    /// The endpoint answered with a failure.
+    Failed {
+        endpoint: String,
+        kind: FailureKind,
+        message: String,
+    },
+    EndpointNotFound {
+        uri: String,
+    },
+    EndpointStopped {
+        name: String,
+    },
+    EnvStopped,
+    NoReply {
+        endpoint: String,
+    },
+    /// The request could not be decoded by the receiver (e.g. a message type mismatch).
+    BadRequest {
+        message: String,
+    },
+}
+
+impl WireError {
+    /// What a local error becomes on the wire.
+    pub(crate) fn from_error(e: &RpcError) -> WireError {
+        match e {
+            RpcError::Failed { endpoint, failure } => WireError::Failed {
+                endpoint: endpoint.clone(),
+                kind: failure.kind(),
+                message: failure.message().to_string(),
+            },
+            RpcError::EndpointNotFound { uri } => WireError::EndpointNotFound { uri: uri.clone() },
+            RpcError::EndpointStopped { name } => WireError::EndpointStopped { name: name.clone() },
+            RpcError::EnvStopped => WireError::EnvStopped,
+            RpcError::NoReply { endpoint } => WireError::NoReply {
+                endpoint: endpoint.clone(),
+            },
+            other => WireError::BadRequest {
+                message: other.to_string(),
+            },
+        }
+    }
+
+    pub(crate) fn into_error(self, peer: &str) -> RpcError {
+        match self {
+            WireError::Failed {
+                endpoint,
+                kind,
+                message,
+            } => RpcError::Failed {
+                endpoint,
+                failure: Failure::new(kind, message),
+            },
+            WireError::EndpointNotFound { uri } => RpcError::EndpointNotFound { uri },
+            WireError::EndpointStopped { name } => RpcError::EndpointStopped { name },
+            WireError::EnvStopped => RpcError::RemoteEnvStopped {
+                peer: peer.to_string(),
+            },
+            WireError::NoReply { endpoint } => RpcError::NoReply { endpoint },
+            WireError::BadRequest { message } => RpcError::BadRequest {
+                peer: peer.to_string(),
+                message,
+            },
+        }
+    }
+}
+
+/// Encodes a successful reply; a value that cannot be serialized becomes a failure reply.
+pub(crate) fn encode_reply_ok<T: Serialize + ?Sized>(value: &T, endpoint: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(32);
+    out.put_u8(REPLY_OK);
+    match encode_content(value, &mut out) {
+        Ok(()) => out.freeze(),
+        Err(reason) => encode_reply_error(&WireError::Failed {
+            endpoint: endpoint.to_string(),
+            kind: FailureKind::Serialization,
+            message: format!("the reply could not be serialized: {reason}"),
+        }),
+    }
+}
+
+/// Encodes a failed reply.
+pub(crate) fn encode_reply_error(error: &WireError) -> Bytes {
+    let mut out = BytesMut::with_capacity(64);
+    out.put_u8(REPLY_ERROR);
+    encode_content(error, &mut out).expect("WireError always serializes");
+    out.freeze()
+}
+
+/// Splits a reply into its content (still encoded) or its error.
+pub(crate) fn decode_reply(body: &Bytes) -> Result<Result<Bytes, WireError>, DecodeError> {
+    match body.first() {
+        Some(&REPLY_OK) => Ok(Ok(body.slice(1..))),
+        Some(&REPLY_ERROR) => Ok(Err(decode_content::<WireError>(&body[1..])?)),
+        Some(b) => Err(decode_error("reply", format!("unknown status byte {b}"))),
+        None => Err(decode_error("reply", "empty reply")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Catalog test 39: "RequestMessage serialization".
+    #[test]
+    fn request_message_serialization() {
+        let sender = RpcAddress::new("localhost", 12345);
+        let receiver = RpcAddress::new("localhost", 54321);
+        for (s, content) in [
+            (Some(&sender), Some("foo".to_string())),
+            (None, Some("foo".to_string())),
+            (Some(&sender), None),
+        ] {
+            let body = encode_request(s, Some(&receiver), "test", &content).unwrap();
+            let env = decode_request(&body).unwrap();
+            assert_eq!(env.sender.as_ref(), s);
+            assert_eq!(env.receiver.as_ref(), Some(&receiver));
+            assert_eq!(env.name, "test");
+            assert_eq!(
+                decode_content::<Option<String>>(env.content).unwrap(),
+                content
+            );
+        }
+    }
+
+    #[test]
+    fn envelope_layout_is_sparks() {
+        let body = encode_request(Some(&RpcAddress::new("h", 7)), None, "ep", &()).unwrap();
+        assert_eq!(
+            &body[..],
+            &[
+                1,
+                0,
+                1,
+                b'h',
+                0,
+                0,
+                0,
+                7,
+                0,
+                0,
+                2,
+                b'e',
+                b'p',
+                ContentCodec::Postcard as u8
+            ]
+        );
+    }
+
+    #[test]
+    fn truncated_or_garbage_envelopes_are_decode_errors() {
+        let body = encode_request(Some(&RpcAddress::new("host", 1)), None, "name", &5u32).unwrap();
+        for cut in 0..body.len() - 2 {
+            let r = decode_request(&body[..cut]);
+            assert!(
+                r.is_err() || decode_content::<u32>(r.unwrap().content).is_err(),
+                "cut {cut}"
+            );
+        }
+        assert!(decode_request(&[7, 0, 0]).is_err());
+        assert!(decode_content::<u32>(&[99, 1]).is_err());
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let ok = encode_reply_ok(&"hi".to_string(), "ep");
+        let content = decode_reply(&ok).unwrap().unwrap();
+        assert_eq!(decode_content::<String>(&content).unwrap(), "hi");
+        let err = encode_reply_error(&WireError::EndpointStopped { name: "x".into() });
+        assert_eq!(
+            decode_reply(&err).unwrap().unwrap_err(),
+            WireError::EndpointStopped { name: "x".into() }
+        );
+        assert!(decode_reply(&Bytes::from_static(&[9])).is_err());
+    }
+}

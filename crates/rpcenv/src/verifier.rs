@@ -1,0 +1,60 @@
+//! The `endpoint-verifier`: the endpoint every server env runs so that other envs can check,
+//! before they build a ref, that an endpoint exists and takes the message type they expect.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+use crate::call_context::RpcCallContext;
+use crate::endpoint::{EndpointCtx, RpcEndpoint};
+use crate::error::HandlerResult;
+use crate::message::RpcMessage;
+
+/// The verifier's name, as in Spark.
+pub const VERIFIER_NAME: &str = "endpoint-verifier";
+
+/// A question to the verifier.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum VerifierRequest {
+    /// Does `name` exist, and does it speak `protocol`?
+    CheckExistence { name: String, protocol: String },
+}
+
+impl RpcMessage for VerifierRequest {
+    fn protocol_name() -> Cow<'static, str> {
+        Cow::Borrowed("rpcenv/endpoint-verifier/1")
+    }
+}
+
+/// The verifier's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Existence {
+    Found,
+    NotFound,
+    WrongType { actual: String },
+}
+
+pub(crate) struct Verifier;
+
+impl RpcEndpoint for Verifier {
+    type Message = VerifierRequest;
+
+    fn receive_and_reply(
+        &mut self,
+        ctx: &EndpointCtx<VerifierRequest>,
+        message: VerifierRequest,
+        reply: RpcCallContext,
+    ) -> HandlerResult {
+        let VerifierRequest::CheckExistence { name, protocol } = message;
+        let env = ctx.env().ok_or("the env is shutting down")?;
+        let answer = match env.protocol_of(&name) {
+            None => Existence::NotFound,
+            Some(actual) if actual == protocol => Existence::Found,
+            Some(actual) => Existence::WrongType {
+                actual: actual.into_owned(),
+            },
+        };
+        reply.reply(answer);
+        Ok(())
+    }
+}
