@@ -155,6 +155,18 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
         doc: "Largest message that may be sent (bare numbers are MiB; at most 2047m).",
     },
     KnownKey {
+        key: "rpc.outbox.maxBytes",
+        kind: ValueKind::Size(1),
+        default: Some("64m"),
+        doc: "Bytes that may wait to be sent to one remote address; past it `send` fails with QueueFull at once and `send_async` waits.",
+    },
+    KnownKey {
+        key: "rpc.inbox.capacity",
+        kind: ValueKind::Int(1, 1 << 30),
+        default: Some("65536"),
+        doc: "Messages an inbox holds before it pauses reading from the connections that feed it (until it drains to half).",
+    },
+    KnownKey {
         key: "port.maxRetries",
         kind: ValueKind::Int(0, 65535),
         default: Some("16"),
@@ -394,6 +406,19 @@ impl RpcConf {
             .ok()
             .flatten()
             .unwrap_or(128 * MIB)
+    }
+
+    /// `rpc.outbox.maxBytes` (64 MiB).
+    pub fn outbox_max_bytes(&self) -> u64 {
+        self.get_size("rpc.outbox.maxBytes")
+            .ok()
+            .flatten()
+            .unwrap_or(64 * MIB)
+    }
+
+    /// `rpc.inbox.capacity` (65536 messages).
+    pub fn inbox_capacity(&self) -> usize {
+        self.known_int("rpc.inbox.capacity", 65536) as usize
     }
 
     /// `port.maxRetries` (16).

@@ -148,7 +148,7 @@ impl<B: Behaviour> InboxControl for Inbox<B> {
             Some(ctx) => InboxMessage::Rpc(message, ctx),
             None => InboxMessage::OneWay(message),
         };
-        if let Err(refused) = self.post(message) {
+        if let Err(refused) = self.post_from(message, scope.client()) {
             let error = self.refusal();
             if matches!(refused, InboxMessage::OneWay(_)) {
                 tracing::warn!(endpoint = %self.name(), error = %error, "remote one-way message refused");
@@ -208,10 +208,11 @@ pub(crate) struct Dispatcher {
     shared_loop: Arc<MessageLoop>,
     dedicated: Mutex<Vec<Arc<MessageLoop>>>,
     live: Arc<Live>,
+    inbox_capacity: usize,
 }
 
 impl Dispatcher {
-    pub(crate) fn new(threads: usize) -> std::io::Result<Self> {
+    pub(crate) fn new(threads: usize, inbox_capacity: usize) -> std::io::Result<Self> {
         let shared_loop =
             MessageLoop::start(|i| format!("dispatcher-event-loop-{i}"), threads.max(1))?;
         Ok(Dispatcher {
@@ -223,6 +224,7 @@ impl Dispatcher {
                 count: Mutex::new(0),
                 cond: Condvar::new(),
             }),
+            inbox_capacity,
         })
     }
 
@@ -277,6 +279,7 @@ impl Dispatcher {
             name.clone(),
             scheduler,
             max_threads,
+            self.inbox_capacity,
             self.stopped.clone(),
             Some(listener),
         );

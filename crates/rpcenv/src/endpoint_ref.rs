@@ -182,43 +182,83 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
         Ok(body)
     }
 
-    fn send_remote(
+    /// Hands a serialized message to its route: the connection a client-mode endpoint is reached
+    /// over, or the outbox of the endpoint's address. A message that does not fit under
+    /// `rpc.outbox.maxBytes` is handed back with the bytes already waiting.
+    fn post(
         &self,
         client: Option<&TransportClient>,
         message: OutboxMessage,
         net: &Arc<Network>,
-    ) -> Result<(), RpcError> {
+    ) -> Result<Result<(), (OutboxMessage, usize)>, RpcError> {
         match (client, self.inner.address.address()) {
             (Some(c), _) => {
                 if !c.is_active() {
-                    let error = RpcError::Connection {
+                    return Err(RpcError::Connection {
                         peer: c.remote_addr().to_string(),
                         source: TransportError::ConnectionClosed {
                             peer: c.remote_addr(),
                         },
-                    };
-                    if let OutboxMessage::Rpc(_, slot) = message {
-                        slot.complete(Err(error));
-                        return Ok(());
-                    }
-                    return Err(error);
+                    });
+                }
+                let queued = c.queued_bytes();
+                if queued > 0 && queued + message_len(&message) > net.outbox_max_bytes() {
+                    return Ok(Err((message, queued)));
                 }
                 dispatch(c, message, net);
-                Ok(())
+                Ok(Ok(()))
             }
-            (None, Some(address)) => {
-                net.post(address, message);
-                Ok(())
-            }
-            (None, None) => {
-                let error = RpcError::ClientEndpointUnreachable {
-                    uri: self.inner.address.to_string(),
-                };
-                if let OutboxMessage::Rpc(_, slot) = message {
-                    slot.complete(Err(error));
-                    return Ok(());
+            (None, Some(address)) => Ok(net.post(address, message)),
+            (None, None) => Err(RpcError::ClientEndpointUnreachable {
+                uri: self.inner.address.to_string(),
+            }),
+        }
+    }
+
+    fn queue_full(
+        &self,
+        client: Option<&TransportClient>,
+        queued: usize,
+        net: &Network,
+    ) -> RpcError {
+        RpcError::QueueFull {
+            peer: client.map_or_else(
+                || self.inner.address.to_string(),
+                |c| c.remote_addr().to_string(),
+            ),
+            queued,
+            max: net.outbox_max_bytes(),
+        }
+    }
+
+    /// Sends a one-way message, waiting while more than `rpc.outbox.maxBytes` wait to be sent
+    /// to the endpoint instead of failing with [`RpcError::QueueFull`]. For a local endpoint it
+    /// is [`send`](Self::send).
+    pub async fn send_async(&self, message: M) -> Result<(), RpcError> {
+        let Target::Remote { client } = &self.inner.target else {
+            return self.send(message);
+        };
+        let net = self.network()?;
+        let mut pending = OutboxMessage::OneWay(self.envelope(&message, &net)?);
+        loop {
+            match self.post(client.as_ref(), pending, &net)? {
+                Ok(()) => return Ok(()),
+                Err((back, _)) => {
+                    let need = message_len(&back);
+                    match (client, self.inner.address.address()) {
+                        (Some(c), _) => {
+                            let room = net.outbox_max_bytes().saturating_sub(need);
+                            c.wait_queued_at_most(room).await
+                        }
+                        (None, Some(address)) => net.wait_for_room(address, need).await,
+                        (None, None) => {
+                            return Err(RpcError::ClientEndpointUnreachable {
+                                uri: self.inner.address.to_string(),
+                            })
+                        }
+                    }
+                    pending = back;
                 }
-                Err(error)
             }
         }
     }
@@ -239,7 +279,10 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
     /// Sends a one-way message. Returns once it is queued; the endpoint's `receive` handles it.
     ///
     /// Fails at once (the message is not delivered) when the endpoint is stopped
-    /// ([`RpcError::EndpointStopped`]) or its env is ([`RpcError::EnvStopped`]).
+    /// ([`RpcError::EndpointStopped`]) or its env is ([`RpcError::EnvStopped`]), when the
+    /// message exceeds `rpc.message.maxSize` ([`RpcError::MessageTooLarge`]), or when more than
+    /// `rpc.outbox.maxBytes` wait to be sent to the endpoint's address ([`RpcError::QueueFull`];
+    /// [`send_async`](Self::send_async) waits for room instead). Never blocks on the network.
     pub fn send(&self, message: M) -> Result<(), RpcError> {
         match &self.inner.target {
             Target::Local(mailbox) => mailbox
@@ -248,7 +291,10 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
             Target::Remote { client } => {
                 let net = self.network()?;
                 let body = self.envelope(&message, &net)?;
-                self.send_remote(client.as_ref(), OutboxMessage::OneWay(body), &net)
+                match self.post(client.as_ref(), OutboxMessage::OneWay(body), &net)? {
+                    Ok(()) => Ok(()),
+                    Err((_, queued)) => Err(self.queue_full(client.as_ref(), queued, &net)),
+                }
             }
         }
     }
@@ -277,11 +323,11 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
             Target::Remote { client } => {
                 let sent = self.network().and_then(|net| {
                     let body = self.envelope(&message, &net)?;
-                    self.send_remote(
-                        client.as_ref(),
-                        OutboxMessage::Rpc(body, slot.clone()),
-                        &net,
-                    )
+                    let message = OutboxMessage::Rpc(body, slot.clone());
+                    match self.post(client.as_ref(), message, &net)? {
+                        Ok(()) => Ok(()),
+                        Err((_, queued)) => Err(self.queue_full(client.as_ref(), queued, &net)),
+                    }
                 });
                 if let Err(e) = sent {
                     slot.complete(Err(e));
@@ -406,6 +452,12 @@ impl<M> fmt::Display for RpcEndpointRef<M> {
 impl<M> fmt::Debug for RpcEndpointRef<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
+    }
+}
+
+fn message_len(message: &OutboxMessage) -> usize {
+    match message {
+        OutboxMessage::OneWay(b) | OutboxMessage::Rpc(b, _) => b.len(),
     }
 }
 

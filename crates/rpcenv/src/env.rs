@@ -122,8 +122,9 @@ impl RpcEnvBuilder {
             let host = self.advertise_host.as_deref().unwrap_or(&self.bind_host);
             RpcAddress::new(host, server.port())
         });
-        let dispatcher = Dispatcher::new(self.conf.dispatcher_threads())
-            .map_err(|e| startup(format!("cannot start message loop threads: {e}")))?;
+        let dispatcher =
+            Dispatcher::new(self.conf.dispatcher_threads(), self.conf.inbox_capacity())
+                .map_err(|e| startup(format!("cannot start message loop threads: {e}")))?;
         let factory = TransportClientFactory::new(tconf, handler.clone());
         let max_message_size = usize::try_from(self.conf.max_message_size()).unwrap_or(usize::MAX);
         let inner = Arc::new_cyclic(|env: &Weak<EnvInner>| EnvInner {
@@ -140,6 +141,7 @@ impl RpcEnvBuilder {
                 factory,
                 server,
                 max_message_size,
+                usize::try_from(self.conf.outbox_max_bytes()).unwrap_or(usize::MAX),
                 env.clone(),
             )),
             name: self.name,
@@ -646,6 +648,11 @@ impl DecodeScope {
         let result = f();
         DECODE_SCOPE.with(|s| *s.borrow_mut() = previous);
         result
+    }
+
+    /// The connection the message came over.
+    pub(crate) fn client(&self) -> Option<&TransportClient> {
+        self.client.as_ref()
     }
 
     /// The peer a message came from, for error messages.

@@ -236,6 +236,17 @@ pub enum RpcError {
         /// The limit.
         max: usize,
     },
+    /// Too many bytes wait to be sent to that peer; the message was not queued. Retry later, use
+    /// `send_async` (which waits for room), or raise `rpc.outbox.maxBytes`.
+    #[error("the outbox to {peer} is full ({queued} bytes wait to be sent, limit {max}); retry, use send_async, or raise rpc.outbox.maxBytes")]
+    QueueFull {
+        /// The peer's address.
+        peer: String,
+        /// Bytes waiting.
+        queued: usize,
+        /// The limit (`rpc.outbox.maxBytes`).
+        max: usize,
+    },
     /// A message or reply could not be serialized; nothing was sent.
     #[error("cannot serialize a message to {endpoint}: {message}")]
     Serialization {

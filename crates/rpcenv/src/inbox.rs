@@ -27,6 +27,7 @@ use crate::call_context::{with_handler_scope, CallOutcome, RpcCallContext};
 use crate::endpoint::{Callbacks, ConcurrentRpcEndpoint, EndpointCtx, RpcEndpoint, Shared};
 use crate::error::{panic_message, Failure, FailureKind, HandlerResult, RpcError, SharedError};
 use crate::message::RpcMessage;
+use rpcenv_transport::TransportClient;
 
 /// A message in an inbox.
 pub(crate) enum InboxMessage<M> {
@@ -148,6 +149,8 @@ struct State<M, C> {
     /// `on_stop` has run.
     terminated: bool,
     core: Option<Arc<C>>,
+    /// Connections whose reading this inbox paused because it was over capacity.
+    paused: Vec<TransportClient>,
 }
 
 /// Told when an inbox has terminated (`on_stop` ran), so shutdown can wait for all of them.
@@ -162,6 +165,8 @@ pub(crate) struct Inbox<B: Behaviour> {
     state: Mutex<State<B::Message, Core<B>>>,
     scheduler: Scheduler,
     max_threads: usize,
+    /// Messages from the network beyond this pause the connections they come from.
+    capacity: usize,
     env_stopped: Arc<AtomicBool>,
     listener: Option<Arc<dyn TerminationListener>>,
 }
@@ -175,6 +180,7 @@ impl<B: Behaviour> Inbox<B> {
         name: Arc<str>,
         scheduler: Scheduler,
         max_threads: usize,
+        capacity: usize,
         env_stopped: Arc<AtomicBool>,
         listener: Option<Arc<dyn TerminationListener>>,
     ) -> Arc<Self> {
@@ -191,9 +197,11 @@ impl<B: Behaviour> Inbox<B> {
                 active: 0,
                 terminated: false,
                 core: None,
+                paused: Vec::new(),
             }),
             scheduler,
             max_threads: max_threads.max(1),
+            capacity: capacity.max(1),
             env_stopped,
             listener,
         })
@@ -240,12 +248,29 @@ impl<B: Behaviour> Inbox<B> {
         &self,
         message: InboxMessage<B::Message>,
     ) -> Result<(), InboxMessage<B::Message>> {
+        self.post_from(message, None)
+    }
+
+    /// Queues a message that came over `feeder`; past `capacity` queued messages, reading from
+    /// that connection pauses until the inbox has drained to half (TCP then slows the sender).
+    pub(crate) fn post_from(
+        &self,
+        message: InboxMessage<B::Message>,
+        feeder: Option<&TransportClient>,
+    ) -> Result<(), InboxMessage<B::Message>> {
         let schedule = {
             let mut st = self.lock();
             if st.stopped {
                 return Err(message);
             }
             st.queue.push_back(message);
+            if let Some(c) = feeder {
+                if st.queue.len() >= self.capacity && !c.is_reading_paused() {
+                    tracing::debug!(endpoint = %self.name, peer = %c.remote_addr(), queued = st.queue.len(), "inbox full: pausing the connection");
+                    c.pause_reading();
+                    st.paused.push(c.clone());
+                }
+            }
             self.claim_thread(&mut st)
         };
         if schedule {
@@ -312,6 +337,7 @@ impl<B: Behaviour> Inbox<B> {
         let mut batch: VecDeque<InboxMessage<B::Message>> = VecDeque::new();
         let mut rounds = 0;
         loop {
+            let mut resume = Vec::new();
             let core = {
                 let mut st = self.lock();
                 if st.spare.capacity() < batch.capacity() {
@@ -335,8 +361,14 @@ impl<B: Behaviour> Inbox<B> {
                     batch = std::mem::take(&mut st.spare);
                     std::mem::swap(&mut st.queue, &mut batch);
                 }
+                if !st.paused.is_empty() && st.queue.len() <= self.capacity / 2 {
+                    resume = std::mem::take(&mut st.paused);
+                }
                 st.core.clone().expect("checked above")
             };
+            for c in resume {
+                c.resume_reading();
+            }
             rounds += 1;
             core.behaviour.with(|callbacks| {
                 while let Some(message) = batch.pop_front() {
@@ -459,12 +491,19 @@ impl<B: Behaviour> Inbox<B> {
     /// `on_stop` has run: drop the endpoint (and the cycle through its own ref) and tell the
     /// dispatcher.
     fn terminate(&self) {
-        let (core, leftover) = {
+        let (core, leftover, paused) = {
             let mut st = self.lock();
             st.terminated = true;
             // Nothing can follow OnStop (posts are refused once it is queued), but be thorough.
-            (st.core.take(), std::mem::take(&mut st.queue))
+            (
+                st.core.take(),
+                std::mem::take(&mut st.queue),
+                std::mem::take(&mut st.paused),
+            )
         };
+        for c in paused {
+            c.resume_reading();
+        }
         for m in leftover {
             m.reject(self.refusal());
         }
@@ -588,6 +627,7 @@ mod tests {
             "test".into(),
             Scheduler::Manual,
             1,
+            1024,
             Arc::new(AtomicBool::new(false)),
             None,
         );

@@ -33,6 +33,7 @@ pub(crate) struct Network {
     /// Connection id -> the listening address its peer announced as sender.
     listen_addresses: Mutex<HashMap<u64, RpcAddress>>,
     max_message_size: usize,
+    outbox_max_bytes: usize,
     env: Weak<EnvInner>,
     stopped: AtomicBool,
 }
@@ -43,6 +44,7 @@ impl Network {
         factory: TransportClientFactory,
         server: Option<TransportServer>,
         max_message_size: usize,
+        outbox_max_bytes: usize,
         env: Weak<EnvInner>,
     ) -> Self {
         Network {
@@ -52,6 +54,7 @@ impl Network {
             outboxes: Mutex::new(HashMap::new()),
             listen_addresses: Mutex::new(HashMap::new()),
             max_message_size,
+            outbox_max_bytes,
             env,
             stopped: AtomicBool::new(false),
         }
@@ -65,6 +68,11 @@ impl Network {
         &self.factory
     }
 
+    /// `rpc.outbox.maxBytes`.
+    pub(crate) fn outbox_max_bytes(&self) -> usize {
+        self.outbox_max_bytes
+    }
+
     /// Checks a serialized message against `rpc.message.maxSize` before anything is written.
     pub(crate) fn check_size(&self, body: &Bytes) -> Result<(), RpcError> {
         if body.len() > self.max_message_size {
@@ -76,21 +84,29 @@ impl Network {
         Ok(())
     }
 
-    /// Sends a message to `address` through its outbox (opened on first use).
-    pub(crate) fn post(self: &Arc<Self>, address: &RpcAddress, mut message: OutboxMessage) {
+    fn outbox(self: &Arc<Self>, address: &RpcAddress) -> Arc<Outbox> {
+        let mut outboxes = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
+        outboxes
+            .entry(address.clone())
+            .or_insert_with(|| Outbox::open(address.clone(), self))
+            .clone()
+    }
+
+    /// Sends a message to `address` through its outbox (opened on first use). A message that
+    /// does not fit under `rpc.outbox.maxBytes` is handed back with the bytes already waiting.
+    pub(crate) fn post(
+        self: &Arc<Self>,
+        address: &RpcAddress,
+        mut message: OutboxMessage,
+    ) -> Result<(), (OutboxMessage, usize)> {
         for _attempt in 0..2 {
             if self.stopped.load(Ordering::Acquire) {
                 break;
             }
-            let outbox = {
-                let mut outboxes = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
-                outboxes
-                    .entry(address.clone())
-                    .or_insert_with(|| Outbox::open(address.clone(), self))
-                    .clone()
-            };
+            let outbox = self.outbox(address);
             match outbox.post(message, self) {
-                Posted::Done => return,
+                Posted::Done => return Ok(()),
+                Posted::Full(m, queued) => return Err((m, queued)),
                 Posted::Stale(m) => {
                     // Its connection is gone: drop the outbox so the next one reconnects.
                     self.remove_outbox(&outbox);
@@ -116,6 +132,13 @@ impl Network {
                 tracing::warn!(peer = %address, error = %error, "one-way message not delivered")
             }
         }
+        Ok(())
+    }
+
+    /// Waits until `need` more bytes fit in the outbox to `address`.
+    pub(crate) async fn wait_for_room(self: &Arc<Self>, address: &RpcAddress, need: usize) {
+        let outbox = self.outbox(address);
+        outbox.wait_for_room(need, self.outbox_max_bytes).await;
     }
 
     /// Forgets `outbox` if it is still the one registered for its address.

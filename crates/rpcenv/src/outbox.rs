@@ -25,9 +25,17 @@ pub(crate) enum OutboxMessage {
     Rpc(Bytes, Arc<ReplySlot>),
 }
 
+impl OutboxMessage {
+    fn len(&self) -> usize {
+        match self {
+            OutboxMessage::OneWay(b) | OutboxMessage::Rpc(b, _) => b.len(),
+        }
+    }
+}
+
 enum State {
-    /// The connection is being opened; messages wait here, in order.
-    Connecting(VecDeque<OutboxMessage>),
+    /// The connection is being opened; messages wait here, in order, with their total size.
+    Connecting(VecDeque<OutboxMessage>, usize),
     /// Messages go straight to the connection.
     Connected(TransportClient),
     /// Failed or stopped: messages are refused (the poster opens a new outbox).
@@ -38,6 +46,8 @@ enum State {
 pub(crate) struct Outbox {
     address: RpcAddress,
     state: Mutex<State>,
+    /// Signalled when the connection opens or fails (for senders waiting for room).
+    settled: tokio::sync::Notify,
 }
 
 /// What `Outbox::post` did.
@@ -45,6 +55,8 @@ pub(crate) enum Posted {
     Done,
     /// The outbox's connection is gone: post to a new outbox.
     Stale(OutboxMessage),
+    /// `rpc.outbox.maxBytes` would be exceeded: this many bytes wait already.
+    Full(OutboxMessage, usize),
 }
 
 impl Outbox {
@@ -52,7 +64,8 @@ impl Outbox {
     pub(crate) fn open(address: RpcAddress, network: &Arc<Network>) -> Arc<Outbox> {
         let outbox = Arc::new(Outbox {
             address: address.clone(),
-            state: Mutex::new(State::Connecting(VecDeque::new())),
+            state: Mutex::new(State::Connecting(VecDeque::new(), 0)),
+            settled: tokio::sync::Notify::new(),
         });
         let weak_net: Weak<Network> = Arc::downgrade(network);
         let me = outbox.clone();
@@ -87,15 +100,25 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues or sends a message. Never blocks on the network.
+    /// Queues or sends a message, unless more than `rpc.outbox.maxBytes` would wait. Never
+    /// blocks on the network.
     pub(crate) fn post(&self, message: OutboxMessage, net: &Network) -> Posted {
+        let max = net.outbox_max_bytes();
         let mut state = self.lock();
         match &mut *state {
-            State::Connecting(queue) => {
+            State::Connecting(queue, queued) => {
+                if *queued > 0 && *queued + message.len() > max {
+                    return Posted::Full(message, *queued);
+                }
+                *queued += message.len();
                 queue.push_back(message);
                 Posted::Done
             }
             State::Connected(client) if client.is_active() => {
+                let queued = client.queued_bytes();
+                if queued > 0 && queued + message.len() > max {
+                    return Posted::Full(message, queued);
+                }
                 let client = client.clone();
                 // Sent under the lock: a concurrent post cannot overtake this one.
                 dispatch(&client, message, net);
@@ -109,7 +132,7 @@ impl Outbox {
     fn connected(&self, client: TransportClient, net: &Network) {
         let mut state = self.lock();
         let queued = match std::mem::replace(&mut *state, State::Connected(client.clone())) {
-            State::Connecting(q) => q,
+            State::Connecting(q, _) => q,
             other => {
                 // Stopped while connecting.
                 *state = other;
@@ -120,6 +143,26 @@ impl Outbox {
         };
         for message in queued {
             dispatch(&client, message, net);
+        }
+        drop(state);
+        self.settled.notify_waiters();
+    }
+
+    /// Waits until `need` more bytes fit (or the outbox is closed or replaced).
+    pub(crate) async fn wait_for_room(&self, need: usize, max: usize) {
+        loop {
+            let settled = self.settled.notified();
+            let mut settled = std::pin::pin!(settled);
+            settled.as_mut().enable();
+            let client = match &*self.lock() {
+                State::Connecting(_, queued) if *queued > 0 && *queued + need > max => None,
+                State::Connected(c) if c.is_active() => Some(c.clone()),
+                _ => return,
+            };
+            match client {
+                Some(c) => return c.wait_queued_at_most(max.saturating_sub(need)).await,
+                None => settled.await,
+            }
         }
     }
 
@@ -132,9 +175,10 @@ impl Outbox {
     pub(crate) fn close(&self, error: &dyn Fn() -> RpcError) {
         let text = error().to_string();
         let queued = match std::mem::replace(&mut *self.lock(), State::Closed) {
-            State::Connecting(q) => q,
+            State::Connecting(q, _) => q,
             _ => VecDeque::new(),
         };
+        self.settled.notify_waiters();
         let mut dropped_one_way = 0;
         for message in queued {
             match message {

@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::connection::{Command, CommandSender, PendingKind};
+use crate::connection::{queue_cost, Command, CommandSender, PendingKind};
 use crate::error::TransportError;
 use crate::message::{Message, StreamChunkId};
 use crate::response::{PendingRpc, RpcReply};
@@ -25,6 +25,29 @@ pub(crate) struct ClientShared {
     pub(crate) next_request_id: AtomicU64,
     pub(crate) closed: AtomicBool,
     pub(crate) close_notify: Notify,
+    /// Bytes of requests and one-way messages queued for the connection's task, not yet taken
+    /// into its write buffer.
+    pub(crate) queued_bytes: AtomicUsize,
+    /// Signalled when the task takes queued messages.
+    pub(crate) drained: Notify,
+    /// Reading is paused (backpressure from the handler's side).
+    pub(crate) read_paused: AtomicBool,
+    /// The connection task, to wake when reading resumes.
+    pub(crate) read_waker: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl ClientShared {
+    /// Queues a command, counting the bytes it will write.
+    pub(crate) fn enqueue(&self, cmd: Command) -> Result<(), mpsc::error::SendError<Command>> {
+        let cost = match &cmd {
+            Command::Send(m) | Command::Request(m, _) => queue_cost(m),
+            _ => 0,
+        };
+        if cost > 0 {
+            self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+        }
+        self.tx.send(cmd)
+    }
 }
 
 /// A handle to one connection (cheap to clone). Either side of a connection has one: requests
@@ -223,6 +246,54 @@ impl TransportClient {
         !self.shared.closed.load(Ordering::Acquire) && !self.shared.tx.is_closed()
     }
 
+    /// Bytes of requests and one-way messages queued on this connection that its task has not
+    /// yet taken for writing (the writer itself holds at most a few MiB more). Callers use it
+    /// to bound what they queue.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at most `limit` bytes are queued, or the connection is closed.
+    pub async fn wait_queued_at_most(&self, limit: usize) {
+        loop {
+            let drained = self.shared.drained.notified();
+            let mut drained = std::pin::pin!(drained);
+            drained.as_mut().enable();
+            if self.queued_bytes() <= limit || !self.is_active() {
+                return;
+            }
+            tokio::select! {
+                _ = drained => {}
+                _ = self.shared.close_notify.notified() => return,
+            }
+        }
+    }
+
+    /// Stops reading from the socket (TCP then slows the peer down) until
+    /// [`resume_reading`](Self::resume_reading). Writes go on.
+    pub fn pause_reading(&self) {
+        self.shared.read_paused.store(true, Ordering::Release);
+    }
+
+    /// Resumes reading after [`pause_reading`](Self::pause_reading).
+    pub fn resume_reading(&self) {
+        self.shared.read_paused.store(false, Ordering::Release);
+        let waker = self
+            .shared
+            .read_waker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Whether reading is paused.
+    pub fn is_reading_paused(&self) -> bool {
+        self.shared.read_paused.load(Ordering::Acquire)
+    }
+
     /// Close the connection. Outstanding requests fail with "Connection from <peer> closed".
     /// Returns at once; the connection's task finishes the close.
     pub fn close(&self) {
@@ -248,7 +319,7 @@ impl TransportClient {
         key: CancelKey,
     ) -> ResponseFuture<T> {
         if self.shared.closed.load(Ordering::Acquire)
-            || self.shared.tx.send(Command::Request(msg, pending)).is_err()
+            || self.shared.enqueue(Command::Request(msg, pending)).is_err()
         {
             return ResponseFuture {
                 state: FutureState::Failed(Some(self.closed_error())),
@@ -304,7 +375,7 @@ impl TransportClient {
         if let Err(mpsc::error::SendError(Command::Request(
             _,
             PendingKind::Rpc(_, PendingRpc::Rpc(reply)),
-        ))) = self.shared.tx.send(Command::Request(msg, pending))
+        ))) = self.shared.enqueue(Command::Request(msg, pending))
         {
             reply.complete(Err(self.closed_error()));
         }
@@ -322,8 +393,7 @@ impl TransportClient {
             return Err(self.closed_error());
         }
         self.shared
-            .tx
-            .send(Command::Send(Message::OneWayMessage { body }))
+            .enqueue(Command::Send(Message::OneWayMessage { body }))
             .map_err(|_| self.closed_error())
     }
 

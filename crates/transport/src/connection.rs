@@ -6,7 +6,7 @@ use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -58,6 +58,16 @@ pub(crate) enum Command {
 
 pub(crate) type CommandSender = mpsc::UnboundedSender<Command>;
 
+/// The bytes a queued message counts for in [`TransportClient::queued_bytes`]: its body and
+/// header, for the messages callers queue in bulk (requests and one-way messages).
+pub(crate) fn queue_cost(msg: &Message) -> usize {
+    match msg {
+        Message::RpcRequest { body, .. } => body.len() + 21,
+        Message::OneWayMessage { body } => body.len() + 13,
+        _ => 0,
+    }
+}
+
 /// Called once when a connection's task ends.
 pub(crate) type OnExit = Box<dyn FnOnce(&TransportClient) + Send>;
 
@@ -91,6 +101,10 @@ where
         next_request_id: AtomicU64::new(u64::from(rand::random::<u32>())),
         closed: AtomicBool::new(false),
         close_notify: Notify::new(),
+        queued_bytes: AtomicUsize::new(0),
+        drained: Notify::new(),
+        read_paused: AtomicBool::new(false),
+        read_waker: std::sync::Mutex::new(None),
     });
     let client = TransportClient { shared };
     let now = Instant::now();
@@ -266,10 +280,19 @@ where
                     Poll::Ready(_) => {
                         progress = true;
                         let mut cmds = std::mem::take(&mut self.cmds);
+                        let mut taken = 0;
                         for cmd in cmds.drain(..) {
+                            if let Command::Send(m) | Command::Request(m, _) = &cmd {
+                                taken += queue_cost(m);
+                            }
                             self.on_command(cmd);
                         }
                         self.cmds = cmds;
+                        if taken > 0 {
+                            let shared = &self.client.shared;
+                            shared.queued_bytes.fetch_sub(taken, Ordering::Relaxed);
+                            shared.drained.notify_waiters();
+                        }
                     }
                     Poll::Pending => break,
                 }
@@ -308,8 +331,9 @@ where
                 }
             }
 
-            // 3. Read and dispatch.
-            for _ in 0..4 {
+            // 3. Read and dispatch, unless the handler's side paused reading (backpressure).
+            let paused = self.read_paused(cx);
+            for _ in 0..if paused { 0 } else { 4 } {
                 let want = self.decoder.reserve_hint(&self.rbuf).max(READ_MIN_SPARE);
                 if self.rbuf.capacity() - self.rbuf.len() < want {
                     self.rbuf.reserve(want.max(READ_CHUNK));
@@ -372,6 +396,17 @@ where
             }
             return Poll::Pending;
         }
+    }
+
+    /// Whether reading is paused; if so, registers the task to be woken on resume.
+    fn read_paused(&self, cx: &mut Context<'_>) -> bool {
+        let shared = &self.client.shared;
+        if !shared.read_paused.load(Ordering::Acquire) {
+            return false;
+        }
+        *shared.read_waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(cx.waker().clone());
+        // Resumed between the check and the registration: read now.
+        shared.read_paused.load(Ordering::Acquire)
     }
 
     fn on_command(&mut self, cmd: Command) {
