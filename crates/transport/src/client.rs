@@ -37,7 +37,9 @@ pub(crate) struct ClientShared {
 }
 
 impl ClientShared {
-    /// Queues a command, counting the bytes it will write.
+    /// Queues a command, counting the bytes it will write. Like `mpsc::send`, it hands a command
+    /// it could not queue back, so that the caller can fail its pending request.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn enqueue(&self, cmd: Command) -> Result<(), mpsc::error::SendError<Command>> {
         let cost = match &cmd {
             Command::Send(m) | Command::Request(m, _) => queue_cost(m),
