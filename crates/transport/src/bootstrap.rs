@@ -31,6 +31,18 @@ pub type BootstrapFuture<'a> =
 pub trait ClientBootstrap: Send + Sync + 'static {
     /// Bootstrap the connection to `peer`; return the stream to use from now on.
     fn bootstrap<'a>(&'a self, peer: SocketAddr, io: BoxedIo) -> BootstrapFuture<'a>;
+
+    /// As [`ClientBootstrap::bootstrap`], knowing the host name the connection was made to
+    /// (TLS checks the server's certificate against it). The default ignores the name.
+    fn bootstrap_to<'a>(
+        &'a self,
+        host: &'a str,
+        peer: SocketAddr,
+        io: BoxedIo,
+    ) -> BootstrapFuture<'a> {
+        let _ = host;
+        self.bootstrap(peer, io)
+    }
 }
 
 /// Runs on every connection a server accepts, before any message reaches the handler. A

@@ -149,6 +149,33 @@ pub enum TransportError {
         message: String,
     },
 
+    /// Authentication with the peer failed: a wrong secret or app id, a peer that does not
+    /// authenticate, a refused or malformed handshake, or no answer within
+    /// `spark.network.auth.rpcTimeout`. The connection is closed.
+    #[error("Authentication with {peer} failed: {reason}")]
+    AuthFailed {
+        /// The peer.
+        peer: SocketAddr,
+        /// Why (never contains key material).
+        reason: String,
+    },
+
+    /// The TLS handshake with the peer failed or timed out. The connection is closed.
+    #[error("TLS handshake with {peer} failed: {reason}")]
+    Tls {
+        /// The peer.
+        peer: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+
+    /// Security settings (TLS material, auth settings) are invalid or unreadable.
+    #[error("Invalid security configuration: {reason}")]
+    SecurityConfig {
+        /// What is wrong, naming the setting or file.
+        reason: String,
+    },
+
     /// The peer answered an RPC (or upload, or merged-block-meta request) with RpcFailure.
     #[error("{message}")]
     RpcFailure {

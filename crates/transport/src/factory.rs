@@ -224,7 +224,7 @@ impl TransportClientFactory {
         } else {
             let mut io: BoxedIo = Box::new(stream);
             for b in &self.inner.bootstraps {
-                io = b.bootstrap(remote, io).await?;
+                io = b.bootstrap_to(host, remote, io).await?;
             }
             spawn_connection(io, local, remote, conf, handler, Side::Client, None)
         };

@@ -8,7 +8,10 @@
 //! - [`TransportClient`]: requests over one connection (either side can issue them).
 //! - [`TransportClientFactory`]: pooled connections per peer, connect timeout, fast fail.
 //! - [`ClientBootstrap`] / [`ServerBootstrap`]: the seam for auth handshakes and ciphers.
+//! - [`auth`]: Spark's AES authentication and session ciphers (CTR, GCM) as bootstraps.
+//! - [`tls`]: TLS (rustls) as bootstraps.
 
+pub mod auth;
 mod bootstrap;
 mod client;
 mod codec;
@@ -22,7 +25,11 @@ pub mod message;
 mod response;
 mod server;
 mod socket;
+pub mod tls;
 
+pub use auth::{
+    AuthCipher, AuthClientBootstrap, AuthConf, AuthServerBootstrap, AuthVersion, Secret,
+};
 pub use bootstrap::{AsyncIo, BootstrapFuture, BoxedIo, ClientBootstrap, ServerBootstrap};
 pub use client::{ByteStream, ResponseFuture, RpcFuture, TransportClient};
 pub use codec::WriteQueue;
@@ -34,3 +41,4 @@ pub use handler::{NoOpRpcHandler, RpcHandler, RpcResponder};
 pub use message::{Message, StreamChunkId};
 pub use response::RpcCallback;
 pub use server::{bind_with_retries, port_for_attempt, TransportServer};
+pub use tls::{TlsClientBootstrap, TlsConf, TlsProtocol, TlsServerBootstrap, TlsTrust};

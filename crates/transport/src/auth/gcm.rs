@@ -1,0 +1,457 @@
+//! The AES-GCM session cipher (Spark's `GcmTransportCipher`, Tink's `AesGcmHkdfStreaming` with
+//! 32 KiB segments), catalog §5.4:
+//!
+//! ```text
+//! message = [i64 total length, counting itself][header][segment 0]...[segment n-1]
+//! header  = [u8 header length = 1 + keyLen + 7][salt: keyLen][nonce prefix: 7]
+//! segment = AES-GCM(subkey, nonce = prefix || u32 BE index || u8 last, no AAD) of at most
+//!           32752 plaintext bytes, + 16-byte tag; the last segment is flagged
+//! subkey  = HKDF-SHA256(ikm = session key, salt = header salt, info = the 8 length bytes, keyLen)
+//! ```
+//!
+//! Each write call becomes one message (up to 256 KiB of plaintext); the reader decrypts
+//! segment by segment and hands out the plaintext as one stream, so message and frame
+//! boundaries need not agree.
+
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use aes_gcm::aead::{Nonce, Tag};
+use aes_gcm::{AeadInOut, Aes128Gcm, Aes256Gcm, KeyInit};
+use bytes::{Buf, BytesMut};
+use hkdf::Hkdf;
+use rand::RngCore;
+use sha2::Sha256;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use zeroize::Zeroizing;
+
+use super::stream::{closed_without_data, sealable, undecryptable, SealedBuf, SliceCursor};
+use crate::bootstrap::BoxedIo;
+
+/// Ciphertext segment size (Spark's `32768`).
+pub(crate) const SEGMENT: usize = 32 * 1024;
+const TAG: usize = 16;
+/// Plaintext per segment.
+pub(crate) const PLAIN_SEGMENT: usize = SEGMENT - TAG;
+const PREFIX: usize = 7;
+const READ_CHUNK: usize = 64 * 1024;
+
+enum SegmentCipher {
+    A128(Box<Aes128Gcm>),
+    A256(Box<Aes256Gcm>),
+}
+
+fn nonce(prefix: &[u8; PREFIX], index: u32, last: bool) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[..PREFIX].copy_from_slice(prefix);
+    n[PREFIX..PREFIX + 4].copy_from_slice(&index.to_be_bytes());
+    n[11] = u8::from(last);
+    n
+}
+
+impl SegmentCipher {
+    /// The per-message cipher: subkey from the session key, the header salt and the length.
+    fn derive(key: &[u8], salt: &[u8], total_len: u64) -> SegmentCipher {
+        let mut sub = Zeroizing::new([0u8; 32]);
+        let sub = &mut sub[..key.len()];
+        Hkdf::<Sha256>::new(Some(salt), key)
+            .expand(&total_len.to_be_bytes(), sub)
+            .expect("HKDF output length is small");
+        match key.len() {
+            32 => SegmentCipher::A256(Box::new(
+                Aes256Gcm::new_from_slice(sub).expect("32-byte key"),
+            )),
+            _ => SegmentCipher::A128(Box::new(
+                Aes128Gcm::new_from_slice(sub).expect("16-byte key"),
+            )),
+        }
+    }
+
+    fn seal(&self, nonce: [u8; 12], buf: &mut [u8]) -> [u8; TAG] {
+        let n = Nonce::<Aes128Gcm>::from(nonce);
+        let tag = match self {
+            SegmentCipher::A128(c) => c.encrypt_inout_detached(&n, &[], buf.into()),
+            SegmentCipher::A256(c) => c.encrypt_inout_detached(&n, &[], buf.into()),
+        }
+        .expect("segment within AES-GCM limits");
+        tag.into()
+    }
+
+    fn open(&self, nonce: [u8; 12], buf: &mut [u8], tag: &[u8]) -> Result<(), ()> {
+        let n = Nonce::<Aes128Gcm>::from(nonce);
+        let tag = Tag::<Aes128Gcm>::try_from(tag).map_err(|_| ())?;
+        match self {
+            SegmentCipher::A128(c) => c.decrypt_inout_detached(&n, &[], buf.into(), &tag),
+            SegmentCipher::A256(c) => c.decrypt_inout_detached(&n, &[], buf.into(), &tag),
+        }
+        .map_err(|_| ())
+    }
+}
+
+/// The size on the wire of a message carrying `plain` bytes.
+pub(crate) fn message_len(header_len: usize, plain: usize) -> usize {
+    let (full, rem) = (plain / PLAIN_SEGMENT, plain % PLAIN_SEGMENT);
+    8 + header_len + full * SEGMENT + if rem > 0 { rem + TAG } else { 0 }
+}
+
+/// Append one encrypted message carrying `n` bytes from `src` to `out`, with the given salt and
+/// nonce prefix.
+fn seal_message(
+    key: &[u8],
+    salt: &[u8],
+    prefix: &[u8; PREFIX],
+    src: &mut SliceCursor<'_, '_>,
+    n: usize,
+    out: &mut Vec<u8>,
+) {
+    let header_len = 1 + key.len() + PREFIX;
+    let total = message_len(header_len, n);
+    out.reserve(total);
+    out.extend_from_slice(&(total as u64).to_be_bytes());
+    out.push(header_len as u8);
+    out.extend_from_slice(salt);
+    out.extend_from_slice(prefix);
+    let cipher = SegmentCipher::derive(key, salt, total as u64);
+    let segments = n.div_ceil(PLAIN_SEGMENT);
+    let mut left = n;
+    for index in 0..segments {
+        let len = left.min(PLAIN_SEGMENT);
+        let start = out.len();
+        src.take(len, |piece| out.extend_from_slice(piece));
+        let last = index + 1 == segments;
+        let tag = cipher.seal(nonce(prefix, index as u32, last), &mut out[start..]);
+        out.extend_from_slice(&tag);
+        left -= len;
+    }
+}
+
+enum ReadState {
+    /// Waiting for a message's 8-byte length.
+    Length,
+    /// Waiting for the header; `total` is the announced length.
+    Header { total: u64 },
+    /// Decrypting segments; `left` ciphertext bytes of the message remain.
+    Segments {
+        cipher: SegmentCipher,
+        prefix: [u8; PREFIX],
+        index: u32,
+        left: u64,
+    },
+}
+
+/// A stream encrypting and decrypting with Spark's segmented AES-GCM.
+pub(crate) struct GcmStream {
+    io: BoxedIo,
+    peer: SocketAddr,
+    key: Zeroizing<Vec<u8>>,
+    out: SealedBuf,
+    rbuf: BytesMut,
+    plain: BytesMut,
+    state: ReadState,
+    wrote: bool,
+    read: bool,
+}
+
+impl GcmStream {
+    /// A stream using `key` (16 or 32 bytes) in both directions.
+    pub(crate) fn new(io: BoxedIo, peer: SocketAddr, key: &[u8]) -> Self {
+        GcmStream {
+            io,
+            peer,
+            key: Zeroizing::new(key.to_vec()),
+            out: SealedBuf::default(),
+            rbuf: BytesMut::new(),
+            plain: BytesMut::new(),
+            state: ReadState::Length,
+            wrote: false,
+            read: false,
+        }
+    }
+
+    fn header_len(&self) -> usize {
+        1 + self.key.len() + PREFIX
+    }
+
+    /// Decrypt the next complete segment in `rbuf`, if any.
+    fn next_segment(&mut self) -> io::Result<Option<BytesMut>> {
+        loop {
+            match &mut self.state {
+                ReadState::Length => {
+                    if self.rbuf.len() < 8 {
+                        return Ok(None);
+                    }
+                    let total = self.rbuf.get_i64();
+                    let min = (8 + self.header_len()) as i64;
+                    if total < min {
+                        return Err(undecryptable(
+                            self.peer,
+                            "an encrypted message's length is impossible",
+                        ));
+                    }
+                    self.state = ReadState::Header {
+                        total: total as u64,
+                    };
+                }
+                ReadState::Header { total } => {
+                    let total = *total;
+                    let header_len = self.header_len();
+                    if let Some(&first) = self.rbuf.first() {
+                        if usize::from(first) != header_len {
+                            return Err(undecryptable(
+                                self.peer,
+                                "an encrypted message's header has the wrong length",
+                            ));
+                        }
+                    }
+                    if self.rbuf.len() < header_len {
+                        return Ok(None);
+                    }
+                    let header = self.rbuf.split_to(header_len);
+                    let salt = &header[1..1 + self.key.len()];
+                    let prefix: [u8; PREFIX] =
+                        header[1 + self.key.len()..].try_into().expect("7 bytes");
+                    let left = total - 8 - header_len as u64;
+                    let tail = left % SEGMENT as u64;
+                    if tail > 0 && tail <= TAG as u64 {
+                        return Err(undecryptable(
+                            self.peer,
+                            "an encrypted message's length does not fit its segments",
+                        ));
+                    }
+                    self.state = if left == 0 {
+                        ReadState::Length
+                    } else {
+                        ReadState::Segments {
+                            cipher: SegmentCipher::derive(&self.key, salt, total),
+                            prefix,
+                            index: 0,
+                            left,
+                        }
+                    };
+                }
+                ReadState::Segments {
+                    cipher,
+                    prefix,
+                    index,
+                    left,
+                } => {
+                    let len = (*left).min(SEGMENT as u64) as usize;
+                    if self.rbuf.len() < len {
+                        return Ok(None);
+                    }
+                    let last = *left == len as u64;
+                    let mut seg = self.rbuf.split_to(len);
+                    let tag = seg.split_off(len - TAG);
+                    if cipher
+                        .open(nonce(prefix, *index, last), &mut seg, &tag)
+                        .is_err()
+                    {
+                        return Err(undecryptable(self.peer, "an AES-GCM tag did not verify"));
+                    }
+                    *index = index.wrapping_add(1);
+                    *left -= len as u64;
+                    if last {
+                        self.state = ReadState::Length;
+                    }
+                    return Ok(Some(seg));
+                }
+            }
+        }
+    }
+
+    /// How many more ciphertext bytes the current step needs.
+    fn wanted(&self) -> usize {
+        match &self.state {
+            ReadState::Segments { left, .. } => {
+                ((*left).min(SEGMENT as u64) as usize).max(READ_CHUNK)
+            }
+            _ => READ_CHUNK,
+        }
+    }
+}
+
+impl AsyncRead for GcmStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.plain.is_empty() {
+                let k = this.plain.len().min(buf.remaining());
+                buf.put_slice(&this.plain[..k]);
+                this.plain.advance(k);
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(seg) = this.next_segment()? {
+                this.plain = seg;
+                continue;
+            }
+            let want = this.wanted();
+            if this.rbuf.capacity() - this.rbuf.len() < want {
+                this.rbuf.reserve(want);
+            }
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut this.io),
+                cx,
+                &mut this.rbuf
+            ))?;
+            if n == 0 {
+                let mid_message = !matches!(this.state, ReadState::Length) || !this.rbuf.is_empty();
+                if mid_message {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "{} closed the connection in the middle of an encrypted message",
+                            this.peer
+                        ),
+                    )));
+                }
+                if !this.read && this.wrote {
+                    return Poll::Ready(Err(closed_without_data(this.peer)));
+                }
+                return Poll::Ready(Ok(()));
+            }
+            this.read = true;
+        }
+    }
+}
+
+impl AsyncWrite for GcmStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.out.poll_drain(&mut this.io, cx))?;
+        let n = sealable(bufs);
+        if n == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let mut salt = [0u8; 32];
+        let salt = &mut salt[..this.key.len()];
+        let mut prefix = [0u8; PREFIX];
+        let mut rng = rand::rng();
+        rng.fill_bytes(salt);
+        rng.fill_bytes(&mut prefix);
+        seal_message(
+            &this.key,
+            salt,
+            &prefix,
+            &mut SliceCursor::new(bufs),
+            n,
+            &mut this.out.buf,
+        );
+        this.wrote = true;
+        if let Poll::Ready(Err(e)) = this.out.poll_drain(&mut this.io, cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.out.poll_drain(&mut this.io, cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.out.poll_drain(&mut this.io, cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_lengths_follow_sparks_rule() {
+        // v2: header 24 bytes.
+        assert_eq!(message_len(24, 1), 8 + 24 + 1 + 16);
+        assert_eq!(message_len(24, PLAIN_SEGMENT), 8 + 24 + SEGMENT);
+        assert_eq!(message_len(24, PLAIN_SEGMENT + 1), 8 + 24 + SEGMENT + 17);
+        // v1: header 40 bytes.
+        assert_eq!(message_len(40, 100), 8 + 40 + 116);
+    }
+
+    #[test]
+    fn sealed_layout_and_round_trip() {
+        for key in [vec![7u8; 16], vec![9u8; 32]] {
+            for n in [
+                1usize,
+                100,
+                PLAIN_SEGMENT,
+                PLAIN_SEGMENT + 1,
+                3 * PLAIN_SEGMENT + 5,
+            ] {
+                let plain: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+                let salt = vec![3u8; key.len()];
+                let prefix = [5u8; PREFIX];
+                let mut out = Vec::new();
+                let slices = [IoSlice::new(&plain[..n / 2]), IoSlice::new(&plain[n / 2..])];
+                seal_message(
+                    &key,
+                    &salt,
+                    &prefix,
+                    &mut SliceCursor::new(&slices),
+                    n,
+                    &mut out,
+                );
+                let header_len = 1 + key.len() + PREFIX;
+                assert_eq!(out.len(), message_len(header_len, n));
+                assert_eq!(
+                    u64::from_be_bytes(out[..8].try_into().unwrap()),
+                    out.len() as u64
+                );
+                assert_eq!(out[8] as usize, header_len);
+                assert_eq!(&out[9..9 + key.len()], &salt[..]);
+                // Decrypt segment by segment with the documented nonces.
+                let cipher = SegmentCipher::derive(&key, &salt, out.len() as u64);
+                let body = &out[8 + header_len..];
+                let segments: Vec<&[u8]> = body.chunks(SEGMENT).collect();
+                let mut got = Vec::new();
+                for (i, seg) in segments.iter().enumerate() {
+                    let mut ct = seg[..seg.len() - TAG].to_vec();
+                    let last = i + 1 == segments.len();
+                    cipher
+                        .open(
+                            nonce(&prefix, i as u32, last),
+                            &mut ct,
+                            &seg[seg.len() - TAG..],
+                        )
+                        .unwrap();
+                    got.extend_from_slice(&ct);
+                }
+                assert_eq!(got, plain);
+                // The last flag matters.
+                let seg = segments[0];
+                let mut ct = seg[..seg.len() - TAG].to_vec();
+                assert!(cipher
+                    .open(
+                        nonce(&prefix, 0, segments.len() != 1),
+                        &mut ct,
+                        &seg[seg.len() - TAG..]
+                    )
+                    .is_err());
+            }
+        }
+    }
+}
