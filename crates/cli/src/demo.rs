@@ -1,9 +1,348 @@
-//! placeholder, being written
-use std::process::ExitCode;
-use rpcenv::RpcConf;
+//! `rpcenv demo`: a master and three workers as separate processes on 127.0.0.1 (this binary
+//! run in the other roles), one worker in client mode; 200 tasks; one worker killed with SIGKILL
+//! mid-run; every task must complete exactly once.
+//!
+//! The children watch their standard input: when this process ends (normally, on Ctrl-C, or
+//! killed), the pipe closes and they exit, so nothing is left behind.
+
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use rpcenv::{RpcConf, RpcEndpointRef, RpcEnv};
+
+use crate::cluster::{ClusterStatus, MasterMsg};
+
+/// Arguments of `rpcenv demo`.
 #[derive(clap::Args, Debug)]
-pub struct DemoArgs {}
-#[allow(clippy::ptr_arg)]
-pub fn run(_args: &DemoArgs, _conf: &RpcConf, _pairs: &[String], _log: &str) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not yet")
+pub struct DemoArgs {
+    /// Tasks to run.
+    #[arg(long, default_value_t = 200)]
+    pub tasks: u64,
+    /// The master's worker timeout (short, so that the demo shows heartbeat expiry quickly; the
+    /// default of `rpcenv master` for real use is 60s).
+    #[arg(long, default_value = "2s")]
+    pub worker_timeout: String,
+    /// Time one task takes on a worker.
+    #[arg(long, default_value = "40ms")]
+    pub task_time: String,
+}
+
+const WORKERS: usize = 3;
+const CORES: u32 = 2;
+/// The whole demo must finish well within this.
+const DEADLINE: Duration = Duration::from_secs(25);
+
+/// A child process; killed (and reaped) when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Proc {
+    fn spawn(name: &str, args: &[String], first_line: &str) -> anyhow::Result<(Proc, String)> {
+        let exe = std::env::current_exe().context("cannot find the rpcenv binary")?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("cannot start the {name} process"))?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut proc = Proc {
+            name: name.to_string(),
+            child,
+            stdin,
+        };
+        let line = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
+            anyhow!("the {name} process did not start (no {first_line:?} line within 10 s)")
+        })?;
+        if !line.starts_with(first_line) {
+            proc.kill();
+            bail!("the {name} process said {line:?}, expected {first_line:?}...");
+        }
+        Ok((proc, line))
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Closes its standard input (it shuts down by itself), then waits a little, then kills.
+    fn stop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::warn!(process = %self.name, "did not exit after its stdin closed; killing it");
+        self.kill();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `rpcenv demo`.
+pub fn run(
+    args: &DemoArgs,
+    conf: &RpcConf,
+    conf_args: &[String],
+    log_level: &str,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    match play(args, conf, conf_args, log_level, started) {
+        Ok(summary) => {
+            println!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("demo FAILED: {e:#}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn common_args(conf_args: &[String], log_level: &str) -> Vec<String> {
+    let mut v = vec!["--log-level".to_string(), log_level.to_string()];
+    for c in conf_args {
+        v.push("--conf".into());
+        v.push(c.clone());
+    }
+    v
+}
+
+fn play(
+    args: &DemoArgs,
+    conf: &RpcConf,
+    conf_args: &[String],
+    log_level: &str,
+    started: Instant,
+) -> anyhow::Result<String> {
+    let common = common_args(conf_args, log_level);
+    let mut master_args: Vec<String> = vec![
+        "master".into(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        "0".into(),
+        "--worker-timeout".into(),
+        args.worker_timeout.clone(),
+        "--parent-watch".into(),
+    ];
+    master_args.extend(common.iter().cloned());
+    let (mut master, line) = Proc::spawn("master", &master_args, "master listening on ")?;
+    let uri = line.trim_start_matches("master listening on ").to_string();
+    println!("started master at {uri}");
+
+    let mut workers = Vec::new();
+    for i in 1..=WORKERS {
+        let id = format!("worker-{i}");
+        let mut w: Vec<String> = vec![
+            "worker".into(),
+            "--master".into(),
+            uri.clone(),
+            "--cores".into(),
+            CORES.to_string(),
+            "--id".into(),
+            id.clone(),
+            "--task-time".into(),
+            args.task_time.clone(),
+            "--parent-watch".into(),
+        ];
+        // The last worker has no listening port: the master reaches it over its connection.
+        if i == WORKERS {
+            w.push("--client-mode".into());
+        }
+        w.extend(common.iter().cloned());
+        let (proc, line) = Proc::spawn(&id, &w, &format!("worker {id} registered"))?;
+        println!("started {line}");
+        workers.push(proc);
+    }
+
+    let env = RpcEnv::builder("demo")
+        .client_mode(true)
+        .conf(conf.clone())
+        .build()?;
+    let outcome = drive(args, &env, &uri, &mut workers, started);
+    // Tear down: the master tells its workers to exit, then everything stops.
+    if let Ok(m) = env.setup_endpoint_ref_by_uri::<MasterMsg>(&uri) {
+        if let Err(e) = m.ask_sync::<u64>(MasterMsg::Decommission) {
+            tracing::warn!(error = %e, "the master did not decommission its workers");
+        }
+    }
+    env.shutdown();
+    for w in &mut workers {
+        w.stop();
+    }
+    master.stop();
+    let status = outcome?;
+    let summary = check(args, &status)?;
+    print_summary(&status, started.elapsed());
+    Ok(summary)
+}
+
+fn status(master: &RpcEndpointRef<MasterMsg>) -> anyhow::Result<ClusterStatus> {
+    master
+        .ask_sync(MasterMsg::Status)
+        .context("the master did not answer a status request")
+}
+
+fn drive(
+    args: &DemoArgs,
+    env: &RpcEnv,
+    uri: &str,
+    workers: &mut [Proc],
+    started: Instant,
+) -> anyhow::Result<ClusterStatus> {
+    let master: RpcEndpointRef<MasterMsg> = env.setup_endpoint_ref_by_uri(uri)?;
+    let deadline = started + DEADLINE;
+    let live = std::io::stdout().is_terminal();
+    let mut last_print = Instant::now() - Duration::from_secs(1);
+    let mut show = |s: &ClusterStatus, force: bool| {
+        let line = format!(
+            "workers alive {} | tasks queued {} / running {} / done {} of {} | heartbeats {} | lost {}",
+            s.workers_alive,
+            s.queued,
+            s.running,
+            s.done,
+            s.total,
+            s.heartbeats,
+            s.lost.len()
+        );
+        if live {
+            print!("\r\x1b[2K{line}");
+            let _ = std::io::stdout().flush();
+        } else if force || last_print.elapsed() >= Duration::from_millis(500) {
+            println!("{line}");
+            last_print = Instant::now();
+        }
+    };
+
+    // Every worker registered.
+    loop {
+        let s = status(&master)?;
+        if s.workers_alive == WORKERS {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("only {} of {WORKERS} workers registered", s.workers_alive);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let total: u64 = master.ask_sync(MasterMsg::SubmitTasks { count: args.tasks })?;
+    if live {
+        println!();
+    }
+
+    // Run; kill worker-1 with SIGKILL once a quarter of the tasks are done.
+    let kill_at = (args.tasks / 4).max(1) as usize;
+    let mut killed = false;
+    let mut s;
+    loop {
+        s = status(&master)?;
+        show(&s, false);
+        if !killed && s.done >= kill_at {
+            workers[0].kill();
+            killed = true;
+            if live {
+                println!();
+            }
+            println!(
+                "killed worker-1 (SIGKILL) with {} of {total} tasks done",
+                s.done
+            );
+        }
+        if killed && s.done as u64 == total && !s.lost.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            if live {
+                println!();
+            }
+            bail!(
+                "timed out: {}/{total} tasks done, {} lost worker(s) detected",
+                s.done,
+                s.lost.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    show(&s, true);
+    if live {
+        println!();
+    }
+    Ok(s)
+}
+
+fn check(args: &DemoArgs, s: &ClusterStatus) -> anyhow::Result<String> {
+    let completions: u64 = s.per_worker.values().sum();
+    if s.done as u64 != args.tasks || completions != args.tasks {
+        bail!(
+            "{} of {} tasks done ({} completions recorded)",
+            s.done,
+            args.tasks,
+            completions
+        );
+    }
+    if s.duplicates != 0 {
+        bail!("{} tasks completed more than once", s.duplicates);
+    }
+    if s.wrong_results != 0 {
+        bail!("{} tasks returned a wrong result", s.wrong_results);
+    }
+    if !s.lost.iter().any(|(id, _)| id == "worker-1") {
+        bail!(
+            "the killed worker-1 was not detected as lost (lost: {:?})",
+            s.lost
+        );
+    }
+    Ok(format!(
+        "demo OK: {}/{} tasks completed exactly once, {} lost worker(s) detected",
+        s.done,
+        args.tasks,
+        s.lost.len()
+    ))
+}
+
+fn print_summary(s: &ClusterStatus, elapsed: Duration) {
+    println!();
+    println!("{:<12} {:>15}", "worker", "tasks completed");
+    for (id, n) in &s.per_worker {
+        println!("{id:<12} {n:>15}");
+    }
+    println!("{:<12} {:>15}", "total", s.per_worker.values().sum::<u64>());
+    for (id, how) in &s.lost {
+        println!("lost: {id} (detected by {how})");
+    }
+    println!(
+        "re-queued tasks: {} {:?}; late results ignored: {}; heartbeats: {}; duplicates: {}; elapsed {:.1} s",
+        s.requeued.len(),
+        s.requeued,
+        s.late_results,
+        s.heartbeats,
+        s.duplicates,
+        elapsed.as_secs_f64()
+    );
 }

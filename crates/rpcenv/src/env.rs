@@ -16,7 +16,7 @@ use crate::inbox::{Behaviour, Concurrent, Sequential};
 use crate::message::RpcMessage;
 use crate::net::{Network, RpcEnvHandler, FRAME_HEADROOM};
 use crate::timeout::{block_on_until, ensure_blocking_allowed};
-use crate::verifier::{Existence, Verifier, VerifierRequest, VERIFIER_NAME};
+use crate::verifier::{Existence, Verifier, VerifierRequest, ANY_PROTOCOL, VERIFIER_NAME};
 use rpcenv_transport::{
     RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportConf,
     TransportServer,
@@ -534,6 +534,40 @@ impl RpcEnv {
                 actual,
             }),
         }
+    }
+
+    /// Checks, with one round trip to the `endpoint-verifier` of the env at `address`, that an
+    /// endpoint called `name` exists there, whatever its message type (a liveness probe, as
+    /// `rpcenv ping` uses). Bounded by `rpc.lookupTimeout`.
+    pub async fn check_endpoint_async(
+        &self,
+        address: &RpcAddress,
+        name: &str,
+    ) -> Result<(), RpcError> {
+        let verifier: RpcEndpointRef<VerifierRequest> = self.inner.remote_ref(
+            RpcEndpointAddress::new(Some(address.clone()), VERIFIER_NAME),
+            None,
+        );
+        let check = VerifierRequest::CheckExistence {
+            name: name.to_string(),
+            protocol: ANY_PROTOCOL.to_string(),
+        };
+        match verifier
+            .ask_with_timeout::<Existence>(check, self.inner.conf.lookup_timeout())
+            .await?
+        {
+            Existence::NotFound => Err(RpcError::EndpointNotFound {
+                uri: RpcEndpointAddress::new(Some(address.clone()), name).to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The blocking form of [`check_endpoint_async`](Self::check_endpoint_async).
+    pub fn check_endpoint(&self, address: &RpcAddress, name: &str) -> Result<(), RpcError> {
+        ensure_blocking_allowed("RpcEnv::check_endpoint")?;
+        block_on_until(self.check_endpoint_async(address, name), None)
+            .expect("a wait without deadline completes")
     }
 
     /// The async form of [`setup_endpoint_ref_by_uri`](Self::setup_endpoint_ref_by_uri).

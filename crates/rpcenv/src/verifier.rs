@@ -13,6 +13,9 @@ use crate::message::RpcMessage;
 /// The verifier's name, as in Spark.
 pub const VERIFIER_NAME: &str = "endpoint-verifier";
 
+/// The protocol name that matches any endpoint (an existence check only).
+pub(crate) const ANY_PROTOCOL: &str = "*";
+
 /// A question to the verifier.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum VerifierRequest {
@@ -49,7 +52,7 @@ impl RpcEndpoint for Verifier {
         let env = ctx.env().ok_or("the env is shutting down")?;
         let answer = match env.protocol_of(&name) {
             None => Existence::NotFound,
-            Some(actual) if actual == protocol => Existence::Found,
+            Some(actual) if actual == protocol || protocol == ANY_PROTOCOL => Existence::Found,
             Some(actual) => Existence::WrongType {
                 actual: actual.into_owned(),
             },
