@@ -1,7 +1,14 @@
 //! An echo server speaking Spark's transport protocol, for interop tests.
 //!
-//! `echo_server [--host H] [--port P]` (defaults 127.0.0.1 and 0). The first stdout line is
-//! `listening on HOST:PORT`; it runs until killed. It answers:
+//! `echo_server [--host H] [--port P] [security flags]` (defaults 127.0.0.1 and 0). The first
+//! stdout line is `listening on HOST:PORT`; it runs until killed.
+//!
+//! Security flags: `--secret S [--cipher ctr|gcm] [--auth-version 1|2] [--app-id ID]` turns on
+//! Spark's AES authentication and session cipher (app id `sparkSaslUser` by default);
+//! `--tls-cert PEM --tls-key PEM` turns on TLS, and `--tls-ca PEM` then requires client
+//! certificates signed by that CA. With both, TLS encrypts and auth only authenticates.
+//!
+//! It answers:
 //! - RpcRequest: RpcResponse with the same bytes;
 //! - OneWayMessage: counted;
 //! - StreamRequest `bytes/<n>`: StreamResponse of n bytes, byte i = `i % 251`; any other id:
@@ -18,6 +25,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rpcenv_transport::{RpcHandler, RpcResponder, TransportClient, TransportConf, TransportServer};
+
+#[path = "support/security.rs"]
+mod security;
 
 const MAX_DATA: u64 = 64 << 20;
 
@@ -87,7 +97,10 @@ impl RpcHandler for Echo {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: echo_server [--host HOST] [--port PORT]");
+    eprintln!(
+        "usage: echo_server [--host HOST] [--port PORT] {}",
+        security::USAGE
+    );
     std::process::exit(2);
 }
 
@@ -98,6 +111,7 @@ async fn main() {
         .with_writer(std::io::stderr)
         .try_init();
     let (mut host, mut port) = ("127.0.0.1".to_string(), 0u16);
+    let mut sec = security::SecurityArgs::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -108,14 +122,29 @@ async fn main() {
                     .and_then(|p| p.parse().ok())
                     .unwrap_or_else(|| usage())
             }
-            _ => usage(),
+            flag => match sec.take(flag, &mut args) {
+                Ok(true) => {}
+                Ok(false) => usage(),
+                Err(e) => {
+                    eprintln!("echo_server: {e}");
+                    usage()
+                }
+            },
         }
     }
-    let server = match TransportServer::bind(
+    let bootstraps = match sec.server_bootstraps() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("echo_server: {e}");
+            std::process::exit(1);
+        }
+    };
+    let server = match TransportServer::bind_with_bootstraps(
         TransportConf::default(),
         &host,
         port,
         Arc::new(Echo::default()),
+        bootstraps,
     )
     .await
     {
@@ -129,5 +158,6 @@ async fn main() {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "listening on {}:{}", addr.ip(), addr.port());
     let _ = out.flush();
+    eprintln!("echo_server: {}", sec.describe());
     std::future::pending::<()>().await;
 }
