@@ -493,13 +493,8 @@ impl RpcEnv {
         &self,
         uri: &str,
     ) -> Result<RpcEndpointRef<M>, RpcError> {
-        let address = RpcEndpointAddress::parse(uri)?;
-        let host = address
-            .address()
-            .ok_or_else(|| RpcError::ClientEndpointUnreachable {
-                uri: uri.to_string(),
-            })?;
-        self.setup_endpoint_ref(host, address.name())
+        let (host, name) = server_endpoint(uri)?;
+        self.setup_endpoint_ref(&host, &name)
     }
 
     /// The async form of [`setup_endpoint_ref`](Self::setup_endpoint_ref).
@@ -512,10 +507,7 @@ impl RpcEnv {
             return self.inner.lookup_local(name);
         }
         let target = RpcEndpointAddress::new(Some(address.clone()), name);
-        let verifier: RpcEndpointRef<VerifierRequest> = self.inner.remote_ref(
-            RpcEndpointAddress::new(Some(address.clone()), VERIFIER_NAME),
-            None,
-        );
+        let verifier = self.inner.verifier_at(address);
         let check = VerifierRequest::CheckExistence {
             name: name.to_string(),
             protocol: M::protocol_name().into_owned(),
@@ -544,10 +536,7 @@ impl RpcEnv {
         address: &RpcAddress,
         name: &str,
     ) -> Result<(), RpcError> {
-        let verifier: RpcEndpointRef<VerifierRequest> = self.inner.remote_ref(
-            RpcEndpointAddress::new(Some(address.clone()), VERIFIER_NAME),
-            None,
-        );
+        let verifier = self.inner.verifier_at(address);
         let check = VerifierRequest::CheckExistence {
             name: name.to_string(),
             protocol: ANY_PROTOCOL.to_string(),
@@ -575,13 +564,8 @@ impl RpcEnv {
         &self,
         uri: &str,
     ) -> Result<RpcEndpointRef<M>, RpcError> {
-        let address = RpcEndpointAddress::parse(uri)?;
-        let host = address
-            .address()
-            .ok_or_else(|| RpcError::ClientEndpointUnreachable {
-                uri: uri.to_string(),
-            })?;
-        self.setup_endpoint_ref_async(host, address.name()).await
+        let (host, name) = server_endpoint(uri)?;
+        self.setup_endpoint_ref_async(&host, &name).await
     }
 }
 
@@ -630,6 +614,14 @@ impl EnvInner {
         }
     }
 
+    /// The `endpoint-verifier` of the env at `address`.
+    fn verifier_at(&self, address: &RpcAddress) -> RpcEndpointRef<VerifierRequest> {
+        self.remote_ref(
+            RpcEndpointAddress::new(Some(address.clone()), VERIFIER_NAME),
+            None,
+        )
+    }
+
     /// A ref to `name` at `address` (another env), or to a client-mode endpoint reached over
     /// `client`.
     pub(crate) fn remote_ref<M: RpcMessage>(
@@ -662,6 +654,18 @@ impl std::fmt::Debug for RpcEnv {
             .field("stopped", &self.is_stopped())
             .finish()
     }
+}
+
+/// The server address and endpoint name of `uri` (`rpc://name@host:port`); a client-mode
+/// endpoint's URI has no address to reach it at.
+fn server_endpoint(uri: &str) -> Result<(RpcAddress, String), RpcError> {
+    let address = RpcEndpointAddress::parse(uri)?;
+    let host = address
+        .address()
+        .ok_or_else(|| RpcError::ClientEndpointUnreachable {
+            uri: uri.to_string(),
+        })?;
+    Ok((host.clone(), address.name().to_string()))
 }
 
 /// The env (and connection) refs inside a message are rebound to while it is decoded.

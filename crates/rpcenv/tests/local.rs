@@ -13,6 +13,9 @@ use rpcenv::{
 };
 use serde::{Deserialize, Serialize};
 
+mod common;
+use common::{Acker, Echo, FailureSender, Hoarder, Oops, SelfReplier};
+
 const WAIT: Duration = Duration::from_secs(10);
 
 fn new_env() -> RpcEnv {
@@ -39,21 +42,6 @@ impl<F: FnMut(&EndpointCtx<String>, String) -> HandlerResult + Send + 'static> R
     }
 }
 
-struct Echo;
-
-impl RpcEndpoint for Echo {
-    type Message = String;
-    fn receive_and_reply(
-        &mut self,
-        _: &EndpointCtx<String>,
-        m: String,
-        ctx: RpcCallContext,
-    ) -> HandlerResult {
-        ctx.reply(m);
-        Ok(())
-    }
-}
-
 #[test]
 fn send_a_message_locally() {
     let env = new_env();
@@ -72,25 +60,6 @@ fn send_a_message_locally() {
     env.shutdown();
 }
 
-/// Replies its own ref to "Hello", "Echo" to "Echo".
-struct SelfReplier;
-
-impl RpcEndpoint for SelfReplier {
-    type Message = String;
-    fn receive_and_reply(
-        &mut self,
-        ctx: &EndpointCtx<String>,
-        m: String,
-        reply: RpcCallContext,
-    ) -> HandlerResult {
-        match m.as_str() {
-            "Hello" => reply.reply(ctx.self_ref().cloned().ok_or("no self ref")?),
-            _ => reply.reply(m),
-        }
-        Ok(())
-    }
-}
-
 #[test]
 fn send_a_rpc_endpoint_ref() {
     let env = new_env();
@@ -107,22 +76,6 @@ fn ask_a_message_locally() {
     let r = env.setup_endpoint("ask-locally", Echo).unwrap();
     assert_eq!(r.ask_sync::<String>("hello".into()).unwrap(), "hello");
     env.shutdown();
-}
-
-/// Keeps every call context without answering (Spark's test endpoint sleeps 10 s instead).
-struct Hoarder(Vec<RpcCallContext>);
-
-impl RpcEndpoint for Hoarder {
-    type Message = String;
-    fn receive_and_reply(
-        &mut self,
-        _: &EndpointCtx<String>,
-        _: String,
-        ctx: RpcCallContext,
-    ) -> HandlerResult {
-        self.0.push(ctx);
-        Ok(())
-    }
 }
 
 #[test]
@@ -423,21 +376,6 @@ fn stop_rpc_endpoint_ref_reentrant() {
     assert_eq!(stops.load(Ordering::SeqCst), 1);
 }
 
-struct Acker;
-
-impl RpcEndpoint for Acker {
-    type Message = String;
-    fn receive_and_reply(
-        &mut self,
-        _: &EndpointCtx<String>,
-        _: String,
-        ctx: RpcCallContext,
-    ) -> HandlerResult {
-        ctx.reply("ack".to_string());
-        Ok(())
-    }
-}
-
 #[test]
 fn send_with_reply() {
     let env = new_env();
@@ -447,25 +385,6 @@ fn send_with_reply() {
         .unwrap();
     assert_eq!(reply, "ack");
     env.shutdown();
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("Oops")]
-struct Oops;
-
-struct FailureSender;
-
-impl RpcEndpoint for FailureSender {
-    type Message = String;
-    fn receive_and_reply(
-        &mut self,
-        _: &EndpointCtx<String>,
-        _: String,
-        ctx: RpcCallContext,
-    ) -> HandlerResult {
-        ctx.send_failure(Oops);
-        Ok(())
-    }
 }
 
 #[test]

@@ -17,6 +17,9 @@ use rpcenv::{
 };
 use serde::{Deserialize, Serialize};
 
+mod common;
+use common::{Acker, Echo, FailureSender, Hoarder, SelfReplier};
+
 const WAIT: Duration = Duration::from_secs(10);
 
 fn server(name: &str) -> RpcEnv {
@@ -29,21 +32,6 @@ fn client(name: &str) -> RpcEnv {
 
 fn wait_for(timeout: &RpcTimeout) -> RpcTimeout {
     timeout.clone()
-}
-
-struct Echo;
-
-impl RpcEndpoint for Echo {
-    type Message = String;
-    fn receive_and_reply(
-        &mut self,
-        _: &EndpointCtx<String>,
-        m: String,
-        ctx: RpcCallContext,
-    ) -> HandlerResult {
-        ctx.reply(m);
-        Ok(())
-    }
 }
 
 /// Forwards every one-way message to a channel.
@@ -129,22 +117,6 @@ fn ask_a_message_timeout() {
     env.shutdown();
 }
 
-/// Keeps every call context unanswered.
-struct Hoarder(Vec<RpcCallContext>);
-
-impl RpcEndpoint for Hoarder {
-    type Message = String;
-    fn receive_and_reply(
-        &mut self,
-        _: &EndpointCtx<String>,
-        _: String,
-        ctx: RpcCallContext,
-    ) -> HandlerResult {
-        self.0.push(ctx);
-        Ok(())
-    }
-}
-
 #[test]
 fn ask_a_message_abort() {
     let env = server("server");
@@ -170,21 +142,6 @@ fn ask_a_message_abort() {
     env.shutdown();
 }
 
-struct Acker;
-
-impl RpcEndpoint for Acker {
-    type Message = String;
-    fn receive_and_reply(
-        &mut self,
-        _: &EndpointCtx<String>,
-        _: String,
-        ctx: RpcCallContext,
-    ) -> HandlerResult {
-        ctx.reply("ack".to_string());
-        Ok(())
-    }
-}
-
 #[test]
 fn send_with_reply_remotely() {
     let env = server("server");
@@ -199,25 +156,6 @@ fn send_with_reply_remotely() {
     assert_eq!(reply, "ack");
     another.shutdown();
     env.shutdown();
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("Oops")]
-struct Oops;
-
-struct FailureSender;
-
-impl RpcEndpoint for FailureSender {
-    type Message = String;
-    fn receive_and_reply(
-        &mut self,
-        _: &EndpointCtx<String>,
-        _: String,
-        ctx: RpcCallContext,
-    ) -> HandlerResult {
-        ctx.send_failure(Oops);
-        Ok(())
-    }
 }
 
 #[test]
@@ -601,25 +539,6 @@ fn a_ref_to_a_client_endpoint_without_a_connection_fails_clearly() {
     assert!(e.to_string().contains("rpc-client://receiver"), "{e}");
     another.shutdown();
     env.shutdown();
-}
-
-/// Replies its own ref to "Hello" and echoes anything else (test 3, across the wire).
-struct SelfReplier;
-
-impl RpcEndpoint for SelfReplier {
-    type Message = String;
-    fn receive_and_reply(
-        &mut self,
-        ctx: &EndpointCtx<String>,
-        m: String,
-        reply: RpcCallContext,
-    ) -> HandlerResult {
-        match m.as_str() {
-            "Hello" => reply.reply(ctx.self_ref().cloned().ok_or("no self ref")?),
-            _ => reply.reply(m),
-        }
-        Ok(())
-    }
 }
 
 #[test]
