@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # JVM interop test of rpcenv-transport against Spark's own network-common (pyspark's jars):
 #   1. Spark's TransportClient drives our examples/echo_server;
-#   2. our examples/interop_client drives Spark's TransportServer with an echo RpcHandler.
+#   2. our examples/interop_client drives Spark's TransportServer with an echo RpcHandler;
+#   3. with Spark's AES auth (AuthClientBootstrap / AuthServerBootstrap), for CTR and GCM and
+#      engine versions 1 and 2, both directions (Spark client -> our echo_server, our
+#      examples/echo_client -> Spark server), and a wrong secret refused both ways;
+#   4. our echo_client over TLS against Spark's TLS server (spark.ssl.rpc.*, PEM, OpenSSL).
 # Skips (exit 0) when java is absent. Installs pyspark into $ANCHORS_CACHE (default
 # ~/.cache/rpcenv-anchors) when missing, as shared/anchors/spark-jvm does. Exits non-zero on any
 # mismatch.
@@ -40,7 +44,7 @@ if [ ! -f "$OUT/classes/Interop.class" ] || [ "$HERE/src/Interop.java" -nt "$OUT
 fi
 
 echo "[interop] building the Rust examples" >&2
-(cd "$ROOT" && cargo build -q -p rpcenv-transport --example echo_server --example interop_client) >&2
+(cd "$ROOT" && cargo build -q -p rpcenv-transport --example echo_server --example interop_client --example echo_client) >&2
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/debug/examples"
 
 JVM_FLAGS=(
@@ -88,4 +92,68 @@ PIDS+=($!)
 PORT="$(wait_port "$TMP/jvm.out")" || { cat "$TMP/jvm.err" >&2; exit 1; }
 "$TARGET/interop_client" --host 127.0.0.1 --port "$PORT"
 
-echo "[interop] both directions passed"
+stop_all() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+stop_all
+
+# Start our echo_server with the given flags; print its port.
+start_echo() {
+  "$TARGET/echo_server" --host 127.0.0.1 --port 0 "$@" >"$TMP/echo.out" 2>"$TMP/echo.err" &
+  PIDS+=($!)
+  wait_port "$TMP/echo.out"
+}
+# Start Spark's server with the given JVM properties; print its port.
+start_jvm() {
+  java "${JVM_FLAGS[@]}" "$@" -cp "$CP" Interop server >"$TMP/jvm.out" 2>"$TMP/jvm.err" &
+  PIDS+=($!)
+  wait_port "$TMP/jvm.out" || { cat "$TMP/jvm.err" >&2; return 1; }
+}
+
+APP=interop-app
+SECRET=interop-secret
+for cipher in ctr gcm; do
+  for version in 1 2; do
+    case $cipher in ctr) spark_cipher=AES/CTR/NoPadding ;; gcm) spark_cipher=AES/GCM/NoPadding ;; esac
+    SPARK_AUTH=(
+      -Dspark.network.crypto.enabled=true -Dspark.network.crypto.saslFallback=false
+      -Dspark.network.crypto.cipher=$spark_cipher -Dspark.network.crypto.authEngineVersion=$version
+      -Dinterop.appId=$APP
+    )
+    OURS=(--app-id $APP --cipher $cipher --auth-version $version)
+
+    echo "[interop] auth $cipher v$version: Spark TransportClient + AuthClientBootstrap -> rpcenv echo_server"
+    PORT="$(start_echo --secret $SECRET "${OURS[@]}")"
+    java "${JVM_FLAGS[@]}" "${SPARK_AUTH[@]}" -Dinterop.secret=$SECRET -cp "$CP" Interop client "$PORT"
+    if [ "$cipher$version" = ctr1 ] || [ "$cipher$version" = gcm2 ]; then
+      echo "[interop] auth $cipher v$version: Spark client with a wrong secret is refused"
+      java "${JVM_FLAGS[@]}" "${SPARK_AUTH[@]}" -Dinterop.secret=wrong -cp "$CP" Interop client-auth-fail "$PORT"
+    fi
+    stop_all
+
+    echo "[interop] auth $cipher v$version: rpcenv echo_client -> Spark TransportServer + AuthServerBootstrap"
+    PORT="$(start_jvm "${SPARK_AUTH[@]}" -Dinterop.secret=$SECRET)"
+    "$TARGET/echo_client" --host 127.0.0.1 --port "$PORT" --secret $SECRET "${OURS[@]}"
+    if [ "$cipher$version" = ctr1 ] || [ "$cipher$version" = gcm2 ]; then
+      echo "[interop] auth $cipher v$version: our client with a wrong secret is refused by Spark"
+      if "$TARGET/echo_client" --host 127.0.0.1 --port "$PORT" --secret wrong "${OURS[@]}" >"$TMP/wrong.out" 2>&1; then
+        cat "$TMP/wrong.out"; echo "[interop] MISMATCH: a wrong secret was accepted" >&2; exit 1
+      fi
+      grep -q "Authentication failed" "$TMP/wrong.out" || { cat "$TMP/wrong.out"; echo "[interop] MISMATCH: no 'Authentication failed' in the refusal" >&2; exit 1; }
+      echo "ok our client refused: $(grep FAILED "$TMP/wrong.out" | head -n 1)"
+    fi
+    stop_all
+  done
+done
+
+echo "[interop] TLS: rpcenv echo_client -> Spark TransportServer with spark.ssl.rpc.*"
+DATA="$HERE/../tests/data"
+PORT="$(start_jvm -Dspark.ssl.rpc.enabled=true -Dspark.ssl.rpc.openSslEnabled=true \
+  -Dspark.ssl.rpc.protocol=TLSv1.3 -Dspark.ssl.rpc.privateKey="$DATA/server.key" \
+  -Dspark.ssl.rpc.certChain="$DATA/server.pem")"
+"$TARGET/echo_client" --host 127.0.0.1 --port "$PORT" --tls --tls-ca "$DATA/ca.pem"
+stop_all
+
+echo "[interop] all directions passed (plain, auth CTR/GCM v1/v2, wrong secrets, TLS)"

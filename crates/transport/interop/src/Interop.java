@@ -3,6 +3,13 @@
 //   java Interop client PORT   drive our echo_server with Spark's TransportClient
 //   java Interop server        run Spark's TransportServer with an echo RpcHandler; prints
 //                              "listening on 127.0.0.1:PORT" and serves until killed
+//   java Interop client-auth-fail PORT
+//                              expect Spark's client to be refused by our server (exit 0 if so)
+//
+// Every system property starting with "spark." goes into the TransportConf (e.g.
+// -Dspark.network.crypto.enabled=true, -Dspark.ssl.rpc.enabled=true). With -Dinterop.secret=S
+// (and -Dinterop.appId=ID, default sparkSaslUser) the client adds Spark's AuthClientBootstrap and
+// the server Spark's AuthServerBootstrap.
 //
 // Client mode prints "ok <check>" per passed check and exits 1 on the first mismatch.
 
@@ -16,6 +23,9 @@ import org.apache.spark.network.TransportContext;
 import org.apache.spark.network.buffer.ManagedBuffer;
 import org.apache.spark.network.buffer.NioManagedBuffer;
 import org.apache.spark.network.client.*;
+import org.apache.spark.network.crypto.AuthClientBootstrap;
+import org.apache.spark.network.crypto.AuthServerBootstrap;
+import org.apache.spark.network.sasl.SecretKeyHolder;
 import org.apache.spark.network.server.*;
 import org.apache.spark.network.util.MapConfigProvider;
 import org.apache.spark.network.util.TransportConf;
@@ -46,7 +56,55 @@ public class Interop {
     }
 
     static TransportConf conf() {
-        return new TransportConf("rpc", new MapConfigProvider(new HashMap<>()));
+        Map<String, String> m = new HashMap<>();
+        for (String k : System.getProperties().stringPropertyNames()) {
+            if (k.startsWith("spark.")) m.put(k, System.getProperty(k));
+        }
+        return new TransportConf("rpc", new MapConfigProvider(m));
+    }
+
+    static final String SECRET = System.getProperty("interop.secret");
+    static final String APP_ID = System.getProperty("interop.appId", "sparkSaslUser");
+
+    /** Knows one app id and its secret (a server refuses any other app id). */
+    static SecretKeyHolder holder() {
+        return new SecretKeyHolder() {
+            public String getSaslUser(String appId) { return appId; }
+            public String getSecretKey(String appId) { return APP_ID.equals(appId) ? SECRET : null; }
+        };
+    }
+
+    static List<TransportClientBootstrap> clientBootstraps(TransportConf conf) {
+        List<TransportClientBootstrap> l = new ArrayList<>();
+        if (SECRET != null) l.add(new AuthClientBootstrap(conf, APP_ID, holder()));
+        return l;
+    }
+
+    static List<TransportServerBootstrap> serverBootstraps(TransportConf conf) {
+        List<TransportServerBootstrap> l = new ArrayList<>();
+        if (SECRET != null) l.add(new AuthServerBootstrap(conf, holder()));
+        return l;
+    }
+
+    static void clientAuthFail(int port) throws Exception {
+        TransportConf conf = conf();
+        TransportContext ctx = new TransportContext(conf, new NoOpRpcHandler());
+        TransportClientFactory factory = ctx.createClientFactory(clientBootstraps(conf));
+        try {
+            TransportClient c = factory.createClient("127.0.0.1", port);
+            byte[] small = "0123456789abcdef".getBytes(StandardCharsets.UTF_8);
+            c.sendRpcSync(ByteBuffer.wrap(small), TIMEOUT_MS);
+            System.out.println("MISMATCH the client was not refused");
+            System.exit(1);
+        } catch (Exception e) {
+            Throwable t = e;
+            StringBuilder all = new StringBuilder();
+            while (t != null) { all.append(t).append(" | "); t = t.getCause(); }
+            check(all.toString().contains("Authentication failed"), "Spark client refused: " + all);
+        }
+        factory.close();
+        ctx.close();
+        System.out.println("ALL OK (Spark TransportClient refused by rpcenv echo_server)");
     }
 
     // ---- client mode -------------------------------------------------------------------
@@ -84,8 +142,9 @@ public class Interop {
     }
 
     static void client(int port) throws Exception {
-        TransportContext ctx = new TransportContext(conf(), new NoOpRpcHandler());
-        TransportClientFactory factory = ctx.createClientFactory();
+        TransportConf conf = conf();
+        TransportContext ctx = new TransportContext(conf, new NoOpRpcHandler());
+        TransportClientFactory factory = ctx.createClientFactory(clientBootstraps(conf));
         TransportClient c = factory.createClient("127.0.0.1", port);
 
         byte[] small = "0123456789abcdef".getBytes(StandardCharsets.UTF_8);
@@ -182,8 +241,9 @@ public class Interop {
     }
 
     static void server() throws Exception {
-        TransportContext ctx = new TransportContext(conf(), new EchoHandler());
-        TransportServer server = ctx.createServer("127.0.0.1", 0, new ArrayList<>());
+        TransportConf conf = conf();
+        TransportContext ctx = new TransportContext(conf, new EchoHandler());
+        TransportServer server = ctx.createServer("127.0.0.1", 0, serverBootstraps(conf));
         System.out.println("listening on 127.0.0.1:" + server.getPort());
         System.out.flush();
         new CountDownLatch(1).await();
@@ -193,10 +253,13 @@ public class Interop {
         if (args.length == 2 && args[0].equals("client")) {
             client(Integer.parseInt(args[1]));
             System.exit(0);
+        } else if (args.length == 2 && args[0].equals("client-auth-fail")) {
+            clientAuthFail(Integer.parseInt(args[1]));
+            System.exit(0);
         } else if (args.length == 1 && args[0].equals("server")) {
             server();
         } else {
-            System.err.println("usage: Interop client PORT | Interop server");
+            System.err.println("usage: Interop client PORT | Interop client-auth-fail PORT | Interop server");
             System.exit(2);
         }
     }
