@@ -370,6 +370,7 @@ impl<B: Behaviour> Inbox<B> {
                 c.resume_reading();
             }
             rounds += 1;
+            let _span = tracing::trace_span!("endpoint", name = %self.name).entered();
             core.behaviour.with(|callbacks| {
                 while let Some(message) = batch.pop_front() {
                     self.deliver(callbacks, &core.ctx, message);

@@ -354,3 +354,63 @@ impl<R> std::fmt::Debug for Ask<R> {
         write!(f, "Ask({}, {:?})", self.endpoint, self.timeout)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Barrier;
+
+    /// A reply, a timeout, an abort and a drop racing for one slot: exactly one wins, the
+    /// cancel hook runs only when the asker's side won, and a blocked waiter always wakes.
+    #[test]
+    fn completions_race_and_exactly_one_wins() {
+        for round in 0..2000 {
+            let slot = ReplySlot::new();
+            let cancelled = Arc::new(AtomicUsize::new(0));
+            let c = cancelled.clone();
+            slot.set_cancel(Box::new(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+            }));
+            let start = Arc::new(Barrier::new(4));
+            let wins = Arc::new(AtomicUsize::new(0));
+            let reply_won = Arc::new(AtomicUsize::new(0));
+            let racers: Vec<_> = (0..3)
+                .map(|i| {
+                    let (slot, start, wins, reply_won) =
+                        (slot.clone(), start.clone(), wins.clone(), reply_won.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        let won = if i == 0 {
+                            let won = slot.complete(Ok(ReplyValue::local(round)));
+                            if won {
+                                reply_won.fetch_add(1, Ordering::SeqCst);
+                            }
+                            won
+                        } else {
+                            slot.cancel_with(Err(RpcError::EnvStopped))
+                        };
+                        if won {
+                            wins.fetch_add(1, Ordering::SeqCst);
+                        }
+                    })
+                })
+                .collect();
+            start.wait();
+            let outcome = slot
+                .wait(Some(Instant::now() + std::time::Duration::from_secs(10)))
+                .expect("the waiter wakes");
+            for r in racers {
+                r.join().unwrap();
+            }
+            assert_eq!(wins.load(Ordering::SeqCst), 1, "round {round}");
+            let by_reply = reply_won.load(Ordering::SeqCst) == 1;
+            assert_eq!(outcome.is_ok(), by_reply, "round {round}");
+            assert_eq!(
+                cancelled.load(Ordering::SeqCst),
+                usize::from(!by_reply),
+                "round {round}"
+            );
+        }
+    }
+}
