@@ -82,7 +82,7 @@ async fn concurrent(c: &TransportClient, n: usize) -> Result<(), String> {
         .collect();
     for (i, f) in futs.into_iter().enumerate() {
         let got = within(f).await?;
-        if got != Bytes::from(format!("req-{i}")) {
+        if got != format!("req-{i}").as_bytes() {
             return Err(format!("request {i} got a wrong answer"));
         }
     }
