@@ -172,6 +172,108 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
         default: Some("16"),
         doc: "How many successive ports a server tries when its port is taken.",
     },
+    KnownKey {
+        key: "authenticate",
+        kind: ValueKind::Bool,
+        default: Some("false"),
+        doc: "Authenticate every connection with Spark's AES protocol and encrypt it with its session cipher (a JVM peer needs network.crypto.enabled=true and network.crypto.saslFallback=false; SASL is not implemented).",
+    },
+    KnownKey {
+        key: "authenticate.secret",
+        kind: ValueKind::Text,
+        default: None,
+        doc: "The shared secret (never logged); else authenticate.secret.file, else the environment variable _SPARK_AUTH_SECRET or RPCENV_AUTHENTICATE_SECRET.",
+    },
+    KnownKey {
+        key: "authenticate.secret.file",
+        kind: ValueKind::Text,
+        default: None,
+        doc: "A file whose bytes, Base64-encoded as Spark does, are the secret.",
+    },
+    KnownKey {
+        key: "authenticate.appId",
+        kind: ValueKind::Text,
+        default: Some("sparkSaslUser"),
+        doc: "The app id both sides of an authenticated connection must use (NettyRpcEnv's).",
+    },
+    KnownKey {
+        key: "network.crypto.enabled",
+        kind: ValueKind::Bool,
+        default: None,
+        doc: "Spark's switch between the AES protocol and SASL; with authenticate=true only the AES protocol exists here, so false is refused.",
+    },
+    KnownKey {
+        key: "network.crypto.saslFallback",
+        kind: ValueKind::Bool,
+        default: None,
+        doc: "Ignored: SASL is not implemented (a JVM peer must set it to false).",
+    },
+    KnownKey {
+        key: "network.crypto.cipher",
+        kind: ValueKind::Text,
+        default: Some("AES/CTR/NoPadding"),
+        doc: "Session cipher of authenticated connections: AES/CTR/NoPadding or AES/GCM/NoPadding (authenticated). Both sides must agree.",
+    },
+    KnownKey {
+        key: "network.crypto.authEngineVersion",
+        kind: ValueKind::Int(1, 2),
+        default: Some("1"),
+        doc: "Auth engine version: 1 (session key = raw X25519 output) or 2 (HKDF-derived key). Both sides must agree.",
+    },
+    KnownKey {
+        key: "network.auth.rpcTimeout",
+        kind: ValueKind::Duration(TimeUnit::Seconds),
+        default: Some("30s"),
+        doc: "Bound of the authentication handshake of a connection.",
+    },
+    KnownKey {
+        key: "ssl.rpc.enabled",
+        kind: ValueKind::Bool,
+        default: Some("false"),
+        doc: "TLS on every connection (rustls; with authenticate=true the AES protocol then only authenticates).",
+    },
+    KnownKey {
+        key: "ssl.rpc.privateKey",
+        kind: ValueKind::Text,
+        default: None,
+        doc: "PEM private key (unencrypted) of this side's certificate; falls back to ssl.privateKey.",
+    },
+    KnownKey {
+        key: "ssl.rpc.certChain",
+        kind: ValueKind::Text,
+        default: None,
+        doc: "PEM certificate chain (leaf first); falls back to ssl.certChain.",
+    },
+    KnownKey {
+        key: "ssl.rpc.trustStore",
+        kind: ValueKind::Text,
+        default: None,
+        doc: "PEM bundle of the CA certificates to trust; falls back to ssl.trustStore.",
+    },
+    KnownKey {
+        key: "ssl.rpc.trustAll",
+        kind: ValueKind::Bool,
+        default: Some("false"),
+        doc: "Development only: trust any certificate when no trust store is set (Spark's behaviour without one).",
+    },
+    KnownKey {
+        key: "ssl.rpc.clientAuth",
+        kind: ValueKind::Bool,
+        default: Some("false"),
+        doc: "Servers require client certificates signed by a trusted CA (mutual TLS).",
+    },
+    KnownKey {
+        key: "ssl.rpc.protocol",
+        kind: ValueKind::Text,
+        default: Some("TLSv1.3"),
+        doc: "TLSv1.3 (only 1.3) or TLSv1.2 (1.2 and 1.3).",
+    },
+    KnownKey {
+        key: "ssl.rpc.enabledAlgorithms",
+        kind: ValueKind::Text,
+        default: None,
+        doc: "Comma-separated IANA names of the allowed TLS cipher suites (default: rustls's).",
+    },
 ];
 
 /// Looks up a known key (with or without the `spark.` prefix).

@@ -116,6 +116,8 @@ impl RpcEnvBuilder {
                 &self.bind_host,
                 self.port,
                 handler.clone(),
+                crate::security::server_bootstraps(&self.conf)
+                    .map_err(|e| startup(e.to_string()))?,
             )?)
         };
         let address = server.as_ref().map(|server| {
@@ -125,7 +127,11 @@ impl RpcEnvBuilder {
         let dispatcher =
             Dispatcher::new(self.conf.dispatcher_threads(), self.conf.inbox_capacity())
                 .map_err(|e| startup(format!("cannot start message loop threads: {e}")))?;
-        let factory = TransportClientFactory::new(tconf, handler.clone());
+        let factory = TransportClientFactory::with_bootstraps(
+            tconf,
+            handler.clone(),
+            crate::security::client_bootstraps(&self.conf).map_err(|e| startup(e.to_string()))?,
+        );
         let max_message_size = usize::try_from(self.conf.max_message_size()).unwrap_or(usize::MAX);
         let inner = Arc::new_cyclic(|env: &Weak<EnvInner>| EnvInner {
             defaults: Arc::new(RefDefaults {
@@ -187,6 +193,7 @@ fn bind_server(
     host: &str,
     port: u16,
     handler: Arc<RpcEnvHandler>,
+    bootstraps: Vec<Arc<dyn rpcenv_transport::ServerBootstrap>>,
 ) -> Result<TransportServer, RpcError> {
     let startup = |reason: String| RpcError::Startup {
         name: format!("{host}:{port}"),
@@ -197,7 +204,9 @@ fn bind_server(
         .name("rpcenv-bind".into())
         .spawn(move || {
             let handler: Arc<dyn RpcHandler> = handler;
-            rt.block_on(TransportServer::bind(conf, &bind_host, port, handler))
+            rt.block_on(TransportServer::bind_with_bootstraps(
+                conf, &bind_host, port, handler, bootstraps,
+            ))
         })
         .map_err(|e| startup(format!("cannot start a thread: {e}")))?
         .join()

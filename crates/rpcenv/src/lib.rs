@@ -44,6 +44,7 @@ mod net;
 mod outbox;
 mod reply;
 mod runtime;
+mod security;
 mod timeout;
 mod verifier;
 
