@@ -12,6 +12,13 @@
 //! Each write call becomes one message (up to 256 KiB of plaintext); the reader decrypts
 //! segment by segment and hands out the plaintext as one stream, so message and frame
 //! boundaries need not agree.
+//!
+//! Per-message keys without per-message key derivation: Spark draws a random salt and nonce
+//! prefix for every message. Here a sender draws a random salt per connection (renewed every
+//! 2^32 messages) and numbers its messages in the 7-byte nonce prefix, so every (subkey, nonce)
+//! pair is still used once, while the subkey, which then depends only on the message length, is
+//! cached for the few lengths that recur. The receiver accepts both (it derives from the header
+//! whatever the sender chose, with a small cache of its own).
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
@@ -90,6 +97,43 @@ impl SegmentCipher {
     }
 }
 
+/// Subkeys recently derived, keyed by (salt, total length); most recent first.
+struct SubkeyCache {
+    entries: Vec<(Vec<u8>, u64, SegmentCipher)>,
+}
+
+const SUBKEY_CACHE: usize = 8;
+
+impl SubkeyCache {
+    fn new() -> Self {
+        SubkeyCache {
+            entries: Vec::with_capacity(SUBKEY_CACHE),
+        }
+    }
+
+    fn get(&mut self, key: &[u8], salt: &[u8], total: u64) -> &SegmentCipher {
+        let hit = self
+            .entries
+            .iter()
+            .position(|(s, t, _)| *t == total && s.as_slice() == salt);
+        match hit {
+            Some(0) => {}
+            Some(i) => {
+                let e = self.entries.remove(i);
+                self.entries.insert(0, e);
+            }
+            None => {
+                if self.entries.len() == SUBKEY_CACHE {
+                    self.entries.pop();
+                }
+                let c = SegmentCipher::derive(key, salt, total);
+                self.entries.insert(0, (salt.to_vec(), total, c));
+            }
+        }
+        &self.entries[0].2
+    }
+}
+
 /// The size on the wire of a message carrying `plain` bytes.
 pub(crate) fn message_len(header_len: usize, plain: usize) -> usize {
     let (full, rem) = (plain / PLAIN_SEGMENT, plain % PLAIN_SEGMENT);
@@ -102,6 +146,7 @@ fn seal_message(
     key: &[u8],
     salt: &[u8],
     prefix: &[u8; PREFIX],
+    cache: &mut SubkeyCache,
     src: &mut SliceCursor<'_, '_>,
     n: usize,
     out: &mut Vec<u8>,
@@ -113,7 +158,7 @@ fn seal_message(
     out.push(header_len as u8);
     out.extend_from_slice(salt);
     out.extend_from_slice(prefix);
-    let cipher = SegmentCipher::derive(key, salt, total as u64);
+    let cipher = cache.get(key, salt, total as u64);
     let segments = n.div_ceil(PLAIN_SEGMENT);
     let mut left = n;
     for index in 0..segments {
@@ -134,7 +179,8 @@ enum ReadState {
     Header { total: u64 },
     /// Decrypting segments; `left` ciphertext bytes of the message remain.
     Segments {
-        cipher: SegmentCipher,
+        salt: Vec<u8>,
+        total: u64,
         prefix: [u8; PREFIX],
         index: u32,
         left: u64,
@@ -150,8 +196,22 @@ pub(crate) struct GcmStream {
     rbuf: BytesMut,
     plain: BytesMut,
     state: ReadState,
+    read_keys: SubkeyCache,
+    write_keys: SubkeyCache,
+    /// This sender's salt (see the module docs) and message counter.
+    salt: Zeroizing<Vec<u8>>,
+    counter: u64,
     wrote: bool,
     read: bool,
+}
+
+/// Messages sent under one salt before a new one is drawn.
+const MESSAGES_PER_SALT: u64 = 1 << 32;
+
+fn random_salt(len: usize) -> Zeroizing<Vec<u8>> {
+    let mut salt = Zeroizing::new(vec![0u8; len]);
+    rand::rng().fill_bytes(&mut salt);
+    salt
 }
 
 impl GcmStream {
@@ -165,6 +225,10 @@ impl GcmStream {
             rbuf: BytesMut::new(),
             plain: BytesMut::new(),
             state: ReadState::Length,
+            read_keys: SubkeyCache::new(),
+            write_keys: SubkeyCache::new(),
+            salt: random_salt(key.len()),
+            counter: 0,
             wrote: false,
             read: false,
         }
@@ -224,7 +288,8 @@ impl GcmStream {
                         ReadState::Length
                     } else {
                         ReadState::Segments {
-                            cipher: SegmentCipher::derive(&self.key, salt, total),
+                            salt: salt.to_vec(),
+                            total,
                             prefix,
                             index: 0,
                             left,
@@ -232,11 +297,13 @@ impl GcmStream {
                     };
                 }
                 ReadState::Segments {
-                    cipher,
+                    salt,
+                    total,
                     prefix,
                     index,
                     left,
                 } => {
+                    let cipher = self.read_keys.get(&self.key, salt, *total);
                     let len = (*left).min(SEGMENT as u64) as usize;
                     if self.rbuf.len() < len {
                         return Ok(None);
@@ -340,16 +407,19 @@ impl AsyncWrite for GcmStream {
         if n == 0 {
             return Poll::Ready(Ok(0));
         }
-        let mut salt = [0u8; 32];
-        let salt = &mut salt[..this.key.len()];
+        if this.counter == MESSAGES_PER_SALT {
+            this.salt = random_salt(this.key.len());
+            this.counter = 0;
+            this.write_keys = SubkeyCache::new();
+        }
         let mut prefix = [0u8; PREFIX];
-        let mut rng = rand::rng();
-        rng.fill_bytes(salt);
-        rng.fill_bytes(&mut prefix);
+        prefix.copy_from_slice(&this.counter.to_be_bytes()[8 - PREFIX..]);
+        this.counter += 1;
         seal_message(
             &this.key,
-            salt,
+            &this.salt,
             &prefix,
+            &mut this.write_keys,
             &mut SliceCursor::new(bufs),
             n,
             &mut this.out.buf,
@@ -392,6 +462,45 @@ mod tests {
         assert_eq!(message_len(40, 100), 8 + 40 + 116);
     }
 
+    #[tokio::test]
+    async fn senders_number_their_messages_under_one_salt_and_receivers_decrypt() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let key = [4u8; 16];
+        let (a, mut wire) = tokio::io::duplex(1 << 20);
+        let mut sender = GcmStream::new(Box::new(a), peer, &key);
+        for _ in 0..3 {
+            sender.write_all(b"same length").await.unwrap();
+            sender.flush().await.unwrap();
+        }
+        let one = message_len(24, 11);
+        let mut raw = vec![0u8; 3 * one];
+        wire.read_exact(&mut raw).await.unwrap();
+        let msgs: Vec<&[u8]> = raw.chunks(one).collect();
+        for (i, m) in msgs.iter().enumerate() {
+            assert_eq!(&m[9..25], &msgs[0][9..25], "one salt");
+            assert_eq!(
+                &m[25..32],
+                &(i as u64).to_be_bytes()[1..],
+                "numbered prefix"
+            );
+        }
+        let (b, mut feed) = tokio::io::duplex(1 << 20);
+        let mut receiver = GcmStream::new(Box::new(b), peer, &key);
+        feed.write_all(&raw).await.unwrap();
+        let mut got = vec![0u8; 33];
+        receiver.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..], &b"same lengthsame lengthsame length"[..]);
+        // A flipped bit fails with the explanation.
+        let mut bad = raw[..one].to_vec();
+        bad[one - 1] ^= 1;
+        let (c, mut feed) = tokio::io::duplex(1 << 20);
+        let mut receiver = GcmStream::new(Box::new(c), peer, &key);
+        feed.write_all(&bad).await.unwrap();
+        let err = receiver.read(&mut got).await.unwrap_err().to_string();
+        assert!(err.contains("no key confirmation"), "{err}");
+    }
+
     #[test]
     fn sealed_layout_and_round_trip() {
         for key in [vec![7u8; 16], vec![9u8; 32]] {
@@ -411,6 +520,7 @@ mod tests {
                     &key,
                     &salt,
                     &prefix,
+                    &mut SubkeyCache::new(),
                     &mut SliceCursor::new(&slices),
                     n,
                     &mut out,
