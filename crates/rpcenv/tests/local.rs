@@ -8,22 +8,22 @@ use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use rpcenv::{
-    ConcurrentRpcEndpoint, EndpointCtx, FailureKind, HandlerResult, RpcCallContext, RpcConf,
-    RpcEndpoint, RpcEndpointRef, RpcEnv, RpcError, RpcTimeout,
+    ConcurrentRpcEndpoint, EndpointCtx, FailureKind, HandlerResult, RpcCallContext, RpcEndpoint,
+    RpcEndpointRef, RpcEnv, RpcError, RpcTimeout,
 };
 use serde::{Deserialize, Serialize};
 
 mod common;
-use common::{Acker, Echo, FailureSender, Hoarder, Oops, SelfReplier};
+use common::{suite_conf, Acker, Echo, FailureSender, Hoarder, Oops, SelfReplier};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 fn new_env() -> RpcEnv {
-    RpcEnv::builder("local").build().unwrap()
+    RpcEnv::builder("local").conf(suite_conf()).build().unwrap()
 }
 
 fn env_with(conf: &[(&str, &str)]) -> RpcEnv {
-    let mut c = RpcConf::new();
+    let mut c = suite_conf();
     for (k, v) in conf {
         c.set(k, *v).unwrap();
     }
@@ -823,7 +823,7 @@ fn an_env_created_used_and_dropped_inside_async_code_never_panics() {
         .build()
         .unwrap();
         rt.block_on(async {
-            let env = RpcEnv::builder("async").build().unwrap();
+            let env = RpcEnv::builder("async").conf(suite_conf()).build().unwrap();
             let r = env.setup_endpoint("echo", Echo).unwrap();
             assert_eq!(r.ask::<String>("x".into()).await.unwrap(), "x");
             let timed_out = r
@@ -839,7 +839,10 @@ fn an_env_created_used_and_dropped_inside_async_code_never_panics() {
                 .expect("env terminates");
             drop(env2);
             // Dropping an env without shutting it down is fine too.
-            let env3 = RpcEnv::builder("dropped").build().unwrap();
+            let env3 = RpcEnv::builder("dropped")
+                .conf(suite_conf())
+                .build()
+                .unwrap();
             env3.setup_endpoint("echo", Echo).unwrap();
             drop(env3);
         });

@@ -12,22 +12,26 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rpcenv::{
-    EndpointCtx, FailureKind, HandlerResult, RpcAddress, RpcCallContext, RpcConf, RpcEndpoint,
+    EndpointCtx, FailureKind, HandlerResult, RpcAddress, RpcCallContext, RpcEndpoint,
     RpcEndpointRef, RpcEnv, RpcError, RpcTimeout,
 };
 use serde::{Deserialize, Serialize};
 
 mod common;
-use common::{Acker, Echo, FailureSender, Hoarder, SelfReplier};
+use common::{suite_conf, Acker, Echo, FailureSender, Hoarder, SelfReplier};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 fn server(name: &str) -> RpcEnv {
-    RpcEnv::builder(name).build().unwrap()
+    RpcEnv::builder(name).conf(suite_conf()).build().unwrap()
 }
 
 fn client(name: &str) -> RpcEnv {
-    RpcEnv::builder(name).client_mode(true).build().unwrap()
+    RpcEnv::builder(name)
+        .client_mode(true)
+        .conf(suite_conf())
+        .build()
+        .unwrap()
 }
 
 fn wait_for(timeout: &RpcTimeout) -> RpcTimeout {
@@ -355,7 +359,11 @@ fn network_events_in_client_rpc_env_when_another_rpc_env_is_in_server_mode() {
 fn port_conflict() {
     let env = server("server");
     let port = env.address().unwrap().port();
-    let another = RpcEnv::builder("conflict").port(port).build().unwrap();
+    let another = RpcEnv::builder("conflict")
+        .port(port)
+        .conf(suite_conf())
+        .build()
+        .unwrap();
     let bound = another.address().unwrap().port();
     assert_ne!(bound, port);
     another.shutdown();
@@ -451,6 +459,7 @@ fn a_lookup_with_the_wrong_message_type_fails_naming_both() {
 #[test]
 fn advertise_address_different_from_bind_address() {
     let env = RpcEnv::builder("advertised")
+        .conf(suite_conf())
         .bind_host("127.0.0.1")
         .advertise_host("example.com")
         .build()
@@ -742,7 +751,7 @@ fn messages_from_one_env_to_a_remote_endpoint_arrive_in_send_order() {
 fn messages_over_rpc_message_max_size_fail_before_sending() {
     let env = server("server");
     env.setup_endpoint("echo", Echo).unwrap();
-    let conf = RpcConf::new().with("rpc.message.maxSize", "1k").unwrap();
+    let conf = suite_conf().with("rpc.message.maxSize", "1k").unwrap();
     let another = RpcEnv::builder("client")
         .client_mode(true)
         .conf(conf)
@@ -796,6 +805,7 @@ fn peer_process() {
         return;
     };
     let env = RpcEnv::builder("peer")
+        .conf(suite_conf())
         .port(port.parse().unwrap())
         .build()
         .unwrap();
@@ -931,7 +941,7 @@ impl RpcEndpoint for Gate {
 #[test]
 fn backpressure_from_a_slow_endpoint_reaches_the_sender() {
     let env = RpcEnv::builder("slow")
-        .conf(RpcConf::new().with("rpc.inbox.capacity", "16").unwrap())
+        .conf(suite_conf().with("rpc.inbox.capacity", "16").unwrap())
         .build()
         .unwrap();
     let open = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
@@ -946,7 +956,7 @@ fn backpressure_from_a_slow_endpoint_reaches_the_sender() {
     .unwrap();
     let sender = RpcEnv::builder("fast")
         .client_mode(true)
-        .conf(RpcConf::new().with("rpc.outbox.maxBytes", "256k").unwrap())
+        .conf(suite_conf().with("rpc.outbox.maxBytes", "256k").unwrap())
         .build()
         .unwrap();
     let r: RpcEndpointRef<String> = sender

@@ -1,7 +1,19 @@
 //! Endpoints the behaviour tests share.
 #![allow(dead_code)] // each test file uses some of them
 
-use rpcenv::{EndpointCtx, HandlerResult, RpcCallContext, RpcEndpoint};
+use rpcenv::{EndpointCtx, HandlerResult, RpcCallContext, RpcConf, RpcEndpoint};
+
+/// The configuration every env of the suites starts from: empty, or read from the file named by
+/// `RPCENV_SUITE_CONF`. CI runs the suites a second time with TLS settings this way, as Spark
+/// runs RpcEnvSuite again as SslNettyRpcEnvSuite (catalog test 42).
+pub fn suite_conf() -> RpcConf {
+    match std::env::var("RPCENV_SUITE_CONF") {
+        Ok(path) => {
+            RpcConf::from_file(&path).unwrap_or_else(|e| panic!("RPCENV_SUITE_CONF={path}: {e}"))
+        }
+        Err(_) => RpcConf::new(),
+    }
+}
 
 pub struct Echo;
 
