@@ -298,6 +298,44 @@ pub(crate) fn decode_reply(body: &Bytes) -> Result<Result<Bytes, WireError>, Dec
     }
 }
 
+/// Entry points for the criterion benchmarks (`crates/rpcenv/benches`): the envelope codec as
+/// the network path uses it. Not a stable API.
+#[doc(hidden)]
+pub mod bench {
+    use super::*;
+
+    /// Encodes a request envelope carrying `message`.
+    pub fn encode_envelope<T: Serialize + ?Sized>(
+        sender: Option<&RpcAddress>,
+        receiver: Option<&RpcAddress>,
+        name: &str,
+        message: &T,
+    ) -> Result<Bytes, String> {
+        encode_request(sender, receiver, name, message)
+    }
+
+    /// Decodes an envelope's header and then its content as a `T`, as a receiving env does;
+    /// returns the endpoint name's length and the message.
+    pub fn decode_envelope<T: DeserializeOwned>(body: &[u8]) -> Result<(usize, T), DecodeError> {
+        let envelope = decode_request(body)?;
+        let message = decode_content::<T>(envelope.content)?;
+        Ok((envelope.name.len(), message))
+    }
+
+    /// Encodes a successful reply carrying `value`.
+    pub fn encode_reply<T: Serialize + ?Sized>(value: &T) -> Bytes {
+        encode_reply_ok(value, "bench")
+    }
+
+    /// Decodes a reply written by [`encode_reply`].
+    pub fn decode_reply_value<T: DeserializeOwned>(body: &Bytes) -> Result<T, DecodeError> {
+        match decode_reply(body)? {
+            Ok(content) => decode_content::<T>(&content),
+            Err(wire) => Err(decode_error("reply", format!("{wire:?}"))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""Reads WORKLOADS.md JSON lines (rpcenv's and the anchors') and prints markdown tables:
+the figures, then the ratios rpcenv / anchor per workload.
+
+    python3 bench/ratios.py results.jsonl
+
+Throughput ratio: rpcenv ops/s over the anchor's (higher is better). p50 ratio and RSS ratio:
+rpcenv's over the anchor's (lower is better). A missing or skipped figure prints as "-".
+"""
+import json
+import sys
+
+WORKLOADS = [
+    ("W1", "ask_latency"),
+    ("W2", "ask_throughput"),
+    ("W3", "send_throughput"),
+    ("W4", "ask_large"),
+    ("W5", "local_send"),
+    ("W6", "fan_in"),
+]
+ORDER = ["rpcenv", "spark-jvm", "floor", "tonic", "tarpc", "ractor"]
+
+
+def load(path):
+    results = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if "skipped" in row:
+                continue
+            results[(row["system"], row["workload"])] = row
+    return results
+
+
+def rate(v):
+    if v >= 1e6:
+        return f"{v / 1e6:.2f}M"
+    if v >= 1e3:
+        return f"{v / 1e3:.1f}k"
+    return f"{v:.0f}"
+
+
+def main():
+    results = load(sys.argv[1])
+    systems = [s for s in ORDER if any(k[0] == s for k in results)]
+    systems += sorted({k[0] for k in results} - set(systems))
+    anchors = [s for s in systems if s != "rpcenv"]
+
+    print("Figures (ops/s; p50 µs; peak RSS MiB):\n")
+    print("| workload | " + " | ".join(systems) + " |")
+    print("|---|" + "---|" * len(systems))
+    for wid, name in WORKLOADS:
+        cells = []
+        for s in systems:
+            r = results.get((s, name))
+            if r is None:
+                cells.append("-")
+                continue
+            p50 = f" / {r['p50_us']:.0f} µs" if r.get("p50_us") is not None else ""
+            cells.append(f"{rate(r['ops_per_sec'])}{p50} / {r['rss_kb'] / 1024:.0f} MiB")
+        print(f"| {wid} {name} | " + " | ".join(cells) + " |")
+
+    print("\nRatios rpcenv / anchor (throughput ×, higher is better; p50 × and RSS ×, lower is better):\n")
+    print("| workload | " + " | ".join(f"vs {a}: thr / p50 / rss" for a in anchors) + " |")
+    print("|---|" + "---|" * len(anchors))
+    for wid, name in WORKLOADS:
+        mine = results.get(("rpcenv", name))
+        cells = []
+        for a in anchors:
+            theirs = results.get((a, name))
+            if mine is None or theirs is None:
+                cells.append("-")
+                continue
+            thr = mine["ops_per_sec"] / theirs["ops_per_sec"]
+            if mine.get("p50_us") is not None and theirs.get("p50_us"):
+                p50 = f"{mine['p50_us'] / theirs['p50_us']:.2f}"
+            else:
+                p50 = "-"
+            rss = mine["rss_kb"] / theirs["rss_kb"] if theirs.get("rss_kb") else None
+            rss = f"{rss:.2f}" if rss is not None else "-"
+            cells.append(f"{thr:.2f} / {p50} / {rss}")
+        print(f"| {wid} {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
