@@ -145,7 +145,7 @@ impl<B: Behaviour> InboxControl for Inbox<B> {
             }
         };
         let message = match reply {
-            Some(ctx) => InboxMessage::Rpc(message, ctx),
+            Some(ctx) => InboxMessage::Rpc(message, Box::new(ctx)),
             None => InboxMessage::OneWay(message),
         };
         if let Err(refused) = self.post_from(message, scope.client()) {

@@ -316,7 +316,7 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
                     self.inner.defaults.sender.clone(),
                     self.inner.name.clone(),
                 );
-                if let Err(refused) = mailbox.post(InboxMessage::Rpc(message, ctx)) {
+                if let Err(refused) = mailbox.post(InboxMessage::Rpc(message, Box::new(ctx))) {
                     refused.reject(mailbox.refusal());
                 }
             }

@@ -34,7 +34,8 @@ pub(crate) enum InboxMessage<M> {
     OnStart,
     OnStop,
     OneWay(M),
-    Rpc(M, RpcCallContext),
+    /// Boxed: an inbox holds many messages, and the context would double the size of each.
+    Rpc(M, Box<RpcCallContext>),
     Connected(RpcAddress),
     Disconnected(RpcAddress),
     NetworkError(Arc<RpcError>, RpcAddress),
@@ -44,7 +45,7 @@ impl<M> InboxMessage<M> {
     /// Reports a message that could not be delivered: an ask fails with `error`.
     pub(crate) fn reject(self, error: RpcError) {
         if let InboxMessage::Rpc(_, ctx) = self {
-            ctx.fail(error);
+            (*ctx).fail(error);
         }
     }
 }
@@ -391,6 +392,7 @@ impl<B: Behaviour> Inbox<B> {
                 self.report(cb, ctx, r);
             }
             InboxMessage::Rpc(m, reply) => {
+                let reply = *reply;
                 let current = reply.target().map(|t| t.id());
                 let r = with_handler_scope(
                     current,
@@ -666,7 +668,7 @@ mod tests {
             "test".into(),
         );
         inbox
-            .post(InboxMessage::Rpc("hi".into(), ctx))
+            .post(InboxMessage::Rpc("hi".into(), Box::new(ctx)))
             .ok()
             .unwrap();
         inbox.process_now();
