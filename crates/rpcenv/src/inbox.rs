@@ -21,6 +21,7 @@ use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
 
 use crate::address::RpcAddress;
 use crate::call_context::{with_handler_scope, CallOutcome, RpcCallContext};
@@ -83,6 +84,14 @@ impl Scheduler {
 
     fn is_manual(&self) -> bool {
         matches!(self, Scheduler::Manual)
+    }
+
+    /// Whether other inboxes wait for a thread of this loop.
+    fn others_waiting(&self) -> bool {
+        match self {
+            Scheduler::Loop(tx) => !tx.is_empty(),
+            Scheduler::Manual => false,
+        }
     }
 }
 
@@ -172,8 +181,65 @@ pub(crate) struct Inbox<B: Behaviour> {
     listener: Option<Arc<dyn TerminationListener>>,
 }
 
-/// Batches a processor runs before it yields its thread to other inboxes.
+/// Batches a processor runs before it yields its thread to other inboxes waiting for one.
 const ROUNDS_BEFORE_YIELD: usize = 8;
+
+/// How long a processor whose queue ran empty keeps looking at it (yielding its CPU between looks)
+/// before giving its thread back. A sender that is still going then finds the processor awake: no
+/// thread is scheduled and woken for each message, and the next request of a caller that waits
+/// for each reply meets a running thread (a wake-up on an idle core costs tens of µs).
+const LINGER: Duration = Duration::from_micros(50);
+
+/// Batches smaller than this are followed by a short pause before the queue is taken again, so
+/// that a fast sender fills a larger batch instead of contending for the queue's lock with every
+/// message.
+const SMALL_BATCH: usize = 16;
+
+/// That pause.
+const SMALL_BATCH_PAUSE: Duration = Duration::from_micros(8);
+
+/// The processor's waiting policy between batches (see [`LINGER`], [`SMALL_BATCH`]).
+struct Linger {
+    enabled: bool,
+    idle_since: Option<Instant>,
+}
+
+impl Linger {
+    fn new(manual: bool) -> Self {
+        Linger {
+            enabled: !manual,
+            idle_since: None,
+        }
+    }
+
+    /// A batch of `n` messages was handled.
+    fn handled(&mut self, n: usize) {
+        self.idle_since = None;
+        if self.enabled && n < SMALL_BATCH {
+            let start = Instant::now();
+            while start.elapsed() < SMALL_BATCH_PAUSE {
+                for _ in 0..16 {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    }
+
+    /// The queue is empty: yields the CPU once and returns true to look again, or false to leave
+    /// (after [`LINGER`], or at once when other inboxes wait for a thread).
+    fn idle(&mut self, scheduler: &Scheduler) -> bool {
+        if !self.enabled || scheduler.others_waiting() {
+            return false;
+        }
+        let now = Instant::now();
+        let since = *self.idle_since.get_or_insert(now);
+        if now.duration_since(since) >= LINGER {
+            return false;
+        }
+        std::thread::yield_now();
+        true
+    }
+}
 
 impl<B: Behaviour> Inbox<B> {
     /// A new inbox whose first message is `OnStart`. Nothing runs until [`install`](Self::install).
@@ -337,6 +403,7 @@ impl<B: Behaviour> Inbox<B> {
     pub(crate) fn process(&self) {
         let mut batch: VecDeque<InboxMessage<B::Message>> = VecDeque::new();
         let mut rounds = 0;
+        let mut linger = Linger::new(self.scheduler.is_manual());
         loop {
             let mut resume = Vec::new();
             let core = {
@@ -344,12 +411,22 @@ impl<B: Behaviour> Inbox<B> {
                 if st.spare.capacity() < batch.capacity() {
                     st.spare = std::mem::take(&mut batch);
                 }
-                if (!st.concurrent && st.active > 1) || st.queue.is_empty() || st.core.is_none() {
+                let alone = st.concurrent || st.active <= 1;
+                if alone && st.queue.is_empty() && st.core.is_some() && !st.stopped {
+                    // Nothing to do: wait a little for the next message before giving the thread
+                    // back, unless other inboxes wait for it.
+                    drop(st);
+                    if linger.idle(&self.scheduler) {
+                        continue;
+                    }
+                    st = self.lock();
+                }
+                if !alone || st.queue.is_empty() || st.core.is_none() {
                     // Not alone while concurrency is off, or nothing to do: leave.
                     st.active -= 1;
                     return;
                 }
-                if rounds == ROUNDS_BEFORE_YIELD && !self.scheduler.is_manual() {
+                if rounds >= ROUNDS_BEFORE_YIELD && self.scheduler.others_waiting() {
                     // Fairness: requeue behind other inboxes, keeping our active count.
                     drop(st);
                     self.schedule();
@@ -371,12 +448,14 @@ impl<B: Behaviour> Inbox<B> {
                 c.resume_reading();
             }
             rounds += 1;
+            let handled = batch.len();
             let _span = tracing::trace_span!("endpoint", name = %self.name).entered();
             core.behaviour.with(|callbacks| {
                 while let Some(message) = batch.pop_front() {
                     self.deliver(callbacks, &core.ctx, message);
                 }
             });
+            linger.handled(handled);
         }
     }
 
