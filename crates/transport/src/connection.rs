@@ -34,6 +34,10 @@ const COMMAND_BATCH: usize = 256;
 const READ_MIN_SPARE: usize = 8 * 1024;
 /// Usual read buffer growth.
 const READ_CHUNK: usize = 64 * 1024;
+/// Below this many queued bytes, a write is put off once (the task yields to the others on its
+/// worker first): tasks woken by the same batch of replies, or a message loop still answering a
+/// batch of requests, then add their messages, and many leave in one write instead of one each.
+const COALESCE_BELOW: usize = 64 * 1024;
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -140,6 +144,7 @@ where
         last_io: now,
         last_request: now,
         needs_flush: false,
+        write_deferred: false,
     };
     let span = tracing::info_span!("connection", id, peer = %remote, local = %local, side = ?side);
     tokio::spawn(conn.run(on_exit).instrument(span));
@@ -209,6 +214,8 @@ struct Connection<S> {
     last_io: Instant,
     last_request: Instant,
     needs_flush: bool,
+    /// The write of what is queued was put off once, to let other tasks add to it.
+    write_deferred: bool,
 }
 
 impl<S> Connection<S>
@@ -304,8 +311,13 @@ where
                 }
             }
 
-            // 2. Write what is queued.
-            while !self.out.is_empty() {
+            // 2. Write what is queued; a small amount waits for one turn of the scheduler first.
+            let defer =
+                !self.out.is_empty() && !self.write_deferred && self.out.len() < COALESCE_BELOW;
+            if defer {
+                self.write_deferred = true;
+            }
+            while !defer && !self.out.is_empty() {
                 let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
                 let n = self.out.fill_slices(&mut slices);
                 match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
@@ -317,6 +329,7 @@ where
                     }
                     Poll::Ready(Ok(written)) => {
                         self.out.advance(written);
+                        self.write_deferred = false;
                         self.needs_flush = true;
                         progress = true;
                         io_progress = true;
@@ -370,6 +383,12 @@ where
 
             if io_progress && self.idle.is_some() {
                 self.last_io = Instant::now();
+            }
+            if defer {
+                // Back of the run queue (a woken idle worker may take the task meanwhile): the
+                // write happens on the next poll, after the tasks queued before it ran.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
             if progress {
                 continue;
