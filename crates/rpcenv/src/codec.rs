@@ -19,9 +19,13 @@
 //! default, and today the only one, is [postcard](https://docs.rs/postcard) (compact, no schema,
 //! well kept). A new format is a new [`ContentCodec`] variant.
 
+use std::cell::RefCell;
+use std::fmt;
+use std::ops::Deref;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::address::RpcAddress;
 use crate::error::{Failure, FailureKind, RpcError};
@@ -93,6 +97,147 @@ pub(crate) fn decode_content<T: DeserializeOwned>(content: &[u8]) -> Result<T, D
             format!("unknown codec tag {tag} (a newer peer?)"),
         )),
     }
+}
+
+/// A byte buffer for message and reply payloads: cheap to clone (a [`Bytes`] handle), written as a
+/// byte string, and decoded without a copy when it arrives over the network: a `Blob` of at least
+/// [`Blob::SHARE_MIN`] bytes shares the received frame's memory instead of copying out of it
+/// (smaller ones are copied, so that they do not keep a whole read buffer alive).
+///
+/// ```
+/// use rpcenv::codec::Blob;
+///
+/// let blob = Blob::from(vec![7u8; 1 << 20]);
+/// assert_eq!(blob.len(), 1 << 20);
+/// let bytes: bytes::Bytes = blob.clone().into();
+/// assert_eq!(&bytes[..4], &[7, 7, 7, 7]);
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Blob(Bytes);
+
+impl Blob {
+    /// Received blobs at least this large share the frame they arrived in.
+    pub const SHARE_MIN: usize = 4096;
+
+    /// A blob of `bytes` (no copy).
+    pub fn new(bytes: Bytes) -> Self {
+        Blob(bytes)
+    }
+
+    /// The bytes, as a [`Bytes`] handle (no copy).
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+impl Deref for Blob {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Blob {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Bytes> for Blob {
+    fn from(bytes: Bytes) -> Self {
+        Blob(bytes)
+    }
+}
+
+impl From<Vec<u8>> for Blob {
+    fn from(bytes: Vec<u8>) -> Self {
+        Blob(Bytes::from(bytes))
+    }
+}
+
+impl From<&'static [u8]> for Blob {
+    fn from(bytes: &'static [u8]) -> Self {
+        Blob(Bytes::from_static(bytes))
+    }
+}
+
+impl From<Blob> for Bytes {
+    fn from(blob: Blob) -> Self {
+        blob.0
+    }
+}
+
+impl fmt::Debug for Blob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Blob({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for Blob {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Blob;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Blob, E> {
+                Ok(Blob(shared_or_copied(v)))
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Blob, E> {
+                Ok(Blob(Bytes::copy_from_slice(v)))
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Blob, E> {
+                Ok(Blob(Bytes::from(v)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Blob, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(Blob(Bytes::from(out)))
+            }
+        }
+        deserializer.deserialize_bytes(Visitor)
+    }
+}
+
+thread_local! {
+    /// The received frame a decode on this thread reads from, for [`Blob`]s to share.
+    static SOURCE: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (a decode of content that lies inside `source`) letting [`Blob`]s share `source`.
+pub(crate) fn with_source<T>(source: &Bytes, f: impl FnOnce() -> T) -> T {
+    let previous = SOURCE.with(|s| s.replace(Some(source.clone())));
+    let result = f();
+    SOURCE.with(|s| *s.borrow_mut() = previous);
+    result
+}
+
+/// `bytes` as a handle into the frame being decoded when it lies inside it and is large enough,
+/// else a copy.
+fn shared_or_copied(bytes: &[u8]) -> Bytes {
+    if bytes.len() >= Blob::SHARE_MIN {
+        let shared = SOURCE.with(|s| {
+            s.borrow().as_ref().and_then(|source| {
+                let start = source.as_ptr() as usize;
+                let at = bytes.as_ptr() as usize;
+                (at >= start && at + bytes.len() <= start + source.len())
+                    .then(|| source.slice_ref(bytes))
+            })
+        });
+        if let Some(shared) = shared {
+            return shared;
+        }
+    }
+    Bytes::copy_from_slice(bytes)
 }
 
 /// The decoded header of a request envelope; `content` is the undecoded message.
@@ -398,6 +543,27 @@ mod tests {
         }
         assert!(decode_request(&[7, 0, 0]).is_err());
         assert!(decode_content::<u32>(&[99, 1]).is_err());
+    }
+
+    #[test]
+    fn large_blobs_share_the_frame_they_are_decoded_from() {
+        let big = Blob::from(vec![3u8; Blob::SHARE_MIN]);
+        let small = Blob::from(&b"tiny"[..]);
+        let body = encode_request(None, None, "ep", &(big.clone(), small.clone())).unwrap();
+        let env = decode_request(&body).unwrap();
+        let content = Bytes::copy_from_slice(env.content);
+        let (b, s): (Blob, Blob) = with_source(&content, || decode_content(&content)).unwrap();
+        assert_eq!((&b, &s), (&big, &small));
+        let inside = |blob: &Blob| {
+            let (start, at) = (content.as_ptr() as usize, blob.as_ptr() as usize);
+            at >= start && at < start + content.len()
+        };
+        assert!(inside(&b), "a large blob shares the frame");
+        assert!(!inside(&s), "a small blob is copied");
+        // Without a source (or outside it), blobs are copies.
+        let (b2, _): (Blob, Blob) = decode_content(&content).unwrap();
+        assert!(!inside(&b2));
+        assert_eq!(b2, big);
     }
 
     #[test]

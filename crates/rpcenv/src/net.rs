@@ -356,6 +356,9 @@ impl EnvInner {
             None => socket_address(client),
         };
         let scope = DecodeScope::new(Arc::downgrade(self), Some(client.clone()));
-        self.post_remote(envelope.name, envelope.content, sender, responder, scope);
+        // Large byte payloads (`Blob`s) in the content share `message` instead of copying it.
+        crate::codec::with_source(&message, || {
+            self.post_remote(envelope.name, envelope.content, sender, responder, scope)
+        });
     }
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::address::RpcEndpointAddress;
-use crate::codec::decode_content;
+use crate::codec::{decode_content, with_source};
 use crate::env::DecodeScope;
 use crate::error::{BoxError, RpcError};
 use crate::message::RpcReply;
@@ -50,7 +50,7 @@ impl ReplyValue {
                 }),
             },
             ReplyValue::Remote { content, scope } => scope
-                .run(|| decode_content::<R>(&content))
+                .run(|| with_source(&content, || decode_content::<R>(&content)))
                 .map_err(|e| RpcError::UnexpectedReplyType {
                     endpoint: endpoint.to_string(),
                     expected: std::any::type_name::<R>(),
