@@ -19,7 +19,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -161,6 +161,8 @@ struct State<M, C> {
     core: Option<Arc<C>>,
     /// Connections whose reading this inbox paused because it was over capacity.
     paused: Vec<TransportClient>,
+    /// Messages posted so far (wrapping), mirrored in `Inbox::posted`.
+    posted: usize,
 }
 
 /// Told when an inbox has terminated (`on_stop` ran), so shutdown can wait for all of them.
@@ -173,6 +175,9 @@ pub(crate) struct Inbox<B: Behaviour> {
     name: Arc<str>,
     me: Weak<Self>,
     state: Mutex<State<B::Message, Core<B>>>,
+    /// Messages posted so far (wrapping): read without the lock by a processor that waits for a
+    /// batch to fill.
+    posted: AtomicUsize,
     scheduler: Scheduler,
     max_threads: usize,
     /// Messages from the network beyond this pause the connections they come from.
@@ -190,18 +195,19 @@ const ROUNDS_BEFORE_YIELD: usize = 8;
 /// for each reply meets a running thread (a wake-up on an idle core costs tens of µs).
 const LINGER: Duration = Duration::from_micros(50);
 
-/// Batches smaller than this are followed by a short pause before the queue is taken again, so
-/// that a fast sender fills a larger batch instead of contending for the queue's lock with every
-/// message.
+/// When a small batch (fewer messages than this) is followed by another small one, the processor
+/// waits while the sender keeps posting (at most [`GATHER_MAX`]), so that a fast sender fills a
+/// larger batch instead of contending for the queue's lock with every message.
 const SMALL_BATCH: usize = 16;
 
-/// That pause.
-const SMALL_BATCH_PAUSE: Duration = Duration::from_micros(8);
+/// The longest such wait.
+const GATHER_MAX: Duration = Duration::from_micros(50);
 
 /// The processor's waiting policy between batches (see [`LINGER`], [`SMALL_BATCH`]).
 struct Linger {
     enabled: bool,
     idle_since: Option<Instant>,
+    last_small: bool,
 }
 
 impl Linger {
@@ -209,19 +215,36 @@ impl Linger {
         Linger {
             enabled: !manual,
             idle_since: None,
+            last_small: false,
         }
     }
 
     /// A batch of `n` messages was handled.
     fn handled(&mut self, n: usize) {
         self.idle_since = None;
-        if self.enabled && n < SMALL_BATCH {
-            let start = Instant::now();
-            while start.elapsed() < SMALL_BATCH_PAUSE {
-                for _ in 0..16 {
-                    std::hint::spin_loop();
-                }
+        self.last_small = n < SMALL_BATCH;
+    }
+
+    /// Whether to let the queue fill before taking it: the last batch was small, and so is
+    /// what waits now (a sender is posting about as fast as the batches are handled).
+    fn should_gather(&self, queued: usize) -> bool {
+        self.enabled && self.last_small && queued > 0 && queued < SMALL_BATCH
+    }
+
+    /// Waits while `posted` keeps rising, at most [`GATHER_MAX`].
+    fn gather(&mut self, posted: &AtomicUsize) {
+        self.last_small = false;
+        let start = Instant::now();
+        let mut seen = posted.load(Ordering::Relaxed);
+        loop {
+            for _ in 0..32 {
+                std::hint::spin_loop();
             }
+            let now = posted.load(Ordering::Relaxed);
+            if now == seen || start.elapsed() >= GATHER_MAX {
+                return;
+            }
+            seen = now;
         }
     }
 
@@ -265,7 +288,9 @@ impl<B: Behaviour> Inbox<B> {
                 terminated: false,
                 core: None,
                 paused: Vec::new(),
+                posted: 0,
             }),
+            posted: AtomicUsize::new(0),
             scheduler,
             max_threads: max_threads.max(1),
             capacity: capacity.max(1),
@@ -331,6 +356,8 @@ impl<B: Behaviour> Inbox<B> {
                 return Err(message);
             }
             st.queue.push_back(message);
+            st.posted = st.posted.wrapping_add(1);
+            self.posted.store(st.posted, Ordering::Relaxed);
             if let Some(c) = feeder {
                 if st.queue.len() >= self.capacity && !c.is_reading_paused() {
                     tracing::debug!(endpoint = %self.name, peer = %c.remote_addr(), queued = st.queue.len(), "inbox full: pausing the connection");
@@ -412,6 +439,11 @@ impl<B: Behaviour> Inbox<B> {
                     st.spare = std::mem::take(&mut batch);
                 }
                 let alone = st.concurrent || st.active <= 1;
+                if alone && linger.should_gather(st.queue.len()) {
+                    drop(st);
+                    linger.gather(&self.posted);
+                    st = self.lock();
+                }
                 if alone && st.queue.is_empty() && st.core.is_some() && !st.stopped {
                     // Nothing to do: wait a little for the next message before giving the thread
                     // back, unless other inboxes wait for it.
