@@ -240,11 +240,29 @@ fn shared_or_copied(bytes: &[u8]) -> Bytes {
     Bytes::copy_from_slice(bytes)
 }
 
+/// An address as an envelope carries it (borrowed: decoding a header allocates nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WireAddress<'a> {
+    pub(crate) host: &'a str,
+    pub(crate) port: u16,
+}
+
+impl WireAddress<'_> {
+    pub(crate) fn to_address(self) -> RpcAddress {
+        RpcAddress::new(self.host, self.port)
+    }
+
+    /// Whether `address` is this one (as `to_address` would make it).
+    pub(crate) fn is(self, address: &RpcAddress) -> bool {
+        address.port() == self.port && address.host() == self.host
+    }
+}
+
 /// The decoded header of a request envelope; `content` is the undecoded message.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Envelope<'a> {
-    pub(crate) sender: Option<RpcAddress>,
-    pub(crate) receiver: Option<RpcAddress>,
+    pub(crate) sender: Option<WireAddress<'a>>,
+    pub(crate) receiver: Option<WireAddress<'a>>,
     pub(crate) name: &'a str,
     pub(crate) content: &'a [u8],
 }
@@ -306,7 +324,7 @@ impl<'a> Reader<'a> {
             .map_err(|_| decode_error("request envelope", "a string is not UTF-8"))
     }
 
-    fn address(&mut self) -> Result<Option<RpcAddress>, DecodeError> {
+    fn address(&mut self) -> Result<Option<WireAddress<'a>>, DecodeError> {
         match self.u8()? {
             0 => Ok(None),
             1 => {
@@ -314,7 +332,7 @@ impl<'a> Reader<'a> {
                 let port = i32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes"));
                 let port = u16::try_from(port)
                     .map_err(|_| decode_error("request envelope", format!("port {port}")))?;
-                Ok(Some(RpcAddress::new(host, port)))
+                Ok(Some(WireAddress { host, port }))
             }
             b => Err(decode_error(
                 "request envelope",
@@ -497,8 +515,12 @@ mod tests {
         ] {
             let body = encode_request(s, Some(&receiver), "test", &content).unwrap();
             let env = decode_request(&body).unwrap();
-            assert_eq!(env.sender.as_ref(), s);
-            assert_eq!(env.receiver.as_ref(), Some(&receiver));
+            assert_eq!(env.sender.map(WireAddress::to_address).as_ref(), s);
+            assert_eq!(
+                env.receiver.map(WireAddress::to_address),
+                Some(receiver.clone())
+            );
+            assert!(env.receiver.is_some_and(|r| r.is(&receiver)));
             assert_eq!(env.name, "test");
             assert_eq!(
                 decode_content::<Option<String>>(env.content).unwrap(),

@@ -3,9 +3,10 @@
 //! connections into `on_connected` / `on_disconnected` / `on_network_error` events (Spark's
 //! `NettyRpcHandler`).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
@@ -15,11 +16,18 @@ use rpcenv_transport::{
 };
 
 use crate::address::RpcAddress;
+use crate::codec::WireAddress;
 use crate::dispatcher::Event;
 use crate::env::{DecodeScope, EnvInner};
 use crate::error::RpcError;
 use crate::outbox::{Outbox, OutboxMessage, Posted};
 use crate::reply::{ReplySlot, ReplyValue};
+
+thread_local! {
+    /// The last listening address [`Network::known_listen_address`] found: the network, the
+    /// connection id, the map's generation then, and the address.
+    static LAST_LISTEN: RefCell<Option<(usize, u64, u64, RpcAddress)>> = const { RefCell::new(None) };
+}
 
 /// Headroom the frame cap allows above `rpc.message.maxSize` (envelope and frame headers).
 pub(crate) const FRAME_HEADROOM: usize = 64 * 1024;
@@ -32,6 +40,8 @@ pub(crate) struct Network {
     outboxes: Mutex<HashMap<RpcAddress, Arc<Outbox>>>,
     /// Connection id -> the listening address its peer announced as sender.
     listen_addresses: Mutex<HashMap<u64, RpcAddress>>,
+    /// Bumped whenever `listen_addresses` changes (invalidates the per-thread cache).
+    listen_generation: AtomicU64,
     max_message_size: usize,
     outbox_max_bytes: usize,
     env: Weak<EnvInner>,
@@ -53,6 +63,7 @@ impl Network {
             server: Mutex::new(server),
             outboxes: Mutex::new(HashMap::new()),
             listen_addresses: Mutex::new(HashMap::new()),
+            listen_generation: AtomicU64::new(0),
             max_message_size,
             outbox_max_bytes,
             env,
@@ -198,9 +209,42 @@ impl Network {
             Some(known) if known == address => false,
             _ => {
                 map.insert(client.id(), address.clone());
+                self.listen_generation.fetch_add(1, Ordering::Release);
                 true
             }
         }
+    }
+
+    /// The listening address `client`'s peer announced, when it is `wire` and was recorded
+    /// already (nothing to note): from a per-thread cache of the last one seen, so that the
+    /// messages of a busy connection neither lock the map nor allocate an address.
+    fn known_listen_address(
+        &self,
+        client: &TransportClient,
+        wire: WireAddress<'_>,
+    ) -> Option<RpcAddress> {
+        let generation = self.listen_generation.load(Ordering::Acquire);
+        let me = self as *const Network as usize;
+        let cached = LAST_LISTEN.with(|last| {
+            last.borrow().as_ref().and_then(|(net, id, seen, address)| {
+                (*net == me && *id == client.id() && *seen == generation && wire.is(address))
+                    .then(|| address.clone())
+            })
+        });
+        if cached.is_some() {
+            return cached;
+        }
+        let known = self
+            .listen_addresses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&client.id())
+            .filter(|known| wire.is(known))
+            .cloned()?;
+        LAST_LISTEN.with(|last| {
+            *last.borrow_mut() = Some((me, client.id(), generation, known.clone()));
+        });
+        Some(known)
     }
 
     /// A connection closed: forget its outbox and its peer's listening address.
@@ -216,10 +260,13 @@ impl Network {
         for outbox in stale {
             self.remove_outbox(&outbox);
         }
-        self.listen_addresses
+        let removed = self
+            .listen_addresses
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&client.id())
+            .remove(&client.id());
+        self.listen_generation.fetch_add(1, Ordering::Release);
+        removed
     }
 
     fn listen_address_of(&self, client: &TransportClient) -> Option<RpcAddress> {
@@ -346,12 +393,16 @@ impl EnvInner {
             }
         };
         let sender = match envelope.sender {
-            Some(listen) => {
-                if self.network().note_listen_address(client, &listen) {
-                    self.post_to_all(Event::Connected(listen.clone()));
+            Some(wire) => match self.network().known_listen_address(client, wire) {
+                Some(known) => known,
+                None => {
+                    let listen = wire.to_address();
+                    if self.network().note_listen_address(client, &listen) {
+                        self.post_to_all(Event::Connected(listen.clone()));
+                    }
+                    listen
                 }
-                listen
-            }
+            },
             // A client-mode peer: its socket address stands for it (F42).
             None => socket_address(client),
         };
