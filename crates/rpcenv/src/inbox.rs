@@ -248,19 +248,32 @@ impl Linger {
         }
     }
 
-    /// The queue is empty: yields the CPU once and returns true to look again, or false to leave
-    /// (after [`LINGER`], or at once when other inboxes wait for a thread).
-    fn idle(&mut self, scheduler: &Scheduler) -> bool {
-        if !self.enabled || scheduler.others_waiting() {
+    /// The queue was empty when `posted` read `seen`: waits until a message is posted (true: look
+    /// again) or [`LINGER`] has passed or other inboxes wait for the thread (false: leave). It
+    /// watches `posted` without the queue's lock, spinning briefly and yielding its CPU every few
+    /// µs to whatever else is runnable on it.
+    fn idle(&mut self, scheduler: &Scheduler, posted: &AtomicUsize, seen: usize) -> bool {
+        if !self.enabled {
             return false;
         }
-        let now = Instant::now();
-        let since = *self.idle_since.get_or_insert(now);
-        if now.duration_since(since) >= LINGER {
-            return false;
+        let since = *self.idle_since.get_or_insert_with(Instant::now);
+        let mut looks = 0u32;
+        loop {
+            if posted.load(Ordering::Relaxed) != seen {
+                return true;
+            }
+            if scheduler.others_waiting() || since.elapsed() >= LINGER {
+                return false;
+            }
+            looks += 1;
+            if looks % 4 == 0 {
+                std::thread::yield_now();
+            } else {
+                for _ in 0..32 {
+                    std::hint::spin_loop();
+                }
+            }
         }
-        std::thread::yield_now();
-        true
     }
 }
 
@@ -395,6 +408,8 @@ impl<B: Behaviour> Inbox<B> {
             st.stopped = true;
             st.concurrent = false;
             st.queue.push_back(InboxMessage::OnStop);
+            st.posted = st.posted.wrapping_add(1);
+            self.posted.store(st.posted, Ordering::Relaxed);
             self.claim_thread(&mut st)
         };
         if schedule {
@@ -447,8 +462,9 @@ impl<B: Behaviour> Inbox<B> {
                 if alone && st.queue.is_empty() && st.core.is_some() && !st.stopped {
                     // Nothing to do: wait a little for the next message before giving the thread
                     // back, unless other inboxes wait for it.
+                    let seen = st.posted;
                     drop(st);
-                    if linger.idle(&self.scheduler) {
+                    if linger.idle(&self.scheduler, &self.posted, seen) {
                         continue;
                     }
                     st = self.lock();
