@@ -170,6 +170,7 @@ impl ReplySlot {
 
     /// Blocks until complete or `deadline`; `None` when the deadline passed first.
     fn wait(&self, deadline: Option<Instant>) -> Option<ReplyResult> {
+        self.look_before_sleeping(deadline);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             match &mut *state {
@@ -199,6 +200,38 @@ impl ReplySlot {
                     }
                 }
                 SlotState::Taken => return None,
+            }
+        }
+    }
+}
+
+/// How long a blocked asker keeps looking for its reply before it sleeps: a local endpoint (or a
+/// peer on the same host) often answers within a few µs, and waking a sleeping thread costs tens
+/// of µs on an idle core.
+const LOOK_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(20);
+
+impl ReplySlot {
+    /// Looks at the slot for up to [`LOOK_BEFORE_SLEEP`] (spinning briefly, yielding the CPU every
+    /// few looks); returns early when it completes or `deadline` passes.
+    fn look_before_sleeping(&self, deadline: Option<Instant>) {
+        let start = Instant::now();
+        let mut looks = 0u32;
+        loop {
+            if self.is_complete() {
+                return;
+            }
+            let now = Instant::now();
+            if now.duration_since(start) >= LOOK_BEFORE_SLEEP || deadline.is_some_and(|d| now >= d)
+            {
+                return;
+            }
+            looks += 1;
+            if looks % 4 == 0 {
+                std::thread::yield_now();
+            } else {
+                for _ in 0..32 {
+                    std::hint::spin_loop();
+                }
             }
         }
     }
