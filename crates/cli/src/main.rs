@@ -17,7 +17,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "rpcenv", version, about = "Spark's RpcEnv re-created in Rust: demo cluster, master / worker, ping, bench")]
+#[command(
+    name = "rpcenv",
+    version,
+    about = "Spark's RpcEnv re-created in Rust: demo cluster, master / worker, ping, bench"
+)]
 struct Cli {
     /// A setting as KEY=VALUE (repeatable): one of rpcenv's keys (e.g. rpc.askTimeout=10s; the
     /// `spark.` prefix is accepted) or a free application key under `app.`.
