@@ -218,47 +218,58 @@ async fn windowed(
     Ok(all)
 }
 
-fn w1(plan: Plan, conf: &RpcConf) -> anyhow::Result<Measured> {
-    let mut envs = Envs(Vec::new());
-    let (client, r) = pair(&mut envs, conf, "echo", Echo)?;
+/// What one run of a workload's body yields: per-op latencies (the run is timed around it), or
+/// its own elapsed time (one-way workloads, timed until the endpoint has counted everything).
+enum Run {
+    Latencies(Vec<u64>),
+    Timed(Duration),
+}
+
+/// Warms up with batches of `body` (the first failure ends the workload), then measures one
+/// run of the workload's count.
+fn measure(
+    plan: Plan,
+    w: Workload,
+    mut body: impl FnMut(usize) -> anyhow::Result<Run>,
+) -> anyhow::Result<Measured> {
     let mut failure = None;
-    warm_up(plan, Workload::AskLatency, |b| {
-        if let Err(e) = block(&client, sequential(r.clone(), b)) {
-            failure.get_or_insert(e);
+    warm_up(plan, w, |b| {
+        if failure.is_none() {
+            failure = body(b).err();
         }
     });
     if let Some(e) = failure {
         return Err(e);
     }
-    let n = plan.ops(Workload::AskLatency);
+    let n = plan.ops(w);
     let t0 = Instant::now();
-    let lat_ns = block(&client, sequential(r, n))?;
-    Ok(Measured {
-        ops: n,
-        elapsed: t0.elapsed(),
-        lat_ns,
+    Ok(match body(n)? {
+        Run::Latencies(lat_ns) => Measured {
+            ops: n,
+            elapsed: t0.elapsed(),
+            lat_ns,
+        },
+        Run::Timed(elapsed) => Measured {
+            ops: n,
+            elapsed,
+            lat_ns: Vec::new(),
+        },
+    })
+}
+
+fn w1(plan: Plan, conf: &RpcConf) -> anyhow::Result<Measured> {
+    let mut envs = Envs(Vec::new());
+    let (client, r) = pair(&mut envs, conf, "echo", Echo)?;
+    measure(plan, Workload::AskLatency, |n| {
+        block(&client, sequential(r.clone(), n)).map(Run::Latencies)
     })
 }
 
 fn w2(plan: Plan, conf: &RpcConf) -> anyhow::Result<Measured> {
     let mut envs = Envs(Vec::new());
     let (client, r) = pair(&mut envs, conf, "echo", Echo)?;
-    let mut failure = None;
-    warm_up(plan, Workload::AskThroughput, |b| {
-        if let Err(e) = block(&client, windowed(r.clone(), b, W2_WINDOW)) {
-            failure.get_or_insert(e);
-        }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let n = plan.ops(Workload::AskThroughput);
-    let t0 = Instant::now();
-    let lat_ns = block(&client, windowed(r, n, W2_WINDOW))?;
-    Ok(Measured {
-        ops: n,
-        elapsed: t0.elapsed(),
-        lat_ns,
+    measure(plan, Workload::AskThroughput, |n| {
+        block(&client, windowed(r.clone(), n, W2_WINDOW)).map(Run::Latencies)
     })
 }
 
@@ -286,21 +297,8 @@ fn w3(plan: Plan, conf: &RpcConf) -> anyhow::Result<Measured> {
         tally: tally.clone(),
     };
     let (client, r) = pair(&mut envs, conf, "count", count)?;
-    let mut failure = None;
-    warm_up(plan, Workload::SendThroughput, |b| {
-        if let Err(e) = block(&client, one_way(r.clone(), tally.clone(), b)) {
-            failure.get_or_insert(e);
-        }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let n = plan.ops(Workload::SendThroughput);
-    let elapsed = block(&client, one_way(r, tally, n))?;
-    Ok(Measured {
-        ops: n,
-        elapsed,
-        lat_ns: Vec::new(),
+    measure(plan, Workload::SendThroughput, |n| {
+        block(&client, one_way(r.clone(), tally.clone(), n)).map(Run::Timed)
     })
 }
 
@@ -319,22 +317,8 @@ fn w4(plan: Plan, conf: &RpcConf) -> anyhow::Result<Measured> {
     let mut envs = Envs(Vec::new());
     let (client, r) = pair(&mut envs, conf, "len", Len)?;
     let big = Bytes::from(vec![7u8; LARGE_BYTES]);
-    let mut failure = None;
-    warm_up(plan, Workload::AskLarge, |b| {
-        if let Err(e) = block(&client, large(r.clone(), big.clone(), b)) {
-            failure.get_or_insert(e);
-        }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let n = plan.ops(Workload::AskLarge);
-    let t0 = Instant::now();
-    let lat_ns = block(&client, large(r, big, n))?;
-    Ok(Measured {
-        ops: n,
-        elapsed: t0.elapsed(),
-        lat_ns,
+    measure(plan, Workload::AskLarge, |n| {
+        block(&client, large(r.clone(), big.clone(), n)).map(Run::Latencies)
     })
 }
 
@@ -369,21 +353,8 @@ fn w5(plan: Plan, conf: &RpcConf) -> anyhow::Result<Measured> {
             tally: tally.clone(),
         },
     )?;
-    let mut failure = None;
-    warm_up(plan, Workload::LocalSend, |b| {
-        if let Err(e) = local_sends(&env, &r, &tally, b) {
-            failure.get_or_insert(e);
-        }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let n = plan.ops(Workload::LocalSend);
-    let elapsed = local_sends(&env, &r, &tally, n)?;
-    Ok(Measured {
-        ops: n,
-        elapsed,
-        lat_ns: Vec::new(),
+    measure(plan, Workload::LocalSend, |n| {
+        local_sends(&env, &r, &tally, n).map(Run::Timed)
     })
 }
 
@@ -414,22 +385,8 @@ fn w6(plan: Plan, conf: &RpcConf) -> anyhow::Result<Measured> {
         let client = envs.start(&format!("bench-client-{i}"), conf)?;
         refs.push(client.setup_endpoint_ref::<Payload>(&address, "echo")?);
     }
-    let mut failure = None;
-    warm_up(plan, Workload::FanIn, |b| {
-        if let Err(e) = block(&server, fan_in(refs.clone(), b)) {
-            failure.get_or_insert(e);
-        }
-    });
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    let n = plan.ops(Workload::FanIn);
-    let t0 = Instant::now();
-    let lat_ns = block(&server, fan_in(refs, n))?;
-    Ok(Measured {
-        ops: n,
-        elapsed: t0.elapsed(),
-        lat_ns,
+    measure(plan, Workload::FanIn, |n| {
+        block(&server, fan_in(refs.clone(), n)).map(Run::Latencies)
     })
 }
 
