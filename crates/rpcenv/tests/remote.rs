@@ -18,7 +18,7 @@ use rpcenv::{
 use serde::{Deserialize, Serialize};
 
 mod common;
-use common::{suite_conf, Acker, Echo, FailureSender, Hoarder, SelfReplier};
+use common::{suite_conf, Acker, Echo, FailureSender, Forward, Hoarder, SelfReplier};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -36,17 +36,6 @@ fn client(name: &str) -> RpcEnv {
 
 fn wait_for(timeout: &RpcTimeout) -> RpcTimeout {
     timeout.clone()
-}
-
-/// Forwards every one-way message to a channel.
-struct Forward(Sender<String>);
-
-impl RpcEndpoint for Forward {
-    type Message = String;
-    fn receive(&mut self, _: &EndpointCtx<String>, m: String) -> HandlerResult {
-        self.0.send(m)?;
-        Ok(())
-    }
 }
 
 #[test]

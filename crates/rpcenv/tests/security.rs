@@ -4,12 +4,13 @@
 //! and chunk requests. Every env binds 127.0.0.1 with port 0.
 
 use std::io::{Read, Write};
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::channel;
 use std::time::Duration;
 
-use rpcenv::{
-    EndpointCtx, HandlerResult, RpcCallContext, RpcConf, RpcEndpoint, RpcEndpointRef, RpcEnv,
-};
+use rpcenv::{RpcConf, RpcEndpointRef, RpcEnv};
+
+mod common;
+use common::{Echo, Forward};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -36,29 +37,6 @@ fn client(c: RpcConf) -> RpcEnv {
         .conf(c)
         .build()
         .unwrap()
-}
-
-struct Echo;
-impl RpcEndpoint for Echo {
-    type Message = String;
-    fn receive_and_reply(
-        &mut self,
-        _: &EndpointCtx<String>,
-        m: String,
-        ctx: RpcCallContext,
-    ) -> HandlerResult {
-        ctx.reply(m);
-        Ok(())
-    }
-}
-
-struct Forward(Sender<String>);
-impl RpcEndpoint for Forward {
-    type Message = String;
-    fn receive(&mut self, _: &EndpointCtx<String>, m: String) -> HandlerResult {
-        self.0.send(m)?;
-        Ok(())
-    }
 }
 
 fn send_hello(server_conf: RpcConf, client_conf: RpcConf) {

@@ -2,12 +2,15 @@
 //! `ssl.rpc.*` set, PEM key and chain, TLSv1.3), TLS with authentication, refused untrusted
 //! servers, and mutual TLS. Certificates come from the transport crate's tests/data.
 
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::channel;
 use std::time::Duration;
 
 use rpcenv::{
     EndpointCtx, HandlerResult, RpcCallContext, RpcConf, RpcEndpoint, RpcEndpointRef, RpcEnv,
 };
+
+mod common;
+use common::{Echo, Forward};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -44,29 +47,6 @@ fn env(name: &str, conf: RpcConf, client_mode: bool) -> RpcEnv {
         .conf(conf)
         .build()
         .unwrap()
-}
-
-struct Echo;
-impl RpcEndpoint for Echo {
-    type Message = String;
-    fn receive_and_reply(
-        &mut self,
-        _: &EndpointCtx<String>,
-        m: String,
-        ctx: RpcCallContext,
-    ) -> HandlerResult {
-        ctx.reply(m);
-        Ok(())
-    }
-}
-
-struct Forward(Sender<String>);
-impl RpcEndpoint for Forward {
-    type Message = String;
-    fn receive(&mut self, _: &EndpointCtx<String>, m: String) -> HandlerResult {
-        self.0.send(m)?;
-        Ok(())
-    }
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Endpoints the behaviour tests share.
 #![allow(dead_code)] // each test file uses some of them
 
+use std::sync::mpsc::Sender;
+
 use rpcenv::{EndpointCtx, HandlerResult, RpcCallContext, RpcConf, RpcEndpoint};
 
 /// The configuration every env of the suites starts from: empty, or read from the file named by
@@ -95,6 +97,17 @@ impl RpcEndpoint for FailureSender {
         ctx: RpcCallContext,
     ) -> HandlerResult {
         ctx.send_failure(Oops);
+        Ok(())
+    }
+}
+
+/// Forwards every one-way message to a channel.
+pub struct Forward(pub Sender<String>);
+
+impl RpcEndpoint for Forward {
+    type Message = String;
+    fn receive(&mut self, _: &EndpointCtx<String>, m: String) -> HandlerResult {
+        self.0.send(m)?;
         Ok(())
     }
 }
