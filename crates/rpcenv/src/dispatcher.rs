@@ -105,6 +105,8 @@ pub(crate) enum Event {
 pub(crate) trait InboxControl: Send + Sync {
     fn stop(&self) -> bool;
     fn post_event(&self, event: &Event);
+    /// The endpoint's name (shared, so contexts of remote asks need not copy it).
+    fn endpoint_name(&self) -> Arc<str>;
     /// Decodes a message that came over the network (refs in it are rebound through `scope`)
     /// and queues it; an ask whose message cannot be decoded or delivered fails.
     fn post_remote(&self, content: &[u8], reply: Option<RpcCallContext>, scope: &DecodeScope);
@@ -123,6 +125,10 @@ impl<B: Behaviour> InboxControl for Inbox<B> {
         };
         // A stopped endpoint no longer hears network events.
         let _ = self.post(message);
+    }
+
+    fn endpoint_name(&self) -> Arc<str> {
+        self.name_arc()
     }
 
     fn post_remote(&self, content: &[u8], reply: Option<RpcCallContext>, scope: &DecodeScope) {

@@ -600,11 +600,14 @@ impl EnvInner {
         responder: Option<RpcResponder>,
         scope: DecodeScope,
     ) {
-        let reply = responder.map(|r| {
-            RpcCallContext::new(ReplyTarget::Remote(Box::new(r)), Some(sender), name.into())
-        });
+        let reply = |r: RpcResponder, endpoint: Arc<str>| {
+            RpcCallContext::new(ReplyTarget::Remote(Box::new(r)), Some(sender), endpoint)
+        };
         match self.dispatcher.control(name) {
-            Some(inbox) => inbox.post_remote(content, reply, &scope),
+            Some(inbox) => {
+                let ctx = responder.map(|r| reply(r, inbox.endpoint_name()));
+                inbox.post_remote(content, ctx, &scope)
+            }
             None => {
                 let error = if self.is_stopped() {
                     RpcError::EnvStopped
@@ -613,8 +616,8 @@ impl EnvInner {
                         uri: RpcEndpointAddress::new(self.address.clone(), name).to_string(),
                     }
                 };
-                match reply {
-                    Some(ctx) => ctx.fail(error),
+                match responder {
+                    Some(r) => reply(r, name.into()).fail(error),
                     None => {
                         tracing::warn!(env = %self.name, peer = %scope.peer(), error = %error, "one-way message not delivered")
                     }

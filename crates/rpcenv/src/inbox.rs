@@ -348,6 +348,10 @@ impl<B: Behaviour> Inbox<B> {
         &self.name
     }
 
+    pub(crate) fn name_arc(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
     /// Queues a message; a refused message (the endpoint is stopped) is handed back.
     pub(crate) fn post(
         &self,
