@@ -4,7 +4,7 @@
 //!   worker, and a check that every task completed exactly once.
 //! - `rpcenv master` / `rpcenv worker`: the same roles, run by hand.
 //! - `rpcenv ping URI`: round trips to an endpoint.
-//! - `rpcenv bench`: the shared benchmark workloads W1-W6.
+//! - `rpcenv bench`: the shared benchmark workloads W1-W7.
 
 mod bench;
 mod cluster;
@@ -47,7 +47,7 @@ enum Command {
     Worker(cluster::WorkerArgs),
     /// Look an endpoint up through its env's endpoint-verifier and time round trips to it.
     Ping(ping::PingArgs),
-    /// Run the benchmark workloads W1-W6 and print one JSON line per workload.
+    /// Run the benchmark workloads W1-W7 and print one JSON line per workload.
     Bench(bench::BenchArgs),
 }
 
