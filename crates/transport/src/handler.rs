@@ -8,7 +8,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use bytes::Bytes;
 
 use crate::client::TransportClient;
-use crate::connection::{Command, CommandSender};
+use crate::command::{Command, CommandSender};
 use crate::error::TransportError;
 use crate::message::Message;
 
