@@ -1,6 +1,6 @@
 //! What travels inside the transport's `RpcRequest` / `OneWayMessage` / `RpcResponse` bodies.
 //!
-//! The request envelope keeps Spark's `RequestMessage` layout (catalog §5.2):
+//! The request envelope keeps the layout of Spark's `RequestMessage` (`NettyRpcEnv.scala`):
 //!
 //! ```text
 //! sender address   : u8 0/1, then [u16 length + UTF-8 host, i32 port]
@@ -482,7 +482,7 @@ pub mod bench {
 mod tests {
     use super::*;
 
-    /// Catalog test 39: "RequestMessage serialization".
+    /// Spark: NettyRpcEnvSuite "RequestMessage serialization".
     #[test]
     fn request_message_serialization() {
         let sender = RpcAddress::new("localhost", 12345);

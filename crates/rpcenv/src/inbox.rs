@@ -676,7 +676,7 @@ fn guarded(f: impl FnOnce() -> HandlerResult) -> Result<(), Problem> {
 
 #[cfg(test)]
 mod tests {
-    //! Spark's InboxSuite (catalog tests 43-49), driven by hand with a manual scheduler.
+    //! Spark's InboxSuite, driven by hand with a manual scheduler.
     use super::*;
     use crate::address::RpcAddress;
     use crate::endpoint::RpcEndpoint;

@@ -210,7 +210,7 @@ pub(crate) fn block_on_until<F: Future>(future: F, deadline: Option<Instant>) ->
 mod tests {
     use super::*;
 
-    /// Catalog test 32: "construct RpcTimeout with conf property".
+    /// Spark: RpcEnvSuite "construct RpcTimeout with conf property".
     #[test]
     fn construct_rpc_timeout_with_conf_property() {
         let conf = RpcConf::new()

@@ -1,7 +1,8 @@
 //! Spark network-common's frame protocol over tokio: frames, codec, server, client, client pool.
 //!
 //! Byte-compatible with Spark's `TransportClient` / `TransportServer` at the frame layer
-//! (catalog §5.1). Knows bytes and request ids, nothing of endpoints.
+//! (Spark: `MessageEncoder` / `TransportFrameDecoder`). Knows bytes and request ids, nothing of
+//! endpoints.
 //!
 //! - [`Message`] / [`FrameDecoder`]: the 13 message types and the frame decoder (socket-free).
 //! - [`TransportServer`]: bind with Spark's port retries, accept, serve an [`RpcHandler`].
