@@ -2,8 +2,13 @@
 #![allow(dead_code)] // each test file uses some of them
 
 use std::sync::mpsc::Sender;
+use std::time::Duration;
 
-use rpcenv::{EndpointCtx, HandlerResult, RpcCallContext, RpcConf, RpcEndpoint};
+use rpcenv::{EndpointCtx, HandlerResult, RpcCallContext, RpcConf, RpcEndpoint, RpcEnv};
+
+/// How long a test waits for something that should happen at once (generous: the machine may
+/// be loaded).
+pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The configuration every env of the suites starts from: empty, or read from the file named by
 /// `RPCENV_SUITE_CONF`. CI runs the suites a second time with TLS settings this way, as Spark
@@ -14,6 +19,54 @@ pub fn suite_conf() -> RpcConf {
             RpcConf::from_file(&path).unwrap_or_else(|e| panic!("RPCENV_SUITE_CONF={path}: {e}"))
         }
         Err(_) => RpcConf::new(),
+    }
+}
+
+/// A server env called "local" with the suite's configuration.
+pub fn new_env() -> RpcEnv {
+    RpcEnv::builder("local").conf(suite_conf()).build().unwrap()
+}
+
+/// [`new_env`] with `conf` set on top of the suite's configuration.
+pub fn env_with(conf: &[(&str, &str)]) -> RpcEnv {
+    let mut c = suite_conf();
+    for (k, v) in conf {
+        c.set(k, *v).unwrap();
+    }
+    RpcEnv::builder("local").conf(c).build().unwrap()
+}
+
+/// A server env (bound to 127.0.0.1, a free port).
+pub fn server(name: &str) -> RpcEnv {
+    RpcEnv::builder(name).conf(suite_conf()).build().unwrap()
+}
+
+/// A client-mode env (no server).
+pub fn client(name: &str) -> RpcEnv {
+    RpcEnv::builder(name)
+        .client_mode(true)
+        .conf(suite_conf())
+        .build()
+        .unwrap()
+}
+
+/// Answers after a delay, from another thread (Spark's test endpoint sleeps in the handler).
+pub struct SlowEcho(pub Duration);
+
+impl RpcEndpoint for SlowEcho {
+    type Message = String;
+    fn receive_and_reply(
+        &mut self,
+        _: &EndpointCtx<String>,
+        m: String,
+        ctx: RpcCallContext,
+    ) -> HandlerResult {
+        let delay = self.0;
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            ctx.reply(m);
+        });
+        Ok(())
     }
 }
 
