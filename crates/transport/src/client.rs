@@ -111,6 +111,20 @@ enum FutureState<T> {
     Done,
 }
 
+impl<T> fmt::Debug for ResponseFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            FutureState::Waiting { .. } => "waiting",
+            FutureState::Failed(_) => "failed",
+            FutureState::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("request_id", &self.request_id())
+            .field("state", &state)
+            .finish()
+    }
+}
+
 /// The answer to [`TransportClient::send_rpc`] and [`TransportClient::upload_stream`].
 pub type RpcFuture = ResponseFuture<Bytes>;
 

@@ -8,12 +8,12 @@ use rpcenv::{EndpointCtx, HandlerResult, RpcCallContext, RpcConf, RpcEndpoint, R
 
 /// How long a test waits for something that should happen at once (generous: the machine may
 /// be loaded).
-pub const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 /// The configuration every env of the suites starts from: empty, or read from the file named by
 /// `RPCENV_SUITE_CONF`. CI runs the suites a second time with TLS settings this way, as Spark
 /// runs RpcEnvSuite again as SslNettyRpcEnvSuite.
-pub fn suite_conf() -> RpcConf {
+pub(crate) fn suite_conf() -> RpcConf {
     match std::env::var("RPCENV_SUITE_CONF") {
         Ok(path) => {
             RpcConf::from_file(&path).unwrap_or_else(|e| panic!("RPCENV_SUITE_CONF={path}: {e}"))
@@ -23,12 +23,12 @@ pub fn suite_conf() -> RpcConf {
 }
 
 /// A server env called "local" with the suite's configuration.
-pub fn new_env() -> RpcEnv {
+pub(crate) fn new_env() -> RpcEnv {
     RpcEnv::builder("local").conf(suite_conf()).build().unwrap()
 }
 
 /// [`new_env`] with `conf` set on top of the suite's configuration.
-pub fn env_with(conf: &[(&str, &str)]) -> RpcEnv {
+pub(crate) fn env_with(conf: &[(&str, &str)]) -> RpcEnv {
     let mut c = suite_conf();
     for (k, v) in conf {
         c.set(k, *v).unwrap();
@@ -37,12 +37,12 @@ pub fn env_with(conf: &[(&str, &str)]) -> RpcEnv {
 }
 
 /// A server env (bound to 127.0.0.1, a free port).
-pub fn server(name: &str) -> RpcEnv {
+pub(crate) fn server(name: &str) -> RpcEnv {
     RpcEnv::builder(name).conf(suite_conf()).build().unwrap()
 }
 
 /// A client-mode env (no server).
-pub fn client(name: &str) -> RpcEnv {
+pub(crate) fn client(name: &str) -> RpcEnv {
     RpcEnv::builder(name)
         .client_mode(true)
         .conf(suite_conf())
@@ -51,7 +51,7 @@ pub fn client(name: &str) -> RpcEnv {
 }
 
 /// Answers after a delay, from another thread (Spark's test endpoint sleeps in the handler).
-pub struct SlowEcho(pub Duration);
+pub(crate) struct SlowEcho(pub Duration);
 
 impl RpcEndpoint for SlowEcho {
     type Message = String;
@@ -70,7 +70,7 @@ impl RpcEndpoint for SlowEcho {
     }
 }
 
-pub struct Echo;
+pub(crate) struct Echo;
 
 impl RpcEndpoint for Echo {
     type Message = String;
@@ -86,7 +86,7 @@ impl RpcEndpoint for Echo {
 }
 
 /// Keeps every call context without answering (Spark's test endpoint sleeps 10 s instead).
-pub struct Hoarder(pub Vec<RpcCallContext>);
+pub(crate) struct Hoarder(pub Vec<RpcCallContext>);
 
 impl RpcEndpoint for Hoarder {
     type Message = String;
@@ -102,7 +102,7 @@ impl RpcEndpoint for Hoarder {
 }
 
 /// Replies its own ref to "Hello", "Echo" to "Echo".
-pub struct SelfReplier;
+pub(crate) struct SelfReplier;
 
 impl RpcEndpoint for SelfReplier {
     type Message = String;
@@ -120,7 +120,7 @@ impl RpcEndpoint for SelfReplier {
     }
 }
 
-pub struct Acker;
+pub(crate) struct Acker;
 
 impl RpcEndpoint for Acker {
     type Message = String;
@@ -137,9 +137,9 @@ impl RpcEndpoint for Acker {
 
 #[derive(Debug, thiserror::Error)]
 #[error("Oops")]
-pub struct Oops;
+pub(crate) struct Oops;
 
-pub struct FailureSender;
+pub(crate) struct FailureSender;
 
 impl RpcEndpoint for FailureSender {
     type Message = String;
@@ -155,7 +155,7 @@ impl RpcEndpoint for FailureSender {
 }
 
 /// Forwards every one-way message to a channel.
-pub struct Forward(pub Sender<String>);
+pub(crate) struct Forward(pub Sender<String>);
 
 impl RpcEndpoint for Forward {
     type Message = String;
