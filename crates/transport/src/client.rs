@@ -250,7 +250,7 @@ impl TransportClient {
         self.shared.read_paused.load(Ordering::Acquire)
     }
 
-    /// Close the connection. Outstanding requests fail with "Connection from <peer> closed".
+    /// Close the connection. Outstanding requests fail with `Connection from <peer> closed`.
     /// Returns at once; the connection's task finishes the close.
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);
