@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::connection::{queue_cost, Command, CommandSender, PendingKind};
+use crate::command::{queue_cost, Command, CommandSender, PendingKind};
 use crate::error::TransportError;
 use crate::message::{Message, StreamChunkId};
-use crate::response::{PendingRpc, RpcReply};
+use crate::response::{ByteStream, PendingRpc, RpcReply};
 
 pub(crate) struct ClientShared {
     pub(crate) id: u64,
@@ -111,6 +111,20 @@ enum FutureState<T> {
     Done,
 }
 
+impl<T> fmt::Debug for ResponseFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            FutureState::Waiting { .. } => "waiting",
+            FutureState::Failed(_) => "failed",
+            FutureState::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("request_id", &self.request_id())
+            .field("state", &state)
+            .finish()
+    }
+}
+
 /// The answer to [`TransportClient::send_rpc`] and [`TransportClient::upload_stream`].
 pub type RpcFuture = ResponseFuture<Bytes>;
 
@@ -164,66 +178,6 @@ impl<T> Drop for ResponseFuture<T> {
             };
             let _ = shared.tx.send(cmd);
         }
-    }
-}
-
-/// The body of a stream, delivered in pieces as it arrives.
-#[derive(Debug)]
-pub struct ByteStream {
-    stream_id: String,
-    len: u64,
-    rx: mpsc::UnboundedReceiver<Result<Bytes, TransportError>>,
-}
-
-impl ByteStream {
-    pub(crate) fn new(
-        stream_id: String,
-        len: u64,
-        rx: mpsc::UnboundedReceiver<Result<Bytes, TransportError>>,
-    ) -> Self {
-        ByteStream { stream_id, len, rx }
-    }
-
-    /// The stream id the server answered with.
-    pub fn stream_id(&self) -> &str {
-        &self.stream_id
-    }
-
-    /// The announced length in bytes.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// True for an empty stream.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The next piece; `None` once the body is complete.
-    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, TransportError>> {
-        self.rx.recv().await
-    }
-
-    /// The next piece if one has arrived (`None` when none is ready or the body is complete).
-    pub fn try_next(&mut self) -> Option<Result<Bytes, TransportError>> {
-        self.rx.try_recv().ok()
-    }
-
-    /// Wait for the whole body.
-    pub async fn collect(mut self) -> Result<Bytes, TransportError> {
-        let first = match self.rx.recv().await {
-            None => return Ok(Bytes::new()),
-            Some(r) => r?,
-        };
-        if first.len() as u64 == self.len {
-            return Ok(first);
-        }
-        let mut all = BytesMut::with_capacity(self.len as usize);
-        all.extend_from_slice(&first);
-        while let Some(piece) = self.rx.recv().await {
-            all.extend_from_slice(&piece?);
-        }
-        Ok(all.freeze())
     }
 }
 
@@ -296,7 +250,7 @@ impl TransportClient {
         self.shared.read_paused.load(Ordering::Acquire)
     }
 
-    /// Close the connection. Outstanding requests fail with "Connection from <peer> closed".
+    /// Close the connection. Outstanding requests fail with `Connection from <peer> closed`.
     /// Returns at once; the connection's task finishes the close.
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);

@@ -10,10 +10,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::message::Message;
 
 /// Bodies up to this size are copied into the batch buffer; larger ones are queued by handle.
-pub const INLINE_BODY_MAX: usize = 16 * 1024;
+pub(crate) const INLINE_BODY_MAX: usize = 16 * 1024;
 
 /// Most slices handed to one vectored write.
-pub const MAX_IO_SLICES: usize = 64;
+pub(crate) const MAX_IO_SLICES: usize = 64;
 
 /// Encoded bytes waiting to be written, in order.
 #[derive(Debug, Default)]

@@ -8,7 +8,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use bytes::Bytes;
 
 use crate::client::TransportClient;
-use crate::connection::{Command, CommandSender};
+use crate::command::{Command, CommandSender};
 use crate::error::TransportError;
 use crate::message::Message;
 
@@ -115,7 +115,12 @@ struct ResponderInner {
 }
 
 thread_local! {
+    /// The "inside a handler callback" flag of this thread: a thread-identity flag, not a
+    /// parameter. A responder's `Drop` has no other way to learn that it runs while a handler
+    /// call unwinds from a panic, whose message should then answer the request.
     static IN_HANDLER: Cell<bool> = const { Cell::new(false) };
+    /// The responders dropped while the handler call of this thread unwound, answered by
+    /// [`guarded`] with the panic message once it has caught the panic.
     static ORPHANS: RefCell<Vec<ResponderInner>> = const { RefCell::new(Vec::new()) };
 }
 

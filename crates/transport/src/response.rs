@@ -4,10 +4,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::client::ByteStream;
 use crate::error::TransportError;
 use crate::message::{Message, StreamChunkId};
 
@@ -41,6 +40,66 @@ pub(crate) enum PendingRpc {
 
 pub(crate) type ChunkReply = oneshot::Sender<Result<Bytes, TransportError>>;
 pub(crate) type StreamReply = oneshot::Sender<Result<ByteStream, TransportError>>;
+
+/// The body of a stream, delivered in pieces as it arrives.
+#[derive(Debug)]
+pub struct ByteStream {
+    stream_id: String,
+    len: u64,
+    rx: mpsc::UnboundedReceiver<Result<Bytes, TransportError>>,
+}
+
+impl ByteStream {
+    pub(crate) fn new(
+        stream_id: String,
+        len: u64,
+        rx: mpsc::UnboundedReceiver<Result<Bytes, TransportError>>,
+    ) -> Self {
+        ByteStream { stream_id, len, rx }
+    }
+
+    /// The stream id the server answered with.
+    pub fn stream_id(&self) -> &str {
+        &self.stream_id
+    }
+
+    /// The announced length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True for an empty stream.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The next piece; `None` once the body is complete.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, TransportError>> {
+        self.rx.recv().await
+    }
+
+    /// The next piece if one has arrived (`None` when none is ready or the body is complete).
+    pub fn try_next(&mut self) -> Option<Result<Bytes, TransportError>> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Wait for the whole body.
+    pub async fn collect(mut self) -> Result<Bytes, TransportError> {
+        let first = match self.rx.recv().await {
+            None => return Ok(Bytes::new()),
+            Some(r) => r?,
+        };
+        if first.len() as u64 == self.len {
+            return Ok(first);
+        }
+        let mut all = BytesMut::with_capacity(self.len as usize);
+        all.extend_from_slice(&first);
+        while let Some(piece) = self.rx.recv().await {
+            all.extend_from_slice(&piece?);
+        }
+        Ok(all.freeze())
+    }
+}
 
 struct ActiveStream {
     stream_id: String,
