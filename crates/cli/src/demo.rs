@@ -82,9 +82,7 @@ impl SecretFile {
 
 impl Drop for SecretFile {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the secret file");
-        }
+        crate::roles::remove_if_present(&self.path);
     }
 }
 
@@ -196,7 +194,7 @@ fn play(
     let mut conf = conf.clone();
     let mut conf_args = conf_args.to_vec();
     // Declared first, so dropped (the file removed) after the children are stopped.
-    let _secret = if args.no_auth || conf.contains("authenticate") {
+    let secret = if args.no_auth || conf.contains("authenticate") {
         None
     } else {
         let secret = SecretFile::create()?;
@@ -221,6 +219,11 @@ fn play(
         args.worker_timeout.clone(),
         "--parent-watch".into(),
     ]);
+    if let Some(secret) = &secret {
+        // Should this process be killed, the master removes the file when it sees it gone.
+        master_args.push("--remove-on-exit".into());
+        master_args.push(secret.path().to_string_lossy().into_owned());
+    }
     master_args.extend(common.iter().cloned());
     let (mut master, line) = Proc::spawn("master", &master_args, "master listening on ")?;
     let uri = line.trim_start_matches("master listening on ").to_string();

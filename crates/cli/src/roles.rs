@@ -40,6 +40,10 @@ pub struct MasterArgs {
     /// Exit when standard input closes (the demo runs its children this way).
     #[arg(long, hide = true)]
     pub parent_watch: bool,
+    /// A file to remove when exiting (the demo's secret file, so that it goes even if the demo
+    /// itself is killed).
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub remove_on_exit: Option<std::path::PathBuf>,
 }
 
 /// Arguments of `rpcenv worker`.
@@ -127,7 +131,20 @@ pub fn run_master(args: &MasterArgs, conf: &RpcConf) -> anyhow::Result<ExitCode>
     let _ = signalled.recv();
     drop(exit);
     env.shutdown();
+    if let Some(path) = &args.remove_on_exit {
+        remove_if_present(path);
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Removes `path`; a file already gone is fine.
+pub fn remove_if_present(path: &std::path::Path) {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a file");
+        }
+        _ => {}
+    }
 }
 
 /// A worker's registrations with its master.
@@ -153,16 +170,13 @@ impl Registrar<'_> {
         self.me
             .ask_sync::<()>(WorkerMsg::Registered(registered.clone()))?;
         self.heartbeat(&registered)?;
+        let reachable = match self.me.address() {
+            Some(a) => format!("reachable at {a}"),
+            None => "client mode".to_string(),
+        };
         println!(
-            "worker {} registered with {} ({} cores{})",
-            self.id,
-            self.args.master,
-            self.args.cores,
-            if self.args.client_mode {
-                ", client mode"
-            } else {
-                ""
-            }
+            "worker {} registered with {} ({} cores, {reachable})",
+            self.id, self.args.master, self.args.cores,
         );
         let _ = std::io::stdout().flush();
         Ok(registered)

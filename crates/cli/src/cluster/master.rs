@@ -127,6 +127,9 @@ impl RpcEndpoint for Master {
         remote: &RpcAddress,
     ) -> HandlerResult {
         let out = self.state.disconnected(remote);
+        if out.lost.is_empty() && out.left.is_empty() {
+            tracing::debug!(%remote, "a connection closed; no registration was bound to it");
+        }
         self.apply(ctx, "on_disconnected", out, None);
         Ok(())
     }
