@@ -230,10 +230,15 @@ impl Registrar<'_> {
             };
             match events.recv_timeout(wait) {
                 Ok(WorkerEvent::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
-                Ok(WorkerEvent::Reconnect) | Ok(WorkerEvent::MasterDisconnected)
+                Ok(event @ (WorkerEvent::Reconnect | WorkerEvent::MasterDisconnected))
                     if current.is_some() =>
                 {
-                    tracing::warn!(worker = %self.id, "the master lost this worker: registering again");
+                    let why = if event == WorkerEvent::Reconnect {
+                        "the master does not know this worker's registration (ReconnectWorker)"
+                    } else {
+                        "the connection to the master closed"
+                    };
+                    tracing::warn!(worker = %self.id, "{why}: registering again");
                     current = None;
                 }
                 // While unregistered the next attempt is already due.
