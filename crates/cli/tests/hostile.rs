@@ -173,6 +173,21 @@ fn hostile_counts_and_unknown_ids_get_typed_errors_and_the_master_keeps_serving(
     assert!(ok, "{stdout}{stderr}");
 }
 
+/// A server-mode worker of `uri`, and the address it is reachable at (from its registration line).
+fn listening_worker(uri: &str, id: &str) -> (Proc, String) {
+    let mut w = Proc::start(&["worker", "--master", uri, "--id", id, "--task-time", "1ms"]);
+    let line = w.out.expect("the registration line", |l| {
+        l.starts_with(&format!("worker {id} registered"))
+    });
+    let at = line
+        .split("reachable at ")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    (w, at)
+}
+
 /// Asks `master` (over a connection of its own) for its status in an envelope that claims to
 /// come from `claimed`, then closes the connection.
 fn ask_claiming(master: &RpcAddress, claimed: &RpcAddress) {
@@ -203,23 +218,7 @@ fn ask_claiming(master: &RpcAddress, claimed: &RpcAddress) {
 #[test]
 fn a_peer_claiming_a_workers_address_then_closing_does_not_drop_the_worker() {
     let (mut m, uri) = master(&["--log-level", "warn,rpcenv_cli=debug"]);
-    let mut w1 = Proc::start(&[
-        "worker",
-        "--master",
-        &uri,
-        "--id",
-        "w1",
-        "--task-time",
-        "1ms",
-    ]);
-    let line = w1.out.expect("the registration line", |l| {
-        l.starts_with("worker w1 registered")
-    });
-    let at = line
-        .split("reachable at ")
-        .nth(1)
-        .and_then(|rest| rest.strip_suffix(')'))
-        .unwrap_or_else(|| panic!("{line}"));
+    let (_w1, at) = listening_worker(&uri, "w1");
     let (host, port) = at.rsplit_once(':').unwrap();
     let claimed = RpcAddress::new(host, port.parse().unwrap());
     let _w2 = worker(&uri, "w2", &["--client-mode"]);
@@ -334,23 +333,7 @@ fn random_well_formed_messages_from_a_fixed_seed_leave_the_master_serving() {
 #[test]
 fn a_worker_refuses_messages_that_do_not_name_its_registration() {
     let (_m, uri) = master(&[]);
-    let mut w1 = Proc::start(&[
-        "worker",
-        "--master",
-        &uri,
-        "--id",
-        "w1",
-        "--task-time",
-        "1ms",
-    ]);
-    let line = w1.out.expect("the registration line", |l| {
-        l.starts_with("worker w1 registered")
-    });
-    let at = line
-        .split("reachable at ")
-        .nth(1)
-        .and_then(|rest| rest.strip_suffix(')'))
-        .unwrap_or_else(|| panic!("{line}"));
+    let (mut w1, at) = listening_worker(&uri, "w1");
     let a = Attacker::new(&uri);
     let worker: WorkerRef = a
         .env
