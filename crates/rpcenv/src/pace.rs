@@ -24,6 +24,9 @@ use crossbeam_utils::Backoff;
 /// Weight of a new sample in the moving average, as a shift: 1/4.
 const NEW_SAMPLE_SHIFT: u32 = 2;
 
+/// Intervals up to this many windows earn a spin (see [`Pace::spin_budget`]).
+const REACH: u64 = 2;
+
 /// A sample is capped at this many windows, so that after a long pause a few short intervals
 /// bring the estimate back inside the window (a burst is recognised within a handful of pieces).
 const SAMPLE_CAP_WINDOWS: u64 = 4;
@@ -64,10 +67,15 @@ impl Pace {
         self.estimate_ns.store(new, Ordering::Relaxed);
     }
 
-    /// How long a waiter may spin now: the window while the estimated interval is inside it,
-    /// else nothing.
+    /// How long a waiter may spin now: the window while the estimated interval is within
+    /// [`REACH`] windows, else nothing. The reach is wider than the window because an interval
+    /// observed while nobody spun includes the wake-ups a spin saves: a caller that asks again
+    /// as soon as it has its reply comes back within the window once the loop stays awake, but
+    /// not before.
     pub(crate) fn spin_budget(&self) -> Duration {
-        if self.window_ns != 0 && self.estimate_ns.load(Ordering::Relaxed) <= self.window_ns {
+        if self.window_ns != 0
+            && self.estimate_ns.load(Ordering::Relaxed) <= self.window_ns.saturating_mul(REACH)
+        {
             Duration::from_nanos(self.window_ns)
         } else {
             Duration::ZERO
