@@ -29,7 +29,7 @@ const REACH: u64 = 2;
 
 /// A sample is capped at this many windows, so that after a long pause a few short intervals
 /// bring the estimate back inside the window (a burst is recognised within a handful of pieces).
-const SAMPLE_CAP_WINDOWS: u64 = 4;
+const SAMPLE_CAP_WINDOWS: u64 = 8;
 
 /// A smoothed estimate of the interval between pieces of work, and the spin it justifies.
 ///
@@ -163,12 +163,20 @@ mod tests {
             "40 µs intervals are worth a 50 µs spin"
         );
         for _ in 0..64 {
-            pace.observe(Duration::from_micros(80));
+            pace.observe(Duration::from_micros(90));
+        }
+        assert_eq!(
+            pace.spin_budget(),
+            WINDOW,
+            "so are 90 µs ones seen while nobody spun: the wake-ups were part of them"
+        );
+        for _ in 0..64 {
+            pace.observe(Duration::from_micros(150));
         }
         assert_eq!(
             pace.spin_budget(),
             Duration::ZERO,
-            "80 µs intervals are not"
+            "150 µs intervals are not"
         );
     }
 
