@@ -37,7 +37,17 @@ impl Server {
             args.push("--conf".into());
             args.push((*c).into());
         }
-        args.extend(["master", "--host", "127.0.0.1", "--port", "0", "--parent-watch"].map(String::from));
+        args.extend(
+            [
+                "master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--parent-watch",
+            ]
+            .map(String::from),
+        );
         let line = Self::start(exe.into(), &args, fd_limit);
         Self::parse(line, "master listening on rpc://master@")
     }
@@ -150,7 +160,13 @@ fn echo_server_exe() -> PathBuf {
     let exe = profile_dir.join("examples").join("echo_server");
     if !exe.exists() {
         let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "-p", "rpcenv-transport", "--example", "echo_server"]);
+        build.args([
+            "build",
+            "-p",
+            "rpcenv-transport",
+            "--example",
+            "echo_server",
+        ]);
         if profile_dir.ends_with("release") {
             build.arg("--release");
         }
@@ -220,7 +236,13 @@ fn pipeline(mut s: TcpStream, frames: Vec<Bytes>, stall: Duration) -> (TcpStream
 }
 
 /// Watches the server's peak memory for `window`; panics as soon as it grows `limit` over `base`.
-fn assert_growth_below(server: &Server, base: u64, limit: u64, window: Duration, what: &str) -> u64 {
+fn assert_growth_below(
+    server: &Server,
+    base: u64,
+    limit: u64,
+    window: Duration,
+    what: &str,
+) -> u64 {
     let end = Instant::now() + window;
     loop {
         let growth = server.vm_hwm().saturating_sub(base);
@@ -428,7 +450,11 @@ fn garbage_and_impossible_frames_are_closed_within_two_seconds() {
     truncated.extend_from_slice(&100i32.to_be_bytes());
     truncated.extend_from_slice(&[7; 50]);
     let cases: Vec<(&str, Vec<u8>, bool)> = vec![
-        ("garbage", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), false),
+        (
+            "garbage",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            false,
+        ),
         ("length 2^40", frame_len(1 << 40), false),
         ("length 2^63-1", frame_len(i64::MAX), false),
         ("length 0", frame_len(0), false),

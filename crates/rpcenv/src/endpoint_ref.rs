@@ -248,9 +248,21 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
                     match (client, self.inner.address.address()) {
                         (Some(c), _) => {
                             let room = net.outbox_max_bytes().saturating_sub(need);
-                            c.wait_queued_at_most(room).await
+                            c.wait_queued_at_most(room).await.map_err(|source| {
+                                RpcError::Connection {
+                                    peer: c.remote_addr().to_string(),
+                                    source,
+                                }
+                            })?
                         }
-                        (None, Some(address)) => net.wait_for_room(address, need).await,
+                        (None, Some(address)) => {
+                            net.wait_for_room(address, need).await.map_err(|source| {
+                                RpcError::Connection {
+                                    peer: address.to_string(),
+                                    source,
+                                }
+                            })?
+                        }
                         (None, None) => {
                             return Err(RpcError::ClientEndpointUnreachable {
                                 uri: self.inner.address.to_string(),

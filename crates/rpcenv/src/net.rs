@@ -32,6 +32,9 @@ thread_local! {
 /// Headroom the frame cap allows above `rpc.message.maxSize` (envelope and frame headers).
 pub(crate) const FRAME_HEADROOM: usize = 64 * 1024;
 
+/// Longest wait of a shutdown for the server's connections to finish closing.
+const SERVER_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The network of one env.
 pub(crate) struct Network {
     runtime: tokio::runtime::Handle,
@@ -146,10 +149,15 @@ impl Network {
         Ok(())
     }
 
-    /// Waits until `need` more bytes fit in the outbox to `address`.
-    pub(crate) async fn wait_for_room(self: &Arc<Self>, address: &RpcAddress, need: usize) {
+    /// Waits until `need` more bytes fit in the outbox to `address`; fails with the failure of
+    /// its connection if that ends meanwhile.
+    pub(crate) async fn wait_for_room(
+        self: &Arc<Self>,
+        address: &RpcAddress,
+        need: usize,
+    ) -> Result<(), TransportError> {
         let outbox = self.outbox(address);
-        outbox.wait_for_room(need, self.outbox_max_bytes).await;
+        outbox.wait_for_room(need, self.outbox_max_bytes).await
     }
 
     /// Forgets `outbox` if it is still the one registered for its address.
@@ -291,10 +299,19 @@ impl Network {
         for outbox in outboxes {
             outbox.close(&|| RpcError::EnvStopped);
         }
-        if let Some(server) = self.server.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(server) = &server {
             server.close();
         }
         self.factory.close();
+        if let Some(server) = server {
+            // Shutdown returns once the port is released and every accepted connection is gone
+            // (runs on a plain thread: the env starts its shutdown on one).
+            let closed = async { tokio::time::timeout(SERVER_CLOSE_WAIT, server.closed()).await };
+            if self.runtime.block_on(closed).is_err() {
+                tracing::warn!(addr = %server.local_addr(), "the server's connections did not all close within {SERVER_CLOSE_WAIT:?}");
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
-use rpcenv_transport::TransportClient;
+use rpcenv_transport::{TransportClient, TransportError};
 
 use crate::address::RpcAddress;
 use crate::error::RpcError;
@@ -148,8 +148,13 @@ impl Outbox {
         self.settled.notify_waiters();
     }
 
-    /// Waits until `need` more bytes fit (or the outbox is closed or replaced).
-    pub(crate) async fn wait_for_room(&self, need: usize, max: usize) {
+    /// Waits until `need` more bytes fit (or the outbox is closed or replaced); fails with the
+    /// failure of its connection if that ends while waiting.
+    pub(crate) async fn wait_for_room(
+        &self,
+        need: usize,
+        max: usize,
+    ) -> Result<(), TransportError> {
         loop {
             let settled = self.settled.notified();
             let mut settled = std::pin::pin!(settled);
@@ -157,7 +162,7 @@ impl Outbox {
             let client = match &*self.lock() {
                 State::Connecting(_, queued) if *queued > 0 && *queued + need > max => None,
                 State::Connected(c) if c.is_active() => Some(c.clone()),
-                _ => return,
+                _ => return Ok(()),
             };
             match client {
                 Some(c) => return c.wait_queued_at_most(max.saturating_sub(need)).await,

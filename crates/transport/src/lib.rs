@@ -12,7 +12,9 @@
 //! - [`tls`]: TLS (rustls) as bootstraps.
 
 pub mod auth;
+mod body;
 mod bootstrap;
+mod budget;
 mod client;
 mod codec;
 mod conf;
@@ -21,6 +23,7 @@ mod error;
 mod factory;
 pub mod frame;
 mod handler;
+mod liveness;
 pub mod message;
 mod response;
 mod server;
@@ -30,6 +33,7 @@ pub mod tls;
 pub use auth::{
     AuthCipher, AuthClientBootstrap, AuthConf, AuthServerBootstrap, AuthVersion, Secret,
 };
+pub use body::{BodySource, FileRegion, ReplyBody, BODY_PIECE};
 pub use bootstrap::{AsyncIo, BootstrapFuture, BoxedIo, ClientBootstrap, ServerBootstrap};
 pub use client::{ByteStream, ResponseFuture, RpcFuture, TransportClient};
 pub use codec::WriteQueue;

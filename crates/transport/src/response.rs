@@ -3,10 +3,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::budget::Inbound;
 use crate::client::ByteStream;
 use crate::error::TransportError;
 use crate::message::{Message, StreamChunkId};
@@ -56,16 +58,25 @@ pub(crate) struct ResponseRouter {
     chunks: HashMap<StreamChunkId, ChunkReply>,
     streams: VecDeque<(String, StreamReply)>,
     active_stream: Option<ActiveStream>,
+    /// Stream pieces not yet taken by their reader count here (the connection's byte budget).
+    inbound: Arc<Inbound>,
 }
 
 impl ResponseRouter {
+    #[cfg(test)]
     pub(crate) fn new(peer: SocketAddr) -> Self {
+        Self::with_inbound(peer, Arc::default())
+    }
+
+    /// A router whose stream pieces count in `inbound` until their reader takes them.
+    pub(crate) fn with_inbound(peer: SocketAddr, inbound: Arc<Inbound>) -> Self {
         ResponseRouter {
             peer,
             rpcs: HashMap::new(),
             chunks: HashMap::new(),
             streams: VecDeque::new(),
             active_stream: None,
+            inbound,
         }
     }
 
@@ -194,7 +205,12 @@ impl ResponseRouter {
                 }
                 let (tx, rx) = mpsc::unbounded_channel();
                 if reply
-                    .send(Ok(ByteStream::new(stream_id.clone(), byte_count, rx)))
+                    .send(Ok(ByteStream::new(
+                        stream_id.clone(),
+                        byte_count,
+                        rx,
+                        self.inbound.clone(),
+                    )))
                     .is_err()
                 {
                     tracing::debug!(%peer, %stream_id, "stream abandoned by its requester; body discarded");
@@ -231,7 +247,12 @@ impl ResponseRouter {
         match &mut self.active_stream {
             Some(active) => {
                 active.received += data.len() as u64;
-                let _ = active.tx.send(Ok(data));
+                let len = data.len();
+                self.inbound.add(len);
+                if active.tx.send(Ok(data)).is_err() {
+                    // Its reader is gone: the piece is dropped.
+                    self.inbound.release(len);
+                }
                 if last {
                     self.active_stream = None;
                 }

@@ -11,7 +11,7 @@ async fn stream_suite_test_zero_length_stream() {
     let (_f, client) = client_of(&server).await;
     let s = within(client.stream("emptyBuffer")).await.unwrap();
     assert_eq!(s.len(), 0);
-    assert!(within(s.collect()).await.unwrap().is_empty());
+    assert!(within(s.collect(64 << 20)).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -20,7 +20,7 @@ async fn stream_suite_test_single_stream() {
     let (_f, client) = client_of(&server).await;
     let s = within(client.stream("largeBuffer")).await.unwrap();
     assert_eq!(s.len(), 100_000);
-    assert_eq!(within(s.collect()).await.unwrap(), pattern(100_000));
+    assert_eq!(within(s.collect(64 << 20)).await.unwrap(), pattern(100_000));
 }
 
 #[tokio::test]
@@ -34,7 +34,7 @@ async fn stream_suite_test_multiple_streams() {
             ("emptyBuffer", 0),
         ][i % 3];
         let s = within(client.stream(id)).await.unwrap();
-        assert_eq!(within(s.collect()).await.unwrap(), pattern(n));
+        assert_eq!(within(s.collect(64 << 20)).await.unwrap(), pattern(n));
     }
 }
 
@@ -55,7 +55,7 @@ async fn stream_suite_test_concurrent_streams() {
     let mut handles = Vec::new();
     for (n, f) in futs {
         handles.push(tokio::spawn(async move {
-            (n, f.await.unwrap().collect().await.unwrap())
+            (n, f.await.unwrap().collect(64 << 20).await.unwrap())
         }));
     }
     for h in handles {
@@ -72,14 +72,18 @@ async fn stream_failure_is_answered_in_order() {
     let b = client.stream("nope");
     let c = client.stream("largeBuffer");
     assert_eq!(
-        within(within(a).await.unwrap().collect()).await.unwrap(),
+        within(within(a).await.unwrap().collect(64 << 20))
+            .await
+            .unwrap(),
         pattern(100)
     );
     let e = within(b).await.unwrap_err();
     assert!(matches!(e, TransportError::StreamFailure { .. }));
     assert_eq!(e.to_string(), "Stream 'nope' was not found.");
     assert_eq!(
-        within(within(c).await.unwrap().collect()).await.unwrap(),
+        within(within(c).await.unwrap().collect(64 << 20))
+            .await
+            .unwrap(),
         pattern(100_000)
     );
 }
