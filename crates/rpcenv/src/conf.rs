@@ -458,22 +458,6 @@ impl RpcConf {
             .unwrap_or(Duration::from_secs(120))
     }
 
-    /// The default ask timeout: `rpc.askTimeout`, else `network.timeout`, else 120 s; the timeout
-    /// names the first of those keys that is set.
-    pub fn ask_timeout(&self) -> crate::RpcTimeout {
-        self.timeout_with_fallback("rpc.askTimeout")
-    }
-
-    /// The lookup timeout: `rpc.lookupTimeout`, else `network.timeout`, else 120 s.
-    pub fn lookup_timeout(&self) -> crate::RpcTimeout {
-        self.timeout_with_fallback("rpc.lookupTimeout")
-    }
-
-    fn timeout_with_fallback(&self, key: &'static str) -> crate::RpcTimeout {
-        crate::RpcTimeout::from_conf_keys(self, &[key, "network.timeout"], "120s")
-            .unwrap_or_else(|_| crate::RpcTimeout::new(Duration::from_secs(120), key))
-    }
-
     /// `rpc.numRetries` (3).
     pub fn num_retries(&self) -> u32 {
         self.known_int("rpc.numRetries", 3) as u32

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::budget::Inbound;
-use crate::connection::{queue_cost, Command, CommandSender, PendingKind};
+use crate::command::{queue_cost, Command, CommandSender, PendingKind};
 use crate::error::TransportError;
 use crate::message::{Message, StreamChunkId};
-use crate::response::{PendingRpc, RpcReply};
+use crate::response::{ByteStream, PendingRpc, RpcReply};
 
 pub(crate) struct ClientShared {
     pub(crate) id: u64,
@@ -176,107 +176,6 @@ impl<T> Drop for ResponseFuture<T> {
                 CancelKey::None => return,
             };
             let _ = shared.tx.send(cmd);
-        }
-    }
-}
-
-/// The body of a stream, delivered in pieces as it arrives.
-///
-/// Pieces not yet taken count in the connection's byte budget: a reader that falls behind makes
-/// the connection stop reading from the socket (TCP then slows the sender) instead of buffering
-/// the body without bound.
-#[derive(Debug)]
-pub struct ByteStream {
-    stream_id: String,
-    len: u64,
-    rx: mpsc::UnboundedReceiver<Result<Bytes, TransportError>>,
-    inbound: Arc<Inbound>,
-}
-
-impl ByteStream {
-    pub(crate) fn new(
-        stream_id: String,
-        len: u64,
-        rx: mpsc::UnboundedReceiver<Result<Bytes, TransportError>>,
-        inbound: Arc<Inbound>,
-    ) -> Self {
-        ByteStream {
-            stream_id,
-            len,
-            rx,
-            inbound,
-        }
-    }
-
-    /// The stream id the server answered with.
-    pub fn stream_id(&self) -> &str {
-        &self.stream_id
-    }
-
-    /// The announced length in bytes.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// True for an empty stream.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn taken(
-        &self,
-        piece: Option<Result<Bytes, TransportError>>,
-    ) -> Option<Result<Bytes, TransportError>> {
-        if let Some(Ok(b)) = &piece {
-            self.inbound.release(b.len());
-        }
-        piece
-    }
-
-    /// The next piece; `None` once the body is complete.
-    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, TransportError>> {
-        let piece = self.rx.recv().await;
-        self.taken(piece)
-    }
-
-    /// The next piece if one has arrived (`None` when none is ready or the body is complete).
-    pub fn try_next(&mut self) -> Option<Result<Bytes, TransportError>> {
-        let piece = self.rx.try_recv().ok();
-        self.taken(piece)
-    }
-
-    /// Waits for the whole body, refusing one announced longer than `limit` bytes (the peer
-    /// chooses the announced length: memory is reserved for at most `limit`).
-    pub async fn collect(mut self, limit: u64) -> Result<Bytes, TransportError> {
-        if self.len > limit {
-            return Err(TransportError::StreamTooLarge {
-                stream_id: self.stream_id.clone(),
-                len: self.len,
-                limit,
-            });
-        }
-        let first = match self.next_chunk().await {
-            None => return Ok(Bytes::new()),
-            Some(r) => r?,
-        };
-        if first.len() as u64 == self.len {
-            return Ok(first);
-        }
-        let mut all = BytesMut::with_capacity(self.len as usize);
-        all.extend_from_slice(&first);
-        while let Some(piece) = self.next_chunk().await {
-            all.extend_from_slice(&piece?);
-        }
-        Ok(all.freeze())
-    }
-}
-
-impl Drop for ByteStream {
-    fn drop(&mut self) {
-        // Pieces never taken are released; later ones are dropped by the connection.
-        self.rx.close();
-        while let Ok(piece) = self.rx.try_recv() {
-            self.taken(Some(piece));
         }
     }
 }

@@ -35,7 +35,8 @@ pub struct TransportConf {
     /// (`spark.<module>.io.retryWait`, 5 s), doubling on each further failure up to
     /// `max_retry_backoff`.
     pub retry_wait: Duration,
-    /// Whether the client factory fails fast after a recent failed connect (F62).
+    /// Whether the client factory fails fast after a recent failed connect: a connect to a peer
+    /// that failed within the fast-fail window fails at once instead of trying again.
     pub fast_fail: bool,
     /// Cap of the doubling fast-fail window.
     pub max_retry_backoff: Duration,

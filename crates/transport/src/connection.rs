@@ -24,13 +24,14 @@ use tracing::Instrument;
 use crate::budget::{Inbound, ReadGate};
 use crate::client::{ClientShared, TransportClient};
 use crate::codec::{WriteQueue, MAX_IO_SLICES};
+use crate::command::{queue_cost, Command, PendingKind, QUEUE_ENTRY_OVERHEAD};
 use crate::conf::TransportConf;
 use crate::error::TransportError;
 use crate::frame::{Decoded, FrameDecoder};
 use crate::handler::{guarded, RpcHandler, RpcResponder};
 use crate::liveness::{Activity, Dead, Deadlines, Verdict};
-use crate::message::{Message, StreamChunkId};
-use crate::response::{ChunkReply, PendingRpc, ResponseRouter, StreamReply};
+use crate::message::Message;
+use crate::response::ResponseRouter;
 
 /// Stop taking commands while this many bytes wait to be written.
 const WRITE_HIGH_WATER: usize = 4 << 20;
@@ -48,38 +49,6 @@ const COALESCE_BELOW: usize = 64 * 1024;
 const LINGER: Duration = Duration::from_secs(1);
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
-
-/// What a request waits for.
-pub(crate) enum PendingKind {
-    Rpc(i64, PendingRpc),
-    Chunk(StreamChunkId, ChunkReply),
-    Stream(String, StreamReply),
-}
-
-/// Work handed to a connection's task.
-pub(crate) enum Command {
-    /// Write a message that expects no answer (one-way, responses).
-    Send(Message),
-    /// Register an outstanding request, then write its message.
-    Request(Message, PendingKind),
-    /// Forget an outstanding RPC (its requester gave up).
-    CancelRpc(i64),
-    /// Forget an outstanding chunk fetch.
-    CancelChunk(StreamChunkId),
-}
-
-pub(crate) type CommandSender = mpsc::UnboundedSender<Command>;
-
-/// Memory a queued command takes besides the bytes it will write: its slot in the channel and the
-/// allocator's share of its body. Counting it keeps [`TransportClient::queued_bytes`] a bound on
-/// memory for tiny messages too (a million 16-byte messages take about 200 MB queued, not 60).
-const QUEUE_ENTRY_OVERHEAD: usize = std::mem::size_of::<Command>() + 16;
-
-/// The bytes a queued message counts for in [`TransportClient::queued_bytes`] and in the
-/// connection's byte budget: its frame and the memory of its queue entry.
-pub(crate) fn queue_cost(msg: &Message) -> usize {
-    msg.wire_len() + QUEUE_ENTRY_OVERHEAD
-}
 
 /// Called once when a connection's task ends.
 pub(crate) type OnExit = Box<dyn FnOnce(&TransportClient) + Send>;

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::body::ReplyBody;
 use crate::client::{ClientShared, TransportClient};
-use crate::connection::Command;
+use crate::command::Command;
 use crate::error::TransportError;
 use crate::message::Message;
 
@@ -149,7 +149,12 @@ impl std::fmt::Debug for ResponderInner {
 }
 
 thread_local! {
+    /// The "inside a handler callback" flag of this thread: a thread-identity flag, not a
+    /// parameter. A responder's `Drop` has no other way to learn that it runs while a handler
+    /// call unwinds from a panic, whose message should then answer the request.
     static IN_HANDLER: Cell<bool> = const { Cell::new(false) };
+    /// The responders dropped while the handler call of this thread unwound, answered by
+    /// [`guarded`] with the panic message once it has caught the panic.
     static ORPHANS: RefCell<Vec<ResponderInner>> = const { RefCell::new(Vec::new()) };
 }
 

@@ -1,4 +1,4 @@
-//! The 13 message types of Spark network-common (catalog §5.1) and their exact wire layout.
+//! The 13 message types of Spark network-common (Spark: `Message.Type`) and their exact wire layout.
 //!
 //! A frame is `[frame length: i64][type: u8][header fields][body?]`, big-endian, where the frame
 //! length counts itself. Strings are `i32 byte length + UTF-8`, byte arrays `i32 length + bytes`.

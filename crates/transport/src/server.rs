@@ -59,7 +59,8 @@ async fn bind_once(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListene
     socket.listen(backlog)
 }
 
-/// Bind `host:port` with Spark's `startServiceOnPort` retries (F35).
+/// Bind `host:port` with Spark's `startServiceOnPort` retries: a taken port is retried upward,
+/// up to `port_max_retries` times.
 pub async fn bind_with_retries(
     conf: &TransportConf,
     host: &str,
