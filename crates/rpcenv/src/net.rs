@@ -4,7 +4,6 @@
 //! `NettyRpcHandler`).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
@@ -105,6 +104,7 @@ impl Network {
     /// Sends a message to `address` through its outbox (opened on first use). A message that
     /// does not fit under `rpc.outbox.maxBytes` is handed back with the bytes already waiting.
     fn post(&self, address: &RpcAddress, mut message: OutboxMessage) -> Result<(), Refused> {
+        let mut failure = None;
         for _attempt in 0..2 {
             if self.stopped.load(Ordering::Acquire) {
                 break;
@@ -116,6 +116,7 @@ impl Network {
                 Posted::Stale(m) => {
                     // Its connection is gone: drop the outbox so the next one reconnects.
                     self.remove_outbox(&outbox);
+                    failure = outbox.failure().cloned().or(failure);
                     message = m;
                 }
             }
@@ -123,11 +124,17 @@ impl Network {
         let error = if self.stopped.load(Ordering::Acquire) {
             RpcError::EnvStopped
         } else {
+            // The cause of the last failed connect (an authentication failure, say), else what
+            // happened, naming the peer as addressed.
             RpcError::Connection {
                 peer: address.to_string(),
-                source: TransportError::ConnectionClosed {
-                    peer: SocketAddr::from(([0, 0, 0, 0], address.port())),
-                },
+                source: failure.unwrap_or_else(|| TransportError::ConnectFailed {
+                    addr: address.to_string(),
+                    source: Arc::new(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "the connection closed twice while the message was being posted",
+                    )),
+                }),
             }
         };
         match message {

@@ -94,6 +94,8 @@ pub(crate) struct Outbox {
     state: Mutex<State>,
     /// Signalled when the connection opens or fails (for senders waiting for room).
     settled: tokio::sync::Notify,
+    /// Why connecting failed, for messages posted after (they name the real cause and peer).
+    failure: std::sync::OnceLock<TransportError>,
 }
 
 /// What `Outbox::post` did.
@@ -118,6 +120,7 @@ impl Outbox {
             address: address.clone(),
             state: Mutex::new(State::Connecting(VecDeque::new(), 0)),
             settled: tokio::sync::Notify::new(),
+            failure: std::sync::OnceLock::new(),
         });
         let weak_cx: Weak<OutboxContext> = Arc::downgrade(cx);
         let me = outbox.clone();
@@ -133,6 +136,7 @@ impl Outbox {
                 Ok(client) => me.connected(client, &cx),
                 Err(e) => {
                     tracing::warn!(peer = %address, error = %e, "cannot connect");
+                    let _ = me.failure.set(e.clone());
                     forget(&me);
                     me.close(&|| RpcError::Connection {
                         peer: address.to_string(),
@@ -146,6 +150,11 @@ impl Outbox {
 
     pub(crate) fn address(&self) -> &RpcAddress {
         &self.address
+    }
+
+    /// Why connecting failed, if it did.
+    pub(crate) fn failure(&self) -> Option<&TransportError> {
+        self.failure.get()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
