@@ -114,10 +114,15 @@ impl Network {
                 Posted::Done => return Ok(()),
                 Posted::Full(m, queued) => return Err(Refused::Full(m, queued)),
                 Posted::Stale(m) => {
-                    // Its connection is gone: drop the outbox so the next one reconnects.
+                    // Its connection is gone: drop the outbox so the next one reconnects,
+                    // unless it never connected: then the message fails with that cause (a
+                    // second connect would only be refused by the fast-fail window).
                     self.remove_outbox(&outbox);
-                    failure = outbox.failure().cloned().or(failure);
                     message = m;
+                    if let Some(cause) = outbox.failure() {
+                        failure = Some(cause.clone());
+                        break;
+                    }
                 }
             }
         }

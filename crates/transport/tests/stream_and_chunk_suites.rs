@@ -142,3 +142,46 @@ async fn chunk_fetch_integration_suite_fetch_chunk_and_non_existent() {
         }
     ));
 }
+
+/// Stream and chunk bodies given as a source are written in pieces and arrive whole, in order
+/// with the replies around them.
+#[tokio::test]
+async fn sourced_stream_and_chunk_bodies_arrive_whole() {
+    let (server, _) = test_server().await;
+    let (_f, client) = client_of(&server).await;
+    let big = within(client.stream("sourced/3000000")).await.unwrap();
+    let chunk = client.fetch_chunk(2, 3);
+    let small = within(client.stream("smallBuffer")).await.unwrap();
+    assert_eq!(big.len(), 3_000_000);
+    assert_eq!(
+        within(big.collect(64 << 20)).await.unwrap(),
+        pattern(3_000_000)
+    );
+    assert_eq!(within(chunk).await.unwrap(), pattern(300_000));
+    assert_eq!(within(small.collect(100)).await.unwrap(), pattern(100));
+}
+
+/// `collect` refuses a stream announced longer than the caller's limit, before reserving
+/// anything, naming the stream and both sizes.
+#[tokio::test]
+async fn collect_refuses_a_stream_longer_than_the_callers_limit() {
+    let (server, _) = test_server().await;
+    let (_f, client) = client_of(&server).await;
+    let s = within(client.stream("largeBuffer")).await.unwrap();
+    let err = within(s.collect(99_999)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::StreamTooLarge {
+                len: 100_000,
+                limit: 99_999,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("largeBuffer"), "{err}");
+    // The connection goes on: the refused body is discarded as it arrives.
+    let again = within(client.stream("smallBuffer")).await.unwrap();
+    assert_eq!(within(again.collect(100)).await.unwrap(), pattern(100));
+}
