@@ -45,9 +45,31 @@ pub(crate) struct ClientShared {
     pub(crate) read_paused: AtomicBool,
     /// The connection task, to wake when reading resumes.
     pub(crate) read_waker: std::sync::Mutex<Option<std::task::Waker>>,
+    /// The connection's flush hook (weak: the connection owns this handle, not the reverse).
+    pub(crate) flush: std::sync::OnceLock<std::sync::Weak<dyn Flush>>,
+}
+
+/// Writes what is queued on a connection from the calling thread if its task is not busy.
+pub(crate) trait Flush: Send + Sync {
+    /// When the connection's task is not busy: takes the queued messages, appends `msg` if
+    /// given, writes what the socket accepts and returns true. Otherwise returns false and
+    /// leaves everything (including `msg`) to the caller and the task.
+    fn try_flush(&self, msg: Option<&Message>) -> bool;
 }
 
 impl ClientShared {
+    /// The flush hook (see [`TransportClient::try_flush`]), with a message to write after
+    /// what is queued.
+    pub(crate) fn try_flush(&self, msg: Option<&Message>) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        match self.flush.get().and_then(std::sync::Weak::upgrade) {
+            Some(conn) => conn.try_flush(msg),
+            None => false,
+        }
+    }
+
     /// Queues a command, counting the bytes it will write. Like `mpsc::send`, it hands a command
     /// it could not queue back, so that the caller can fail its pending request.
     #[allow(clippy::result_large_err)]
@@ -241,6 +263,19 @@ impl TransportClient {
             Err(_) => None,
         };
         failure.unwrap_or_else(|| self.closed_error())
+    }
+
+    /// The flush hook: writes the messages queued on this connection (a reply just answered,
+    /// say) from the calling thread, without waiting for the connection's task, when that task
+    /// is not busy. Returns true when this call wrote them (as far as the socket took them; the
+    /// task writes the rest), false when the task was busy or the connection is closed: the
+    /// task then writes them as usual. Never blocks; meant for producer threads, not for
+    /// handler callbacks running on the connection's own task (those always get false).
+    pub fn try_flush(&self) -> bool {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        self.shared.try_flush(None)
     }
 
     /// Stops reading from the socket (TCP then slows the peer down) until

@@ -11,8 +11,8 @@ use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -22,7 +22,7 @@ use tokio::time::Sleep;
 use tracing::Instrument;
 
 use crate::budget::{Inbound, ReadGate};
-use crate::client::{ClientShared, TransportClient};
+use crate::client::{ClientShared, Flush, TransportClient};
 use crate::codec::{WriteQueue, MAX_IO_SLICES};
 use crate::command::{queue_cost, Command, PendingKind, QUEUE_ENTRY_OVERHEAD};
 use crate::conf::TransportConf;
@@ -93,6 +93,7 @@ where
         drained: Notify::new(),
         read_paused: AtomicBool::new(false),
         read_waker: std::sync::Mutex::new(None),
+        flush: OnceLock::new(),
     });
     let client = TransportClient { shared };
     let deadlines = Deadlines {
@@ -129,9 +130,13 @@ where
         requested: false,
         needs_flush: false,
         write_deferred: false,
+        waker: None,
     };
+    let conn = Arc::new(Mutex::new(conn));
+    let flush: Weak<dyn Flush> = Arc::downgrade(&conn) as Weak<dyn Flush>;
+    let _ = client.shared.flush.set(flush);
     let span = tracing::info_span!("connection", id, peer = %remote, local = %local, side = ?side);
-    tokio::spawn(conn.run(on_exit).instrument(span));
+    tokio::spawn(Connection::run(conn, on_exit).instrument(span));
     client
 }
 
@@ -167,16 +172,42 @@ struct Connection<S> {
     needs_flush: bool,
     /// The write of what is queued was put off once, to let other tasks add to it.
     write_deferred: bool,
+    /// The task, for the flush hook to wake when it leaves work behind.
+    waker: Option<Waker>,
+}
+
+fn lock<S>(conn: &Mutex<Connection<S>>) -> MutexGuard<'_, Connection<S>> {
+    conn.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The flush hook: a producer thread that just queued messages writes them itself when the
+/// connection's task is not busy (it holds the connection while it runs); otherwise the task
+/// writes them as usual.
+impl<S> Flush for Mutex<Connection<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn try_flush(&self, msg: Option<&Message>) -> bool {
+        match self.try_lock() {
+            Ok(mut conn) => {
+                conn.flush_now(msg);
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    async fn run(mut self, on_exit: Option<OnExit>) {
+    async fn run(conn: Arc<Mutex<Self>>, on_exit: Option<OnExit>) {
         tracing::debug!("connection active");
-        let client = self.client.clone();
-        let handler = self.handler.clone();
+        let (client, handler, peer) = {
+            let c = lock(&conn);
+            (c.client.clone(), c.handler.clone(), c.peer)
+        };
         if let Err(panic) = guarded(|| handler.channel_active(&client)) {
             tracing::error!(%panic, "channel_active panicked");
         }
@@ -184,31 +215,20 @@ where
         let result = tokio::select! {
             biased;
             _ = shared.close_notify.notified() => Ok(()),
-            r = poll_fn(|cx| self.poll_run(cx)) => r,
+            r = poll_fn(|cx| lock(&conn).poll_run(cx)) => r,
         };
         if result.is_ok() {
             // A clean close: what is queued (a failure answer, say) still goes out first, for
             // a short while, unless the peer does not read.
-            let _ = tokio::time::timeout(LINGER, poll_fn(|cx| self.poll_write_all(cx))).await;
+            let flushed = poll_fn(|cx| lock(&conn).poll_write_all(cx));
+            let _ = tokio::time::timeout(LINGER, flushed).await;
         }
         shared.closed.store(true, Ordering::SeqCst);
-        self.rx.close();
         let failure = match &result {
-            Ok(()) => TransportError::ConnectionClosed { peer: self.peer },
+            Ok(()) => TransportError::ConnectionClosed { peer },
             Err(e) => e.clone(),
         };
-        // Requests still queued were never sent: fail them together with the outstanding ones.
-        while let Ok(cmd) = self.rx.try_recv() {
-            if let Command::Request(_, pending) = cmd {
-                match pending {
-                    PendingKind::Rpc(id, p) => self.router.add_rpc(id, p),
-                    PendingKind::Chunk(c, r) => self.router.add_chunk(c, r),
-                    PendingKind::Stream(s, r) => self.router.add_stream(s, r),
-                }
-            }
-        }
-        let outstanding = self.router.outstanding();
-        self.router.fail_all(&failure);
+        let outstanding = lock(&conn).fail_everything(&failure);
         // Every waiter of this connection (queue room, close) wakes with its failure.
         shared.ended.send_replace(Some(failure));
         shared.drained.notify_waiters();
@@ -230,13 +250,60 @@ where
         }
         // Shut down the write side first so a peer sees EOF promptly even if it holds a
         // half-read buffer; then the socket is dropped (closed) before the exit hook runs, so a
-        // server that waits for its connections has released their descriptors.
-        let _ =
-            tokio::time::timeout(LINGER, tokio::io::AsyncWriteExt::shutdown(&mut self.io)).await;
-        let Connection { io, .. } = self;
-        drop(io);
+        // server that waits for its connections has released their descriptors. (A producer
+        // in the flush hook at this instant holds the connection a moment longer.)
+        let shutdown = poll_fn(|cx| Pin::new(&mut lock(&conn).io).poll_shutdown(cx));
+        let _ = tokio::time::timeout(LINGER, shutdown).await;
+        drop(conn);
         if let Some(f) = on_exit {
             f(&client);
+        }
+    }
+
+    /// Fails the requests still queued (never sent) and the outstanding ones; returns how many
+    /// were outstanding.
+    fn fail_everything(&mut self, failure: &TransportError) -> usize {
+        self.rx.close();
+        while let Ok(cmd) = self.rx.try_recv() {
+            if let Command::Request(_, pending) = cmd {
+                match pending {
+                    PendingKind::Rpc(id, p) => self.router.add_rpc(id, p),
+                    PendingKind::Chunk(c, r) => self.router.add_chunk(c, r),
+                    PendingKind::Stream(s, r) => self.router.add_stream(s, r),
+                }
+            }
+        }
+        let outstanding = self.router.outstanding();
+        self.router.fail_all(failure);
+        outstanding
+    }
+
+    /// The flush hook's work, on a producer's thread: takes the queued commands and writes
+    /// what it can without waiting. Registers no waker of its own; when something is left
+    /// (the socket is full) the task is woken to carry on.
+    fn flush_now(&mut self, msg: Option<&Message>) {
+        let mut taken = 0;
+        while let Ok(cmd) = self.rx.try_recv() {
+            if let Command::Send(m) | Command::Request(m, _) = &cmd {
+                taken += queue_cost(m);
+            }
+            self.on_command(cmd);
+        }
+        if taken > 0 {
+            let shared = &self.client.shared;
+            shared.queued_bytes.fetch_sub(taken, Ordering::Relaxed);
+            shared.drained.notify_waiters();
+        }
+        if let Some(msg) = msg {
+            self.out.push(msg);
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let wrote = self.poll_write(&mut cx);
+        if wrote.is_err() || !self.out.is_empty() || self.needs_flush {
+            // Left for the task (which also meets the error again and closes).
+            if let Some(w) = &self.waker {
+                w.wake_by_ref();
+            }
         }
     }
 
@@ -322,6 +389,9 @@ where
     }
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
         loop {
             let mut progress = false;
             let mut io_progress = false;

@@ -191,6 +191,29 @@ impl RpcResponder {
         }
     }
 
+    /// Answer with an RpcResponse carrying `body`, written from this thread when the
+    /// connection's task is not busy (the flush hook, see [`TransportClient::try_flush`]): no
+    /// hand-off to the task and no wake-up of it. When the task is busy the answer is queued
+    /// for it, as [`respond`](Self::respond). For producer threads; on the connection's own
+    /// task (inside a handler callback) it is `respond`. Returns true when this thread wrote
+    /// the answer.
+    pub fn respond_now(mut self, body: Bytes) -> bool {
+        let Some(inner) = self.inner.take() else {
+            return false;
+        };
+        let msg = Message::RpcResponse {
+            request_id: inner.request_id,
+            body,
+        };
+        if inner.shared.try_flush(Some(&msg)) {
+            inner.shared.inbound.release(inner.cost);
+            true
+        } else {
+            inner.send(msg);
+            false
+        }
+    }
+
     /// Answer with an RpcFailure carrying `error`.
     pub fn fail(mut self, error: impl Into<String>) {
         if let Some(inner) = self.inner.take() {
