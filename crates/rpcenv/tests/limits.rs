@@ -34,17 +34,20 @@ fn two_envs_asking_each_other_under_a_small_byte_budget_complete_every_ask() {
         b.setup_endpoint_ref(a.address().unwrap(), "echo").unwrap();
     let payload = "p".repeat(8 * 1024);
     let done = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
     let drive = |env: &RpcEnv, r: RpcEndpointRef<String>| {
-        let (payload, done) = (payload.clone(), done.clone());
+        let (payload, done, answered) = (payload.clone(), done.clone(), answered.clone());
         env.runtime().spawn(async move {
             let next = Arc::new(AtomicUsize::new(0));
             let mut tasks = Vec::new();
             for _ in 0..IN_FLIGHT {
                 let (r, payload, next) = (r.clone(), payload.clone(), next.clone());
+                let answered = answered.clone();
                 tasks.push(tokio::spawn(async move {
                     while next.fetch_add(1, Ordering::Relaxed) < ASKS {
                         let answer: String = r.ask(payload.clone()).await?;
                         assert_eq!(answer.len(), payload.len());
+                        answered.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok::<_, rpcenv::RpcError>(())
                 }));
@@ -65,6 +68,7 @@ fn two_envs_asking_each_other_under_a_small_byte_budget_complete_every_ask() {
         })
         .unwrap_or_else(|e| panic!("the asks did not complete: {e}"));
     assert_eq!(done.load(Ordering::SeqCst), 2);
+    assert_eq!(answered.load(Ordering::SeqCst), 2 * ASKS);
     a.shutdown();
     b.shutdown();
 }
