@@ -6,6 +6,9 @@
 //! - `rpcenv ping URI`: round trips to an endpoint.
 //! - `rpcenv bench`: the shared benchmark workloads W1-W6.
 
+// A binary: no item is reachable from outside it, so `pub` inside it means "the crate" already.
+#![allow(unreachable_pub)]
+
 mod bench;
 mod cluster;
 mod demo;

@@ -13,7 +13,7 @@
 //! without NUL or characters outside the BMP; endpoint names and hosts are such strings.)
 //!
 //! A reply body starts with a status byte: `0` then the codec tag and the value, or `1` then an
-//! encoded [`WireError`] (a failure or a delivery error, typed so the asker can act on it).
+//! encoded `WireError` (a failure or a delivery error, typed so the asker can act on it).
 //!
 //! The content codec is chosen by its tag byte, so formats can evolve without breaking peers: the
 //! default, and today the only one, is [postcard](https://docs.rs/postcard) (compact, no schema,

@@ -4,6 +4,10 @@
 //! Normal endpoints share one loop of `rpc.netty.dispatcher.numThreads` threads
 //! (`dispatcher-event-loop-N`); an isolated endpoint gets a loop of its own (`dispatcher-<name>`),
 //! so a busy shared pool cannot starve it and it cannot starve the others.
+//!
+//! The dispatcher also makes the refs of its endpoints (sharing the env's `RefDefaults`) and
+//! answers typed lookups by name: what `RpcEnv::endpoint_ref` and the rebinding of a received
+//! ref (`ref_codec`) both use.
 
 use std::any::Any;
 use std::borrow::Cow;

@@ -239,6 +239,15 @@ pub struct EndpointCtx<M> {
     stopping: AtomicBool,
 }
 
+impl<M> std::fmt::Debug for EndpointCtx<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointCtx")
+            .field("endpoint", &self.self_ref)
+            .field("stopping", &self.is_stopping())
+            .finish()
+    }
+}
+
 impl<M: RpcMessage> EndpointCtx<M> {
     pub(crate) fn new(
         self_ref: RpcEndpointRef<M>,

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use crate::backoff::pause;
 use crate::call_context::{with_handler_scope, CallOutcome, RpcCallContext};
 use crate::codec::decode_content;
 use crate::decode_scope::DecodeScope;
@@ -201,14 +202,7 @@ impl Linger {
             if scheduler.others_waiting() || since.elapsed() >= LINGER {
                 return false;
             }
-            looks += 1;
-            if looks % 4 == 0 {
-                std::thread::yield_now();
-            } else {
-                for _ in 0..32 {
-                    std::hint::spin_loop();
-                }
-            }
+            pause(&mut looks);
         }
     }
 }

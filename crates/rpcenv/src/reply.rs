@@ -12,6 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::address::RpcEndpointAddress;
+use crate::backoff::pause;
 use crate::codec::decode_content;
 use crate::decode_scope::DecodeScope;
 use crate::error::{BoxError, RpcError};
@@ -227,14 +228,7 @@ impl ReplySlot {
             {
                 return;
             }
-            looks += 1;
-            if looks % 4 == 0 {
-                std::thread::yield_now();
-            } else {
-                for _ in 0..32 {
-                    std::hint::spin_loop();
-                }
-            }
+            pause(&mut looks);
         }
     }
 }

@@ -146,6 +146,20 @@ enum FutureState<T> {
     Done,
 }
 
+impl<T> fmt::Debug for ResponseFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            FutureState::Waiting { .. } => "waiting",
+            FutureState::Failed(_) => "failed",
+            FutureState::Done => "done",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("request_id", &self.request_id())
+            .field("state", &state)
+            .finish()
+    }
+}
+
 /// The answer to [`TransportClient::send_rpc`] and [`TransportClient::upload_stream`].
 pub type RpcFuture = ResponseFuture<Bytes>;
 
@@ -303,7 +317,7 @@ impl TransportClient {
         self.shared.read_paused.load(Ordering::Acquire)
     }
 
-    /// Close the connection. Outstanding requests fail with "Connection from <peer> closed".
+    /// Close the connection. Outstanding requests fail with `Connection from <peer> closed`.
     /// Returns at once; the connection's task finishes the close.
     pub fn close(&self) {
         self.shared.closed.store(true, Ordering::Release);

@@ -13,10 +13,10 @@ use crate::body::{BodySource, ReplyBody, BODY_PIECE};
 use crate::message::Message;
 
 /// Bodies up to this size are copied into the batch buffer; larger ones are queued by handle.
-pub const INLINE_BODY_MAX: usize = 16 * 1024;
+pub(crate) const INLINE_BODY_MAX: usize = 16 * 1024;
 
 /// Most slices handed to one vectored write.
-pub const MAX_IO_SLICES: usize = 64;
+pub(crate) const MAX_IO_SLICES: usize = 64;
 
 /// One queued segment: bytes, or a body still to be pulled.
 enum Seg {

@@ -85,6 +85,15 @@ impl TransportClientFactory {
         &self.inner.conf
     }
 
+    /// `host:port` as connections name it, unless the factory is closed.
+    fn open_addr(&self, host: &str, port: u16) -> Result<String, TransportError> {
+        let addr = Self::addr(host, port);
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(TransportError::FactoryClosed { addr });
+        }
+        Ok(addr)
+    }
+
     fn addr(host: &str, port: u16) -> String {
         if host.contains(':') && !host.starts_with('[') {
             format!("[{host}]:{port}")
@@ -102,10 +111,7 @@ impl TransportClientFactory {
         host: &str,
         port: u16,
     ) -> Result<TransportClient, TransportError> {
-        let addr = Self::addr(host, port);
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(TransportError::FactoryClosed { addr });
-        }
+        let addr = self.open_addr(host, port)?;
         let pool = {
             let mut pools = self.inner.pools.lock().expect("pool lock");
             let key = (host.to_string(), port);
@@ -176,10 +182,7 @@ impl TransportClientFactory {
         host: &str,
         port: u16,
     ) -> Result<TransportClient, TransportError> {
-        let addr = Self::addr(host, port);
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(TransportError::FactoryClosed { addr });
-        }
+        let addr = self.open_addr(host, port)?;
         self.connect(host, port, &addr).await
     }
 

@@ -78,23 +78,23 @@ impl RpcEnv {
 
     /// The env's name.
     pub fn name(&self) -> &str {
-        self.inner.name()
+        &self.inner.name
     }
 
     /// Where other processes reach this env: the advertised host and the bound port. `None` in
     /// client mode.
     pub fn address(&self) -> Option<&RpcAddress> {
-        self.inner.address()
+        self.inner.address.as_ref()
     }
 
     /// The configuration.
     pub fn conf(&self) -> &RpcConf {
-        self.inner.conf()
+        &self.inner.conf
     }
 
     /// The tokio runtime this env runs its IO and timers on.
     pub fn runtime(&self) -> &tokio::runtime::Handle {
-        self.inner.runtime()
+        &self.inner.runtime
     }
 
     /// Registers a one-at-a-time endpoint under `name` and returns its ref; `on_start` runs
@@ -129,9 +129,9 @@ impl RpcEnv {
     ) -> Result<RpcEndpointRef<B::Message>, RpcError> {
         let env: Weak<EnvInner> = Arc::downgrade(&self.inner);
         let env: Weak<dyn Any + Send + Sync> = env;
-        let runtime = self.inner.runtime().clone();
+        let runtime = self.inner.runtime.clone();
         self.inner
-            .dispatcher()
+            .dispatcher
             .register(name, behaviour, dedicated_threads, |self_ref| {
                 EndpointCtx::new(self_ref, env, runtime)
             })
@@ -142,7 +142,7 @@ impl RpcEnv {
     /// Fails with [`RpcError::EndpointNotFound`], or [`RpcError::MessageTypeMismatch`] naming both
     /// types when `M` is not the endpoint's message type.
     pub fn endpoint_ref<M: RpcMessage>(&self, name: &str) -> Result<RpcEndpointRef<M>, RpcError> {
-        self.inner.dispatcher().lookup(name)
+        self.inner.dispatcher.lookup(name)
     }
 
     /// Stops an endpoint: it is unregistered at once, processes the messages already queued, then
@@ -154,10 +154,10 @@ impl RpcEnv {
         match endpoint.control() {
             Some(control) => self
                 .inner
-                .dispatcher()
+                .dispatcher
                 .stop_endpoint(endpoint.name(), control),
             None => {
-                tracing::warn!(env = %self.inner.name(), endpoint = %endpoint, "cannot stop a remote endpoint")
+                tracing::warn!(env = %self.inner.name, endpoint = %endpoint, "cannot stop a remote endpoint")
             }
         }
     }
@@ -179,18 +179,18 @@ impl RpcEnv {
     /// [`terminated`](Self::terminated) there).
     pub fn await_termination(&self) -> Result<(), RpcError> {
         ensure_blocking_allowed("RpcEnv::await_termination")?;
-        self.inner.termination().wait();
+        self.inner.termination.wait();
         Ok(())
     }
 
     /// Completes when the env has shut down.
     pub async fn terminated(&self) {
-        self.inner.termination().finished().await
+        self.inner.termination.finished().await
     }
 
     /// Whether [`shutdown`](Self::shutdown) has been called.
     pub fn is_stopped(&self) -> bool {
-        self.inner.dispatcher().is_stopped()
+        self.inner.dispatcher.is_stopped()
     }
 
     /// A ref to the endpoint `name` of the env at `address`, checked with that env's
@@ -224,8 +224,8 @@ impl RpcEnv {
         address: &RpcAddress,
         name: &str,
     ) -> Result<RpcEndpointRef<M>, RpcError> {
-        if self.inner.address() == Some(address) {
-            return self.inner.dispatcher().lookup(name);
+        if self.inner.address.as_ref() == Some(address) {
+            return self.inner.dispatcher.lookup(name);
         }
         let target = RpcEndpointAddress::new(Some(address.clone()), name);
         let verifier = self.inner.verifier_at(address);
@@ -234,7 +234,7 @@ impl RpcEnv {
             protocol: M::protocol_name().into_owned(),
         };
         let answer: Existence = verifier
-            .ask_with_timeout(check, self.inner.conf().lookup_timeout())
+            .ask_with_timeout(check, self.inner.conf.lookup_timeout())
             .await?;
         match answer {
             Existence::Found => Ok(self.inner.remote_ref(target, address)),
@@ -263,7 +263,7 @@ impl RpcEnv {
             protocol: ANY_PROTOCOL.to_string(),
         };
         match verifier
-            .ask_with_timeout::<Existence>(check, self.inner.conf().lookup_timeout())
+            .ask_with_timeout::<Existence>(check, self.inner.conf.lookup_timeout())
             .await?
         {
             Existence::NotFound => Err(RpcError::EndpointNotFound {
@@ -293,8 +293,8 @@ impl RpcEnv {
 impl std::fmt::Debug for RpcEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RpcEnv")
-            .field("name", &self.inner.name())
-            .field("address", &self.inner.address())
+            .field("name", &self.inner.name)
+            .field("address", &self.inner.address)
             .field("stopped", &self.is_stopped())
             .finish()
     }

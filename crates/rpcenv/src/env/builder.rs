@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 use rpcenv_transport::{RpcHandler, TransportClientFactory, TransportConf, TransportServer};
 
 use super::api::RpcEnv;
-use super::lifecycle::EnvInner;
+use super::lifecycle::{EnvInner, Termination};
 use crate::address::RpcAddress;
 use crate::conf::RpcConf;
 use crate::dispatcher::Dispatcher;
@@ -173,11 +173,18 @@ impl RpcEnvBuilder {
         });
         handler.bind(Arc::downgrade(&network));
         let dispatcher = network.dispatcher().clone();
-        let env = RpcEnv::from_inner(Arc::new(EnvInner::new(
-            self.name, address, self.conf, dispatcher, runtime, network,
-        )));
+        let env = RpcEnv::from_inner(Arc::new(EnvInner {
+            name: self.name,
+            address,
+            conf: self.conf,
+            dispatcher,
+            runtime,
+            network,
+            shutdown_started: AtomicBool::new(false),
+            termination: Arc::new(Termination::default()),
+        }));
         if !self.client_mode {
-            let verifier = Verifier::new(Arc::downgrade(env.inner().dispatcher()));
+            let verifier = Verifier::new(Arc::downgrade(&env.inner().dispatcher));
             env.setup_endpoint(VERIFIER_NAME, verifier)?;
         }
         tracing::debug!(env = %env.name(), address = ?env.address(), "RpcEnv started");

@@ -34,61 +34,17 @@ impl Termination {
 
 /// The state every handle of an env shares. Dropping the last handle shuts the env down.
 pub(crate) struct EnvInner {
-    name: String,
-    address: Option<RpcAddress>,
-    conf: RpcConf,
-    dispatcher: Arc<Dispatcher>,
-    runtime: tokio::runtime::Handle,
-    network: Arc<Network>,
-    shutdown_started: AtomicBool,
-    termination: Arc<Termination>,
+    pub(super) name: String,
+    pub(super) address: Option<RpcAddress>,
+    pub(super) conf: RpcConf,
+    pub(super) dispatcher: Arc<Dispatcher>,
+    pub(super) runtime: tokio::runtime::Handle,
+    pub(super) network: Arc<Network>,
+    pub(super) shutdown_started: AtomicBool,
+    pub(super) termination: Arc<Termination>,
 }
 
 impl EnvInner {
-    pub(super) fn new(
-        name: String,
-        address: Option<RpcAddress>,
-        conf: RpcConf,
-        dispatcher: Arc<Dispatcher>,
-        runtime: tokio::runtime::Handle,
-        network: Arc<Network>,
-    ) -> Self {
-        EnvInner {
-            name,
-            address,
-            conf,
-            dispatcher,
-            runtime,
-            network,
-            shutdown_started: AtomicBool::new(false),
-            termination: Arc::new(Termination::default()),
-        }
-    }
-
-    pub(super) fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub(super) fn address(&self) -> Option<&RpcAddress> {
-        self.address.as_ref()
-    }
-
-    pub(super) fn conf(&self) -> &RpcConf {
-        &self.conf
-    }
-
-    pub(super) fn runtime(&self) -> &tokio::runtime::Handle {
-        &self.runtime
-    }
-
-    pub(super) fn dispatcher(&self) -> &Arc<Dispatcher> {
-        &self.dispatcher
-    }
-
-    pub(super) fn termination(&self) -> &Termination {
-        &self.termination
-    }
-
     /// A ref to the endpoint at `address` (of another env), through the outbox of its host.
     pub(super) fn remote_ref<M: RpcMessage>(
         &self,

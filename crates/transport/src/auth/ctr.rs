@@ -16,7 +16,9 @@ use ctr::cipher::{KeyIvInit, StreamCipher};
 use ctr::Ctr128BE;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::stream::{closed_without_data, sealable, undecryptable, SealedBuf, SliceCursor};
+use super::stream::{
+    closed_without_data, sealable, sealed_async_write, undecryptable, SealedBuf, SliceCursor,
+};
 use crate::bootstrap::BoxedIo;
 
 enum Keystream {
@@ -147,45 +149,4 @@ impl CtrStream {
     }
 }
 
-impl AsyncWrite for CtrStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        ready!(this.out.poll_drain(&mut this.io, cx))?;
-        let n = this.seal(bufs);
-        if n > 0 {
-            this.wrote = true;
-        }
-        if let Poll::Ready(Err(e)) = this.out.poll_drain(&mut this.io, cx) {
-            return Poll::Ready(Err(e));
-        }
-        Poll::Ready(Ok(n))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.out.poll_drain(&mut this.io, cx))?;
-        Pin::new(&mut this.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.out.poll_drain(&mut this.io, cx))?;
-        Pin::new(&mut this.io).poll_shutdown(cx)
-    }
-}
+sealed_async_write!(CtrStream);

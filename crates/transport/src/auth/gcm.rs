@@ -34,7 +34,9 @@ use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use zeroize::Zeroizing;
 
-use super::stream::{closed_without_data, sealable, undecryptable, SealedBuf, SliceCursor};
+use super::stream::{
+    closed_without_data, sealable, sealed_async_write, undecryptable, SealedBuf, SliceCursor,
+};
 use crate::bootstrap::BoxedIo;
 
 /// Ciphertext segment size (Spark's `32768`).
@@ -387,66 +389,36 @@ impl AsyncRead for GcmStream {
     }
 }
 
-impl AsyncWrite for GcmStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        ready!(this.out.poll_drain(&mut this.io, cx))?;
+impl GcmStream {
+    /// Encrypts up to [`MAX_SEAL`](super::stream::MAX_SEAL) bytes of `bufs` as one message into
+    /// the write buffer; returns how many it took.
+    fn seal(&mut self, bufs: &[IoSlice<'_>]) -> usize {
         let n = sealable(bufs);
         if n == 0 {
-            return Poll::Ready(Ok(0));
+            return 0;
         }
-        if this.counter == MESSAGES_PER_SALT {
-            this.salt = random_salt(this.key.len());
-            this.counter = 0;
-            this.write_keys = SubkeyCache::new();
+        if self.counter == MESSAGES_PER_SALT {
+            self.salt = random_salt(self.key.len());
+            self.counter = 0;
+            self.write_keys = SubkeyCache::new();
         }
         let mut prefix = [0u8; PREFIX];
-        prefix.copy_from_slice(&this.counter.to_be_bytes()[8 - PREFIX..]);
-        this.counter += 1;
+        prefix.copy_from_slice(&self.counter.to_be_bytes()[8 - PREFIX..]);
+        self.counter += 1;
         seal_message(
-            &this.key,
-            &this.salt,
+            &self.key,
+            &self.salt,
             &prefix,
-            &mut this.write_keys,
+            &mut self.write_keys,
             &mut SliceCursor::new(bufs),
             n,
-            &mut this.out.buf,
+            &mut self.out.buf,
         );
-        this.wrote = true;
-        if let Poll::Ready(Err(e)) = this.out.poll_drain(&mut this.io, cx) {
-            return Poll::Ready(Err(e));
-        }
-        Poll::Ready(Ok(n))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.out.poll_drain(&mut this.io, cx))?;
-        Pin::new(&mut this.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(this.out.poll_drain(&mut this.io, cx))?;
-        Pin::new(&mut this.io).poll_shutdown(cx)
+        n
     }
 }
+
+sealed_async_write!(GcmStream);
 
 #[cfg(test)]
 mod tests {

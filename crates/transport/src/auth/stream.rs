@@ -116,3 +116,56 @@ pub(crate) fn sealable(slices: &[io::IoSlice<'_>]) -> usize {
     }
     n
 }
+
+/// `AsyncWrite` for a session-cipher stream: the same for every cipher. The stream has fields
+/// `io: BoxedIo`, `out: SealedBuf` and `wrote: bool`, and a method
+/// `seal(&mut self, bufs: &[IoSlice<'_>]) -> usize` that encrypts up to [`MAX_SEAL`] bytes of
+/// `bufs` into `out` and returns how many it took. A write first drains what an earlier one left
+/// (so memory stays bounded), then seals, then starts draining what it sealed.
+macro_rules! sealed_async_write {
+    ($stream:ty) => {
+        impl AsyncWrite for $stream {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+            }
+
+            fn poll_write_vectored(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                bufs: &[IoSlice<'_>],
+            ) -> Poll<io::Result<usize>> {
+                let this = self.get_mut();
+                ready!(this.out.poll_drain(&mut this.io, cx))?;
+                let n = this.seal(bufs);
+                if n > 0 {
+                    this.wrote = true;
+                }
+                if let Poll::Ready(Err(e)) = this.out.poll_drain(&mut this.io, cx) {
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Ready(Ok(n))
+            }
+
+            fn is_write_vectored(&self) -> bool {
+                true
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                let this = self.get_mut();
+                ready!(this.out.poll_drain(&mut this.io, cx))?;
+                Pin::new(&mut this.io).poll_flush(cx)
+            }
+
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                let this = self.get_mut();
+                ready!(this.out.poll_drain(&mut this.io, cx))?;
+                Pin::new(&mut this.io).poll_shutdown(cx)
+            }
+        }
+    };
+}
+pub(crate) use sealed_async_write;

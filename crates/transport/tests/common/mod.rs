@@ -11,10 +11,10 @@ use rpcenv_transport::{
 };
 
 /// Generous deadline for conditions that should hold quickly.
-pub const DEADLINE: Duration = Duration::from_secs(20);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Wait (polling) until `cond` holds; panics with `what` after the deadline.
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !cond() {
         assert!(
@@ -26,14 +26,14 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// Await `fut` with the generous deadline.
-pub async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
+pub(crate) async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(DEADLINE, fut)
         .await
         .expect("operation did not finish within the deadline")
 }
 
 /// Enable logs when RUST_LOG is set.
-pub fn init_tracing() {
+pub(crate) fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -41,13 +41,13 @@ pub fn init_tracing() {
 }
 
 /// Byte `i` of the test pattern.
-pub fn pattern(n: usize) -> Bytes {
+pub(crate) fn pattern(n: usize) -> Bytes {
     Bytes::from((0..n).map(|i| (i % 251) as u8).collect::<Vec<_>>())
 }
 
 /// The handler of Spark's RpcIntegrationSuite (plus streams and chunks for the stream suites).
 #[derive(Default)]
-pub struct TestHandler {
+pub(crate) struct TestHandler {
     pub one_way: Mutex<Vec<String>>,
     pub active: Mutex<Vec<TransportClient>>,
     pub inactive: Mutex<Vec<TransportClient>>,
@@ -176,7 +176,7 @@ impl RpcHandler for TestHandler {
 }
 
 /// The upload bodies of RpcIntegrationSuite.
-pub fn upload_body(name: &str) -> Bytes {
+pub(crate) fn upload_body(name: &str) -> Bytes {
     match name {
         "largeBuffer" => Bytes::from((0..100_000).map(|i| i as u8).collect::<Vec<_>>()),
         "smallBuffer" => Bytes::from((0..100).map(|i| i as u8).collect::<Vec<_>>()),
@@ -187,14 +187,17 @@ pub fn upload_body(name: &str) -> Bytes {
 }
 
 /// A server on 127.0.0.1:0 with `handler`.
-pub async fn server_with(conf: TransportConf, handler: Arc<dyn RpcHandler>) -> TransportServer {
+pub(crate) async fn server_with(
+    conf: TransportConf,
+    handler: Arc<dyn RpcHandler>,
+) -> TransportServer {
     TransportServer::bind(conf, "127.0.0.1", 0, handler)
         .await
         .expect("bind")
 }
 
 /// A server with a fresh TestHandler, and the handler.
-pub async fn test_server() -> (TransportServer, Arc<TestHandler>) {
+pub(crate) async fn test_server() -> (TransportServer, Arc<TestHandler>) {
     let handler = Arc::new(TestHandler::default());
     (
         server_with(TransportConf::default(), handler.clone()).await,
@@ -203,7 +206,9 @@ pub async fn test_server() -> (TransportServer, Arc<TestHandler>) {
 }
 
 /// A client of `server` from a fresh factory (whose handler is a TestHandler too).
-pub async fn client_of(server: &TransportServer) -> (TransportClientFactory, TransportClient) {
+pub(crate) async fn client_of(
+    server: &TransportServer,
+) -> (TransportClientFactory, TransportClient) {
     let factory =
         TransportClientFactory::new(TransportConf::default(), Arc::new(TestHandler::default()));
     let client = factory
@@ -214,7 +219,7 @@ pub async fn client_of(server: &TransportServer) -> (TransportClientFactory, Tra
 }
 
 /// [`pattern`] generated a piece at a time.
-pub struct PatternSource {
+pub(crate) struct PatternSource {
     next: u64,
     end: u64,
 }
