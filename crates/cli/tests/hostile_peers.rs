@@ -278,7 +278,9 @@ fn envelope(addr: SocketAddr, name: &str) -> Bytes {
 fn a_peer_that_pipelines_asks_and_streams_and_never_reads_holds_bounded_memory() {
     let server = Echo::start();
     let base = server.0.vm_hwm();
-    let mut frames: Vec<Bytes> = (0..5)
+    // Two never-reading connections: one pipelines the asks (their echoes fill its queue), the
+    // other the stream requests (64 MiB bodies each).
+    let streams: Vec<Bytes> = (0..5)
         .map(|_| {
             Message::StreamRequest {
                 stream_id: format!("bytes/{}", 64 * MIB),
@@ -287,16 +289,21 @@ fn a_peer_that_pipelines_asks_and_streams_and_never_reads_holds_bounded_memory()
         })
         .collect();
     let body = Bytes::from(vec![b'x'; 1024]);
-    frames.extend((0..100_000).map(|i| {
-        Message::RpcRequest {
-            request_id: i,
-            body: body.clone(),
-        }
-        .to_bytes()
-    }));
-    let hostile = server.0.connect();
-    let writer = std::thread::spawn(move || pipeline(hostile, frames, Duration::from_secs(3)));
-    let (_hostile, written) = writer.join().expect("writer thread");
+    let asks: Vec<Bytes> = (0..100_000)
+        .map(|i| {
+            Message::RpcRequest {
+                request_id: i,
+                body: body.clone(),
+            }
+            .to_bytes()
+        })
+        .collect();
+    let (ask_peer, stream_peer) = (server.0.connect(), server.0.connect());
+    let stall = Duration::from_secs(3);
+    let asking = std::thread::spawn(move || pipeline(ask_peer, asks, stall));
+    let streaming = std::thread::spawn(move || pipeline(stream_peer, streams, stall));
+    let (_ask_peer, asks_written) = asking.join().expect("asking thread");
+    let (_stream_peer, streams_written) = streaming.join().expect("streaming thread");
     // A second, well-behaved client is still answered.
     match server.0.round_trip(b"hello", Duration::from_secs(20)) {
         Message::RpcResponse { body, .. } => assert_eq!(&body[..], b"hello"),
@@ -310,7 +317,8 @@ fn a_peer_that_pipelines_asks_and_streams_and_never_reads_holds_bounded_memory()
         "pipelined asks and streams",
     );
     eprintln!(
-        "pipelined asks + streams: {written} of 100005 frames written, VmHWM growth {} MiB",
+        "pipelined asks + streams: {asks_written} of 100000 asks and {streams_written} of 5 \
+         stream requests written, VmHWM growth {} MiB",
         growth / MIB
     );
 }
