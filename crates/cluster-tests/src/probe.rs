@@ -1,0 +1,106 @@
+//! The endpoint the fault scenarios ask, and the ask loop that measures them.
+//!
+//! [`Echo`] answers a [`Probe`] with its arrival index (so a caller can check that asks on one
+//! connection arrive in the order they were made) and as many bytes as the probe asks for.
+
+use std::time::{Duration, Instant};
+
+use rpcenv::{EndpointCtx, HandlerResult, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcMessage};
+use serde::{Deserialize, Serialize};
+
+/// The name the echo endpoint is registered under.
+pub const ECHO: &str = "echo";
+
+/// An ask (or, sent one-way, a message that is only counted).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Probe {
+    /// The caller's sequence number, returned in the reply.
+    pub seq: u64,
+    /// Bytes carried to the endpoint.
+    pub payload: Vec<u8>,
+    /// How many bytes the reply carries back.
+    pub reply_bytes: u32,
+}
+
+impl RpcMessage for Probe {
+    fn protocol_name() -> std::borrow::Cow<'static, str> {
+        "rpcenv-cluster-tests/probe/1".into()
+    }
+}
+
+/// The answer to a [`Probe`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProbeReply {
+    /// The probe's sequence number.
+    pub seq: u64,
+    /// How many asks the endpoint had answered before this one.
+    pub arrival: u64,
+    /// The length of the payload that arrived.
+    pub received: u64,
+    /// `reply_bytes` bytes.
+    pub payload: Vec<u8>,
+}
+
+/// Answers probes; counts one-way probes.
+#[derive(Default)]
+pub struct Echo {
+    asks: u64,
+    sends: u64,
+}
+
+impl RpcEndpoint for Echo {
+    type Message = Probe;
+
+    fn receive(&mut self, _: &EndpointCtx<Probe>, _: Probe) -> HandlerResult {
+        self.sends += 1;
+        Ok(())
+    }
+
+    fn receive_and_reply(
+        &mut self,
+        _: &EndpointCtx<Probe>,
+        probe: Probe,
+        reply: RpcCallContext,
+    ) -> HandlerResult {
+        let arrival = self.asks;
+        self.asks += 1;
+        reply.reply(ProbeReply {
+            seq: probe.seq,
+            arrival,
+            received: probe.payload.len() as u64,
+            payload: vec![0x5a; probe.reply_bytes as usize],
+        });
+        Ok(())
+    }
+}
+
+/// The outcome of one ask.
+pub type AskOutcome = Result<Duration, String>;
+
+/// Makes `asks` asks one after another (each carrying `payload` bytes and asking for as many
+/// back) and returns each one's round-trip time or error.
+pub async fn ask_loop(
+    target: &RpcEndpointRef<Probe>,
+    asks: u32,
+    payload: usize,
+) -> Vec<AskOutcome> {
+    let mut outcomes = Vec::with_capacity(asks as usize);
+    for seq in 0..asks as u64 {
+        let start = Instant::now();
+        let probe = Probe {
+            seq,
+            payload: vec![0xa5; payload],
+            reply_bytes: payload as u32,
+        };
+        let outcome = match target.ask::<ProbeReply>(probe).await {
+            Ok(r) if r.seq == seq && r.received == payload as u64 => Ok(start.elapsed()),
+            Ok(r) => Err(format!(
+                "reply to ask {seq} was for ask {} with {} bytes",
+                r.seq, r.received
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        outcomes.push(outcome);
+    }
+    outcomes
+}
