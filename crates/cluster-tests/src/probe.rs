@@ -77,30 +77,54 @@ impl RpcEndpoint for Echo {
 /// The outcome of one ask.
 pub type AskOutcome = Result<Duration, String>;
 
-/// Makes `asks` asks one after another (each carrying `payload` bytes and asking for as many
-/// back) and returns each one's round-trip time or error.
+/// What an ask loop saw.
+#[derive(Debug, Default)]
+pub struct LoopReport {
+    /// Each ask's round-trip time or error.
+    pub outcomes: Vec<AskOutcome>,
+    /// Replies whose arrival index was not above the previous reply's: asks on one connection
+    /// that reached the endpoint out of the order they were made.
+    pub out_of_order: u64,
+}
+
+/// Makes `asks` asks (each carrying `payload` bytes and asking for as many back): one after
+/// another, or with `pipelined` all at once and then awaited in order.
 pub async fn ask_loop(
     target: &RpcEndpointRef<Probe>,
     asks: u32,
     payload: usize,
-) -> Vec<AskOutcome> {
-    let mut outcomes = Vec::with_capacity(asks as usize);
+    pipelined: bool,
+) -> LoopReport {
+    let mut report = LoopReport::default();
+    let mut last_arrival = None;
+    let mut pending = std::collections::VecDeque::new();
     for seq in 0..asks as u64 {
-        let start = Instant::now();
         let probe = Probe {
             seq,
             payload: vec![0xa5; payload],
             reply_bytes: payload as u32,
         };
-        let outcome = match target.ask::<ProbeReply>(probe).await {
-            Ok(r) if r.seq == seq && r.received == payload as u64 => Ok(start.elapsed()),
-            Ok(r) => Err(format!(
-                "reply to ask {seq} was for ask {} with {} bytes",
-                r.seq, r.received
-            )),
-            Err(e) => Err(e.to_string()),
-        };
-        outcomes.push(outcome);
+        pending.push_back((seq, Instant::now(), target.ask::<ProbeReply>(probe)));
+        if pipelined && seq + 1 < asks as u64 {
+            continue;
+        }
+        while let Some((seq, start, ask)) = pending.pop_front() {
+            let outcome = match ask.await {
+                Ok(r) if r.seq == seq && r.received == payload as u64 => {
+                    if last_arrival.is_some_and(|last| r.arrival <= last) {
+                        report.out_of_order += 1;
+                    }
+                    last_arrival = Some(r.arrival);
+                    Ok(start.elapsed())
+                }
+                Ok(r) => Err(format!(
+                    "reply to ask {seq} was for ask {} with {} bytes",
+                    r.seq, r.received
+                )),
+                Err(e) => Err(e.to_string()),
+            };
+            report.outcomes.push(outcome);
+        }
     }
-    outcomes
+    report
 }

@@ -3,7 +3,8 @@
 //!
 //! - `serve`: an env with the [`Echo`] endpoint; prints `serving rpc://echo@HOST:PORT`.
 //! - `ask`: N client envs (sharing one runtime) that each make M asks to a URI; prints
-//!   `connected N envs`, then one `asks ok=.. failed=.. p50_us=.. p99_us=..` line and, for a
+//!   `connected N envs`, then one `asks ok=.. failed=.. out_of_order=.. p50_us=.. p99_us=..
+//!   elapsed_ms=..` line and, for a
 //!   failure, `first error: ..`. With `--hold` it keeps its envs until stdin closes.
 //! - `probe`: for each stdin line, checks that an endpoint exists with one ask to its env's
 //!   endpoint-verifier (bounded by `rpc.lookupTimeout`); prints `ok MS` or `err MS ERROR`.
@@ -53,6 +54,9 @@ enum Cmd {
         /// Payload bytes per ask (and per reply).
         #[arg(long, default_value_t = 16)]
         size: usize,
+        /// Make each env's asks all at once (then await them in order) instead of one by one.
+        #[arg(long)]
+        pipelined: bool,
         /// Keep the envs (and their connections) until stdin closes.
         #[arg(long)]
         hold: bool,
@@ -96,8 +100,19 @@ fn main() -> anyhow::Result<()> {
             envs,
             asks,
             size,
+            pipelined,
             hold,
-        } => ask(conf, &uri, envs, asks, size, hold),
+        } => ask(
+            conf,
+            &uri,
+            Load {
+                envs,
+                asks,
+                size,
+                pipelined,
+            },
+            hold,
+        ),
         Cmd::Probe { uri } => probe(conf, &uri),
     }
 }
@@ -127,14 +142,21 @@ fn serve(conf: RpcConf, bind: &str, advertise: &str, port: u16) -> anyhow::Resul
     Ok(())
 }
 
-fn ask(
-    conf: RpcConf,
-    uri: &str,
+/// What `ask` does.
+struct Load {
     envs: u32,
     asks: u32,
     size: usize,
-    hold: bool,
-) -> anyhow::Result<()> {
+    pipelined: bool,
+}
+
+fn ask(conf: RpcConf, uri: &str, load: Load, hold: bool) -> anyhow::Result<()> {
+    let Load {
+        envs,
+        asks,
+        size,
+        pipelined,
+    } = load;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -159,16 +181,19 @@ fn ask(
     println!("connected {envs} envs");
     std::io::stdout().flush()?;
     let start = Instant::now();
-    let outcomes = rt.block_on(async {
+    let (outcomes, out_of_order) = rt.block_on(async {
         let tasks: Vec<_> = refs
             .into_iter()
-            .map(|r| tokio::spawn(async move { ask_loop(&r, asks, size).await }))
+            .map(|r| tokio::spawn(async move { ask_loop(&r, asks, size, pipelined).await }))
             .collect();
         let mut all = Vec::new();
+        let mut out_of_order = 0;
         for t in tasks {
-            all.extend(t.await.expect("an ask loop does not panic"));
+            let report = t.await.expect("an ask loop does not panic");
+            all.extend(report.outcomes);
+            out_of_order += report.out_of_order;
         }
-        all
+        (all, out_of_order)
     });
     let elapsed = start.elapsed();
     let mut times: Vec<Duration> = outcomes
@@ -179,7 +204,7 @@ fn ask(
     let p50 = quantile(&mut times, 0.5).unwrap_or_default();
     let p99 = quantile(&mut times, 0.99).unwrap_or_default();
     println!(
-        "asks ok={} failed={failed} p50_us={} p99_us={} elapsed_ms={}",
+        "asks ok={} failed={failed} out_of_order={out_of_order} p50_us={} p99_us={} elapsed_ms={}",
         times.len(),
         p50.as_micros(),
         p99.as_micros(),
