@@ -270,7 +270,9 @@ impl Network {
     pub fn command(&self, name: &str, program: impl AsRef<Path>) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.host(name).ns])
-            .arg(program.as_ref());
+            .arg(program.as_ref())
+            // Plain log lines, for the scenarios to read.
+            .env("NO_COLOR", "1");
         c
     }
 
@@ -329,8 +331,9 @@ impl Network {
     }
 
     /// Moves the address of host `from` to host `to` (which keeps its own as well), as a standby
-    /// taking over a failed machine's address. `to`'s link is cycled so that it announces the
-    /// address (gratuitous ARP) and the other hosts' neighbour caches follow.
+    /// taking over a failed machine's address; `from`'s link goes down. `to`'s link is cycled so
+    /// that it announces the address (gratuitous ARP), and the other hosts' neighbour caches are
+    /// flushed so that they resolve the address again.
     pub fn move_address(&self, from: &str, to: &str) -> Result<Ipv4Addr, HarnessError> {
         let (src, dst) = (self.host(from), self.host(to));
         let cidr = format!("{}/24", src.ip);
@@ -339,6 +342,12 @@ impl Network {
         run("ip", &["-n", &dst.ns, "link", "set", "eth0", "down"])?;
         run("ip", &["-n", &dst.ns, "addr", "add", &cidr, "dev", "eth0"])?;
         run("ip", &["-n", &dst.ns, "link", "set", "eth0", "up"])?;
+        // The announcement can go out before the bridge forwards on the port that just came up;
+        // the other hosts forget the old hardware address either way, as the announcement would
+        // have made them do.
+        for h in self.hosts.iter().filter(|h| h.name != from && h.name != to) {
+            run("ip", &["-n", &h.ns, "neigh", "flush", "dev", "eth0"])?;
+        }
         Ok(src.ip)
     }
 }

@@ -117,6 +117,7 @@ impl Proc {
             }
             let now = Instant::now();
             if now >= deadline {
+                drop(out);
                 return Err(HarnessError::Deadline {
                     what: format!(
                         "{}: {what}; its output so far:\n{}",
