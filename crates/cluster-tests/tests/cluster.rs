@@ -348,10 +348,28 @@ fn lost_line(id: &str) -> impl Fn(&str) -> bool + '_ {
     move |l: &str| l.contains("worker lost") && l.contains(id)
 }
 
+/// How scenario 2 cuts worker-1 off without a FIN reaching anyone.
+#[derive(Clone, Copy, Debug)]
+enum Cut {
+    /// `iptables` DROP both ways.
+    Partition,
+    /// Its link goes down.
+    LinkDown,
+}
+
 #[test]
 fn s2_a_partitioned_worker_is_lost_in_time_its_tasks_requeued_and_it_rejoins_when_healed() {
+    worker_cut_off_and_back(Cut::Partition);
+}
+
+#[test]
+fn s2_a_worker_whose_link_goes_down_is_lost_in_time_and_rejoins_when_it_comes_back() {
+    worker_cut_off_and_back(Cut::LinkDown);
+}
+
+fn worker_cut_off_and_back(cut_by: Cut) {
     let Some((_serial, net)) = hosts(
-        "scenario 2",
+        &format!("scenario 2 ({cut_by:?})"),
         &["master", "worker-1", "worker-2", "worker-3", "client"],
     ) else {
         return;
@@ -377,7 +395,10 @@ fn s2_a_partitioned_worker_is_lost_in_time_its_tasks_requeued_and_it_rejoins_whe
     let w1 = &workers[0];
     let before = w1.mark();
     let cut = Instant::now();
-    net.partition("worker-1").unwrap();
+    match cut_by {
+        Cut::Partition => net.partition("worker-1").unwrap(),
+        Cut::LinkDown => net.set_link("worker-1", false).unwrap(),
+    }
     let bound = timeout + timeout / 4 + Duration::from_secs(2);
     let lost = master
         .wait_line(
@@ -398,7 +419,10 @@ fn s2_a_partitioned_worker_is_lost_in_time_its_tasks_requeued_and_it_rejoins_whe
     assert!(detected >= timeout, "not before the timeout: {detected:?}");
 
     let healed = Instant::now();
-    net.heal("worker-1").unwrap();
+    match cut_by {
+        Cut::Partition => net.heal("worker-1").unwrap(),
+        Cut::LinkDown => net.set_link("worker-1", true).unwrap(),
+    }
     let (_, again) = w1
         .wait_line_from(
             before,
@@ -408,7 +432,7 @@ fn s2_a_partitioned_worker_is_lost_in_time_its_tasks_requeued_and_it_rejoins_whe
         )
         .unwrap();
     eprintln!(
-        "scenario 2: worker-1 registered again {:?} after the partition healed",
+        "scenario 2 ({cut_by:?}): worker-1 registered again {:?} after the partition healed",
         again.at.duration_since(healed)
     );
     completed_exactly_once(run, tasks, Duration::from_secs(40));
