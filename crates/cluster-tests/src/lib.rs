@@ -57,3 +57,15 @@ pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static SCENARIOS: std::sync::Mutex<()> = std::sync::Mutex::new(());
     SCENARIOS.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Logging of the crate's binaries: `RUST_LOG`-style filter from the environment (default
+/// `warn`), to stderr, so that stdout carries only their result lines.
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}

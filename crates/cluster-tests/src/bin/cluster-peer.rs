@@ -80,13 +80,7 @@ fn conf(pairs: &[String]) -> anyhow::Result<RpcConf> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    rpcenv_cluster_tests::init_logging();
     let cli = Cli::parse();
     let conf = conf(&cli.conf)?;
     match cli.command {

@@ -71,13 +71,7 @@ struct Load {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    rpcenv_cluster_tests::init_logging();
     let args = Args::parse();
     match run(&args) {
         Ok(true) => ExitCode::SUCCESS,
