@@ -237,3 +237,47 @@ fn every_subcommand_has_help() {
         assert!(stdout.contains(flag), "master --help lacks {flag}");
     }
 }
+
+/// A file removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn an_authenticated_cluster_refuses_a_submitter_without_the_secret() {
+    let secret = TempFile(std::env::temp_dir().join(format!(
+        "rpcenv-cli-test-{}-{:?}.secret",
+        std::process::id(),
+        std::time::SystemTime::now()
+    )));
+    std::fs::write(&secret.0, b"a secret the test shares").unwrap();
+    let file = format!("authenticate.secret.file={}", secret.0.display());
+    let auth = ["--conf", "authenticate=true", "--conf", &file];
+    let (_master, uri) = master(&auth);
+    let mut worker_args = vec!["--client-mode"];
+    worker_args.extend_from_slice(&auth);
+    let _w = worker(&uri, "w1", &worker_args);
+
+    let (ok, stdout, stderr) = run(&[
+        "submit",
+        &uri,
+        "--tasks",
+        "5",
+        "--conf",
+        "rpc.lookupTimeout=5s",
+    ]);
+    assert!(!ok, "a submitter without the secret was served: {stdout}");
+    assert!(stderr.contains(&uri), "{stderr}");
+    let mut args = vec!["submit", &uri, "--tasks", "5", "--wait"];
+    args.extend_from_slice(&auth);
+    let (ok, stdout, stderr) = run(&args);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.ends_with("submitted 5 tasks: 5 completed exactly once\n"),
+        "{stdout}"
+    );
+}

@@ -173,6 +173,21 @@ fn hostile_counts_and_unknown_ids_get_typed_errors_and_the_master_keeps_serving(
     assert!(ok, "{stdout}{stderr}");
 }
 
+/// A server-mode worker of `uri`, and the address it is reachable at (from its registration line).
+fn listening_worker(uri: &str, id: &str) -> (Proc, String) {
+    let mut w = Proc::start(&["worker", "--master", uri, "--id", id, "--task-time", "1ms"]);
+    let line = w.out.expect("the registration line", |l| {
+        l.starts_with(&format!("worker {id} registered"))
+    });
+    let at = line
+        .split("reachable at ")
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    (w, at)
+}
+
 /// Asks `master` (over a connection of its own) for its status in an envelope that claims to
 /// come from `claimed`, then closes the connection.
 fn ask_claiming(master: &RpcAddress, claimed: &RpcAddress) {
@@ -203,23 +218,7 @@ fn ask_claiming(master: &RpcAddress, claimed: &RpcAddress) {
 #[test]
 fn a_peer_claiming_a_workers_address_then_closing_does_not_drop_the_worker() {
     let (mut m, uri) = master(&["--log-level", "warn,rpcenv_cli=debug"]);
-    let mut w1 = Proc::start(&[
-        "worker",
-        "--master",
-        &uri,
-        "--id",
-        "w1",
-        "--task-time",
-        "1ms",
-    ]);
-    let line = w1.out.expect("the registration line", |l| {
-        l.starts_with("worker w1 registered")
-    });
-    let at = line
-        .split("reachable at ")
-        .nth(1)
-        .and_then(|rest| rest.strip_suffix(')'))
-        .unwrap_or_else(|| panic!("{line}"));
+    let (_w1, at) = listening_worker(&uri, "w1");
     let (host, port) = at.rsplit_once(':').unwrap();
     let claimed = RpcAddress::new(host, port.parse().unwrap());
     let _w2 = worker(&uri, "w2", &["--client-mode"]);
@@ -329,4 +328,49 @@ fn random_well_formed_messages_from_a_fixed_seed_leave_the_master_serving() {
     );
     let (ok, stdout, stderr) = run(&["ping", &uri, "--count", "2", "--interval", "10ms"]);
     assert!(ok, "{stdout}{stderr}");
+}
+
+#[test]
+fn a_worker_refuses_messages_that_do_not_name_its_registration() {
+    let (_m, uri) = master(&[]);
+    let (mut w1, at) = listening_worker(&uri, "w1");
+    let a = Attacker::new(&uri);
+    let worker: WorkerRef = a
+        .env
+        .setup_endpoint_ref_by_uri(&format!("rpc://worker@{at}"))
+        .unwrap();
+    // A forged registration answer is refused: only the worker's own process may tell it that.
+    match worker.ask_sync::<()>(WorkerMsg::Registered(Registered {
+        master: a.master.clone(),
+        registration: 1,
+    })) {
+        Err(e @ RpcError::Failed { .. }) => {
+            assert!(
+                e.to_string().contains("only from the worker's own process"),
+                "{e}"
+            )
+        }
+        other => panic!("a forged Registered was not refused: {other:?}"),
+    }
+    for msg in [
+        WorkerMsg::Shutdown { registration: 1 },
+        WorkerMsg::LaunchTask {
+            registration: 1,
+            task: 0,
+            input: 0,
+        },
+    ] {
+        worker.send(msg).unwrap();
+        w1.err
+            .expect("the refusal", |l| l.contains("message refused"));
+    }
+    // Still registered, still running tasks.
+    let (ok, stdout, stderr) = run(&["submit", &uri, "--tasks", "20", "--wait"]);
+    assert!(ok, "{stdout}{stderr}");
+    let s = a.assert_serving("forged worker messages");
+    assert_eq!(
+        (s.workers_alive, s.per_worker.get("w1").copied()),
+        (1, Some(20))
+    );
+    assert!(w1.child.try_wait().unwrap().is_none(), "the worker exited");
 }

@@ -48,7 +48,7 @@ impl Worker {
         }
     }
 
-    /// The current registration number, if `registration` is it.
+    /// The current registration, if its number is `registration`.
     fn current(&self, registration: u64) -> Result<&Registered, ClusterError> {
         match &self.current {
             Some(r) if r.registration == registration => Ok(r),
