@@ -188,7 +188,10 @@ impl std::fmt::Debug for RpcCallContext {
 type Dropped = Vec<(ReplyTarget, Arc<str>)>;
 
 thread_local! {
-    /// While a handler runs on this thread: the call contexts it dropped unanswered.
+    /// The "inside a handler" flag of this thread (`Some` while a handler runs), with the call
+    /// contexts the handler dropped unanswered. A thread-identity flag, not a parameter: a
+    /// context's `Drop` has no other way to learn that it runs inside a handler call, whose
+    /// outcome (its error, if it returns one) should answer the ask.
     static HANDLER_SCOPE: RefCell<Option<Dropped>> = const { RefCell::new(None) };
 }
 

@@ -23,33 +23,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use crate::address::RpcAddress;
 use crate::call_context::{with_handler_scope, CallOutcome, RpcCallContext};
-use crate::endpoint::{Callbacks, ConcurrentRpcEndpoint, EndpointCtx, RpcEndpoint, Shared};
+use crate::codec::decode_content;
+use crate::decode_scope::DecodeScope;
+use crate::endpoint::EndpointCtx;
 use crate::error::{panic_message, Failure, FailureKind, HandlerResult, RpcError, SharedError};
-use crate::message::RpcMessage;
+use crate::flavour::{Behaviour, Callbacks};
+use crate::mailbox::{Event, InboxControl, InboxMessage, Mailbox};
 use rpcenv_transport::TransportClient;
-
-/// A message in an inbox.
-pub(crate) enum InboxMessage<M> {
-    OnStart,
-    OnStop,
-    OneWay(M),
-    /// Boxed: an inbox holds many messages, and the context would double the size of each.
-    Rpc(M, Box<RpcCallContext>),
-    Connected(RpcAddress),
-    Disconnected(RpcAddress),
-    NetworkError(Arc<RpcError>, RpcAddress),
-}
-
-impl<M> InboxMessage<M> {
-    /// Reports a message that could not be delivered: an ask fails with `error`.
-    pub(crate) fn reject(self, error: RpcError) {
-        if let InboxMessage::Rpc(_, ctx) = self {
-            (*ctx).fail(error);
-        }
-    }
-}
 
 /// Something a message loop thread can run.
 pub(crate) trait Runnable: Send + Sync {
@@ -92,51 +73,6 @@ impl Scheduler {
             Scheduler::Loop(tx) => !tx.is_empty(),
             Scheduler::Manual => false,
         }
-    }
-}
-
-/// How an endpoint flavour is stored and called.
-pub(crate) trait Behaviour: Send + Sync + 'static {
-    type Message: RpcMessage;
-    /// Whether messages may be processed by several threads at once after `on_start`.
-    const CONCURRENT: bool;
-    /// Calls `f` with the endpoint's callbacks (a one-at-a-time endpoint is locked meanwhile).
-    fn with<T>(&self, f: impl FnOnce(&mut dyn Callbacks<Self::Message>) -> T) -> T;
-}
-
-/// A one-at-a-time endpoint. The lock is never contended: the inbox lets one thread in at a time.
-pub(crate) struct Sequential<E>(Mutex<E>);
-
-impl<E: RpcEndpoint> Sequential<E> {
-    pub(crate) fn new(endpoint: E) -> Self {
-        Sequential(Mutex::new(endpoint))
-    }
-}
-
-impl<E: RpcEndpoint> Behaviour for Sequential<E> {
-    type Message = E::Message;
-    const CONCURRENT: bool = false;
-    fn with<T>(&self, f: impl FnOnce(&mut dyn Callbacks<E::Message>) -> T) -> T {
-        // Handlers run under catch_unwind, so the lock is not poisoned by them.
-        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut *guard)
-    }
-}
-
-/// A concurrent endpoint.
-pub(crate) struct Concurrent<E>(E);
-
-impl<E: ConcurrentRpcEndpoint> Concurrent<E> {
-    pub(crate) fn new(endpoint: E) -> Self {
-        Concurrent(endpoint)
-    }
-}
-
-impl<E: ConcurrentRpcEndpoint> Behaviour for Concurrent<E> {
-    type Message = E::Message;
-    const CONCURRENT: bool = true;
-    fn with<T>(&self, f: impl FnOnce(&mut dyn Callbacks<E::Message>) -> T) -> T {
-        f(&mut Shared(&self.0))
     }
 }
 
@@ -288,7 +224,7 @@ impl<B: Behaviour> Inbox<B> {
         listener: Option<Arc<dyn TerminationListener>>,
     ) -> Arc<Self> {
         let mut queue = VecDeque::new();
-        queue.push_back(InboxMessage::OnStart);
+        queue.push_back(InboxMessage::Event(Event::OnStart));
         Arc::new_cyclic(|me| Inbox {
             name,
             me: me.clone(),
@@ -346,10 +282,6 @@ impl<B: Behaviour> Inbox<B> {
 
     pub(crate) fn name(&self) -> &str {
         &self.name
-    }
-
-    pub(crate) fn name_arc(&self) -> Arc<str> {
-        self.name.clone()
     }
 
     /// Queues a message; a refused message (the endpoint is stopped) is handed back.
@@ -411,7 +343,7 @@ impl<B: Behaviour> Inbox<B> {
             }
             st.stopped = true;
             st.concurrent = false;
-            st.queue.push_back(InboxMessage::OnStop);
+            st.queue.push_back(InboxMessage::Event(Event::OnStop));
             st.posted = st.posted.wrapping_add(1);
             self.posted.store(st.posted, Ordering::Relaxed);
             self.claim_thread(&mut st)
@@ -542,26 +474,37 @@ impl<B: Behaviour> Inbox<B> {
                 );
                 self.report(cb, ctx, r);
             }
-            InboxMessage::OnStart => {
+            InboxMessage::Event(event) => self.deliver_event(cb, ctx, event),
+        }
+    }
+
+    fn deliver_event(
+        &self,
+        cb: &mut dyn Callbacks<B::Message>,
+        ctx: &EndpointCtx<B::Message>,
+        event: Event,
+    ) {
+        match event {
+            Event::OnStart => {
                 let r = guarded(|| cb.on_start(ctx));
                 self.report(cb, ctx, r);
                 self.started();
             }
-            InboxMessage::OnStop => {
+            Event::OnStop => {
                 ctx.mark_stopping();
                 let r = guarded(|| cb.on_stop(ctx));
                 self.report(cb, ctx, r);
                 self.terminate();
             }
-            InboxMessage::Connected(a) => {
+            Event::Connected(a) => {
                 let r = guarded(|| cb.on_connected(ctx, &a));
                 self.report(cb, ctx, r);
             }
-            InboxMessage::Disconnected(a) => {
+            Event::Disconnected(a) => {
                 let r = guarded(|| cb.on_disconnected(ctx, &a));
                 self.report(cb, ctx, r);
             }
-            InboxMessage::NetworkError(e, a) => {
+            Event::NetworkError(e, a) => {
                 let r = guarded(|| cb.on_network_error(ctx, &e, &a));
                 self.report(cb, ctx, r);
             }
@@ -655,6 +598,68 @@ impl<B: Behaviour> Runnable for Inbox<B> {
     }
 }
 
+impl<B: Behaviour> Mailbox<B::Message> for Inbox<B> {
+    fn post(&self, message: InboxMessage<B::Message>) -> Result<(), InboxMessage<B::Message>> {
+        Inbox::post(self, message)
+    }
+
+    fn refusal(&self) -> RpcError {
+        Inbox::refusal(self)
+    }
+
+    fn control(&self) -> &dyn InboxControl {
+        self
+    }
+}
+
+impl<B: Behaviour> InboxControl for Inbox<B> {
+    fn stop(&self) -> bool {
+        Inbox::stop(self)
+    }
+
+    fn post_event(&self, event: &Event) {
+        // A stopped endpoint no longer hears network events.
+        let _ = self.post(InboxMessage::Event(event.clone()));
+    }
+
+    fn endpoint_name(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
+    fn post_remote(&self, content: &[u8], reply: Option<RpcCallContext>, scope: DecodeScope) {
+        let (decoded, scope) = scope.run(|| decode_content::<B::Message>(content));
+        let message = match decoded {
+            Ok(m) => m,
+            Err(e) => {
+                let error = RpcError::BadRequest {
+                    peer: scope.peer(),
+                    message: format!(
+                        "endpoint {} cannot decode the message: {}",
+                        self.name(),
+                        e.reason
+                    ),
+                };
+                tracing::warn!(endpoint = %self.name(), error = %error, "undecodable message");
+                if let Some(ctx) = reply {
+                    ctx.fail(error);
+                }
+                return;
+            }
+        };
+        let message = match reply {
+            Some(ctx) => InboxMessage::Rpc(message, Box::new(ctx)),
+            None => InboxMessage::OneWay(message),
+        };
+        if let Err(refused) = self.post_from(message, scope.client()) {
+            let error = self.refusal();
+            if matches!(refused, InboxMessage::OneWay(_)) {
+                tracing::warn!(endpoint = %self.name(), error = %error, "remote one-way message refused");
+            }
+            refused.reject(error);
+        }
+    }
+}
+
 /// A failed callback: an error it returned, or a panic.
 enum Problem {
     Error(SharedError),
@@ -671,9 +676,12 @@ fn guarded(f: impl FnOnce() -> HandlerResult) -> Result<(), Problem> {
 
 #[cfg(test)]
 mod tests {
-    //! Spark's InboxSuite (catalog tests 43-49), driven by hand with a manual scheduler.
+    //! Spark's InboxSuite, driven by hand with a manual scheduler.
     use super::*;
+    use crate::address::RpcAddress;
+    use crate::endpoint::RpcEndpoint;
     use crate::endpoint_ref::RpcEndpointRef;
+    use crate::flavour::Sequential;
     use crate::reply::ReplySlot;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Weak;
@@ -766,7 +774,7 @@ mod tests {
             None,
         );
         let self_ref = RpcEndpointRef::local_for_tests(inbox.clone());
-        let ctx = EndpointCtx::new(self_ref, Weak::new(), test_runtime());
+        let ctx = EndpointCtx::new(self_ref, Weak::<()>::new(), test_runtime());
         inbox.install(Sequential::new(ep), ctx);
         inbox
     }
@@ -843,7 +851,7 @@ mod tests {
         let inbox = manual_inbox(ep.clone());
         let addr = RpcAddress::new("localhost", 11111);
         inbox
-            .post(InboxMessage::Connected(addr.clone()))
+            .post(InboxMessage::Event(Event::Connected(addr.clone())))
             .ok()
             .unwrap();
         inbox.process_now();
@@ -856,7 +864,7 @@ mod tests {
         let inbox = manual_inbox(ep.clone());
         let addr = RpcAddress::new("localhost", 11111);
         inbox
-            .post(InboxMessage::Disconnected(addr.clone()))
+            .post(InboxMessage::Event(Event::Disconnected(addr.clone())))
             .ok()
             .unwrap();
         inbox.process_now();
@@ -873,7 +881,10 @@ mod tests {
             reason: "Oops".into(),
         });
         inbox
-            .post(InboxMessage::NetworkError(cause, addr.clone()))
+            .post(InboxMessage::Event(Event::NetworkError(
+                cause,
+                addr.clone(),
+            )))
             .ok()
             .unwrap();
         inbox.process_now();

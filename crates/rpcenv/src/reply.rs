@@ -12,8 +12,8 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::address::RpcEndpointAddress;
-use crate::codec::{decode_content, with_source};
-use crate::env::DecodeScope;
+use crate::codec::decode_content;
+use crate::decode_scope::DecodeScope;
 use crate::error::{BoxError, RpcError};
 use crate::message::RpcReply;
 use crate::timeout::{ensure_blocking_allowed, RpcTimeout};
@@ -50,7 +50,9 @@ impl ReplyValue {
                 }),
             },
             ReplyValue::Remote { content, scope } => scope
-                .run(|| with_source(&content, || decode_content::<R>(&content)))
+                .with_source(content.clone())
+                .run(|| decode_content::<R>(&content))
+                .0
                 .map_err(|e| RpcError::UnexpectedReplyType {
                     endpoint: endpoint.to_string(),
                     expected: std::any::type_name::<R>(),

@@ -1,4 +1,4 @@
-//! Authentication and encryption of RpcEnvs (catalog §3.1 tests 26, 28, 29, 31, adapted: SASL
+//! Authentication and encryption of RpcEnvs (Spark's RpcEnvSuite security tests, adapted: SASL
 //! is not implemented, so `authenticate=true` is always Spark's AES protocol), plus refusals:
 //! wrong secrets, peers without authentication, cipher mismatches, and unauthenticated stream
 //! and chunk requests. Every env binds 127.0.0.1 with port 0.

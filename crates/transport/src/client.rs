@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::sync::{mpsc, oneshot, Notify};
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
-use crate::connection::{queue_cost, Command, CommandSender, PendingKind};
+use crate::budget::Inbound;
+use crate::command::{queue_cost, Command, CommandSender, PendingKind};
 use crate::error::TransportError;
 use crate::message::{Message, StreamChunkId};
-use crate::response::{PendingRpc, RpcReply};
+use crate::response::{ByteStream, PendingRpc, RpcReply};
 
 pub(crate) struct ClientShared {
     pub(crate) id: u64,
@@ -24,10 +25,20 @@ pub(crate) struct ClientShared {
     pub(crate) tx: CommandSender,
     pub(crate) next_request_id: AtomicU64,
     pub(crate) closed: AtomicBool,
+    /// Asks the connection's task to close (`close()`).
     pub(crate) close_notify: Notify,
-    /// Bytes of requests and one-way messages queued for the connection's task, not yet taken
-    /// into its write buffer.
+    /// Set once, when the connection's task has ended, to the connection's failure: every
+    /// waiter of this connection watches it.
+    pub(crate) ended: watch::Sender<Option<TransportError>>,
+    /// Bytes of messages queued for the connection's task (requests, one-way messages,
+    /// replies), not yet taken into its write buffer.
     pub(crate) queued_bytes: AtomicUsize,
+    /// Bytes read from the peer and still held (unanswered requests, unread stream pieces).
+    pub(crate) inbound: Arc<Inbound>,
+    /// When the connection was established.
+    pub(crate) opened: std::time::Instant,
+    /// The peer has completed a frame (a connection that has not may be shed under pressure).
+    pub(crate) frame_seen: AtomicBool,
     /// Signalled when the task takes queued messages.
     pub(crate) drained: Notify,
     /// Reading is paused (backpressure from the handler's side).
@@ -45,10 +56,12 @@ impl ClientShared {
             Command::Send(m) | Command::Request(m, _) => queue_cost(m),
             _ => 0,
         };
-        if cost > 0 {
-            self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+        self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+        let sent = self.tx.send(cmd);
+        if sent.is_err() {
+            self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
         }
-        self.tx.send(cmd)
+        sent
     }
 }
 
@@ -167,66 +180,6 @@ impl<T> Drop for ResponseFuture<T> {
     }
 }
 
-/// The body of a stream, delivered in pieces as it arrives.
-#[derive(Debug)]
-pub struct ByteStream {
-    stream_id: String,
-    len: u64,
-    rx: mpsc::UnboundedReceiver<Result<Bytes, TransportError>>,
-}
-
-impl ByteStream {
-    pub(crate) fn new(
-        stream_id: String,
-        len: u64,
-        rx: mpsc::UnboundedReceiver<Result<Bytes, TransportError>>,
-    ) -> Self {
-        ByteStream { stream_id, len, rx }
-    }
-
-    /// The stream id the server answered with.
-    pub fn stream_id(&self) -> &str {
-        &self.stream_id
-    }
-
-    /// The announced length in bytes.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// True for an empty stream.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The next piece; `None` once the body is complete.
-    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, TransportError>> {
-        self.rx.recv().await
-    }
-
-    /// The next piece if one has arrived (`None` when none is ready or the body is complete).
-    pub fn try_next(&mut self) -> Option<Result<Bytes, TransportError>> {
-        self.rx.try_recv().ok()
-    }
-
-    /// Wait for the whole body.
-    pub async fn collect(mut self) -> Result<Bytes, TransportError> {
-        let first = match self.rx.recv().await {
-            None => return Ok(Bytes::new()),
-            Some(r) => r?,
-        };
-        if first.len() as u64 == self.len {
-            return Ok(first);
-        }
-        let mut all = BytesMut::with_capacity(self.len as usize);
-        all.extend_from_slice(&first);
-        while let Some(piece) = self.rx.recv().await {
-            all.extend_from_slice(&piece?);
-        }
-        Ok(all.freeze())
-    }
-}
-
 impl TransportClient {
     /// A stable id of this connection (unique in the process), to key maps by connection.
     pub fn id(&self) -> u64 {
@@ -255,20 +208,39 @@ impl TransportClient {
         self.shared.queued_bytes.load(Ordering::Relaxed)
     }
 
-    /// Waits until at most `limit` bytes are queued, or the connection is closed.
-    pub async fn wait_queued_at_most(&self, limit: usize) {
+    /// Waits until at most `limit` bytes are queued. Fails with the connection's failure when
+    /// it is closed, reset or failed before or while waiting.
+    pub async fn wait_queued_at_most(&self, limit: usize) -> Result<(), TransportError> {
+        let mut ended = self.shared.ended.subscribe();
         loop {
             let drained = self.shared.drained.notified();
             let mut drained = std::pin::pin!(drained);
             drained.as_mut().enable();
-            if self.queued_bytes() <= limit || !self.is_active() {
-                return;
+            if let Some(failure) = ended.borrow_and_update().clone() {
+                return Err(failure);
+            }
+            if !self.is_active() {
+                return Err(self.closed_error());
+            }
+            if self.queued_bytes() <= limit {
+                return Ok(());
             }
             tokio::select! {
                 _ = drained => {}
-                _ = self.shared.close_notify.notified() => return,
+                _ = ended.changed() => {}
             }
         }
+    }
+
+    /// Waits until the connection has ended; returns its failure (`ConnectionClosed` after a
+    /// clean close).
+    pub async fn closed(&self) -> TransportError {
+        let mut ended = self.shared.ended.subscribe();
+        let failure = match ended.wait_for(Option::is_some).await {
+            Ok(failure) => failure.clone(),
+            Err(_) => None,
+        };
+        failure.unwrap_or_else(|| self.closed_error())
     }
 
     /// Stops reading from the socket (TCP then slows the peer down) until

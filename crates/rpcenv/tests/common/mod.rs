@@ -7,7 +7,7 @@ use rpcenv::{EndpointCtx, HandlerResult, RpcCallContext, RpcConf, RpcEndpoint};
 
 /// The configuration every env of the suites starts from: empty, or read from the file named by
 /// `RPCENV_SUITE_CONF`. CI runs the suites a second time with TLS settings this way, as Spark
-/// runs RpcEnvSuite again as SslNettyRpcEnvSuite (catalog test 42).
+/// runs RpcEnvSuite again as SslNettyRpcEnvSuite.
 pub fn suite_conf() -> RpcConf {
     match std::env::var("RPCENV_SUITE_CONF") {
         Ok(path) => {

@@ -1,4 +1,4 @@
-//! Spark's AES authentication (catalog §5.4) and its session ciphers, as connection bootstraps.
+//! Spark's AES authentication (Spark: `AuthEngine`) and its session ciphers, as connection bootstraps.
 //!
 //! - [`AuthClientBootstrap`] sends the challenge as the connection's first RpcRequest, checks the
 //!   server's response and wraps the connection in the session cipher.
