@@ -249,20 +249,13 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         );
     }
     let minutes = |s: &Sample| s.at.as_secs_f64() / 60.0;
-    let rss_slope = slope(
-        &measured
-            .iter()
-            .map(|s| (minutes(s), s.rss_kib as f64))
-            .collect::<Vec<_>>(),
-    )
-    .unwrap_or(0.0);
-    let fd_slope = slope(
-        &measured
-            .iter()
-            .map(|s| (minutes(s), s.fds as f64))
-            .collect::<Vec<_>>(),
-    )
-    .unwrap_or(0.0);
+    // Growth per minute of one sampled quantity, fitted over the measured samples.
+    let per_minute = |value: fn(&Sample) -> f64| {
+        let points: Vec<(f64, f64)> = measured.iter().map(|s| (minutes(s), value(s))).collect();
+        slope(&points).unwrap_or(0.0)
+    };
+    let rss_slope = per_minute(|s| s.rss_kib as f64);
+    let fd_slope = per_minute(|s| s.fds as f64);
     let window = minutes(measured[measured.len() - 1]) - minutes(measured[0]);
     let (first, last) = (measured[0], measured[measured.len() - 1]);
     let asks = load.asks.load(Ordering::Relaxed);
