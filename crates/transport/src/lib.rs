@@ -8,7 +8,8 @@
 //! - [`TransportClient`]: requests over one connection (either side can issue them).
 //! - [`TransportClientFactory`]: pooled connections per peer, connect timeout, fast fail.
 //! - [`ClientBootstrap`] / [`ServerBootstrap`]: the seam for auth handshakes and ciphers.
-//! - [`auth`]: Spark's AES authentication and session ciphers (CTR, GCM) as bootstraps.
+//! - [`auth`]: Spark's AES authentication and session ciphers (CTR, GCM), and SASL
+//!   (DIGEST-MD5 with SASL encryption), as bootstraps.
 //! - [`tls`]: TLS (rustls) as bootstraps.
 
 pub mod auth;
@@ -28,7 +29,8 @@ mod socket;
 pub mod tls;
 
 pub use auth::{
-    AuthCipher, AuthClientBootstrap, AuthConf, AuthServerBootstrap, AuthVersion, Secret,
+    AuthCipher, AuthClientBootstrap, AuthConf, AuthServerBootstrap, AuthVersion, SaslClientBootstrap,
+    SaslConf, SaslServerBootstrap, Secret,
 };
 pub use bootstrap::{AsyncIo, BootstrapFuture, BoxedIo, ClientBootstrap, ServerBootstrap};
 pub use client::{ByteStream, ResponseFuture, RpcFuture, TransportClient};
