@@ -33,6 +33,9 @@ pub use digest::Qop;
 pub use layer::SaslCipher;
 pub(crate) use message::SASL_MESSAGE_TAG;
 
+#[cfg(test)]
+mod jvm_transcript;
+
 use super::Secret;
 
 /// Spark's failure text (first line) for a first message that is not a SaslMessage.
