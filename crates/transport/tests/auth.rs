@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::*;
 use rpcenv_transport::auth::{AUTHENTICATION_FAILED, UNKNOWN_CHALLENGE};
 use rpcenv_transport::{
@@ -16,7 +16,7 @@ use rpcenv_transport::{
     Message, NoOpRpcHandler, ServerBootstrap, StreamChunkId, TransportClientFactory, TransportConf,
     TransportError, TransportServer,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 const ALL: [(AuthCipher, AuthVersion); 4] = [
@@ -160,22 +160,6 @@ async fn client_refuses_a_server_with_another_secret() {
         matches!(&err, TransportError::AuthFailed { reason, .. } if reason.contains("did not decrypt")),
         "{err}"
     );
-}
-
-/// Write `msg` on a raw connection and read what comes back: the frames, until EOF.
-async fn raw_exchange(port: u16, msg: Message) -> Vec<Message> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(&msg.to_bytes()).await.unwrap();
-    let mut all = Vec::new();
-    // Read to EOF (or a reset, which also means closed).
-    let _ = within(s.read_to_end(&mut all)).await;
-    let mut buf = BytesMut::from(&all[..]);
-    let mut decoder = rpcenv_transport::FrameDecoder::new(1 << 20);
-    let mut out = Vec::new();
-    while let Some(rpcenv_transport::Decoded::Message(m)) = decoder.decode(&mut buf).unwrap() {
-        out.push(m);
-    }
-    out
 }
 
 #[tokio::test]

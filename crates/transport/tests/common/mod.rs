@@ -182,3 +182,27 @@ pub async fn client_of(server: &TransportServer) -> (TransportClientFactory, Tra
         .expect("connect");
     (factory, client)
 }
+
+/// Write `msg` on a raw connection to `port` and read what comes back: the frames, until EOF.
+pub async fn raw_exchange(port: u16, msg: rpcenv_transport::Message) -> Vec<rpcenv_transport::Message> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(&msg.to_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    // Read to EOF (or a reset, which also means closed).
+    let _ = within(s.read_to_end(&mut all)).await;
+    decode_all(&all)
+}
+
+/// The complete frames in `raw`.
+pub fn decode_all(raw: &[u8]) -> Vec<rpcenv_transport::Message> {
+    let mut buf = bytes::BytesMut::from(raw);
+    let mut decoder = rpcenv_transport::FrameDecoder::new(1 << 20);
+    let mut out = Vec::new();
+    while let Some(rpcenv_transport::Decoded::Message(m)) = decoder.decode(&mut buf).unwrap() {
+        out.push(m);
+    }
+    out
+}
