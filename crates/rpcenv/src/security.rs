@@ -321,7 +321,12 @@ mod tests {
         let (a, fallback) = aes(auth_mode(&conf, false).unwrap());
         assert_eq!(
             (a.cipher, a.version, a.rpc_timeout, a.app_id.as_str()),
-            (AuthCipher::Gcm, AuthVersion::V2, Duration::from_secs(5), "app")
+            (
+                AuthCipher::Gcm,
+                AuthVersion::V2,
+                Duration::from_secs(5),
+                "app"
+            )
         );
         assert!(fallback.is_none());
         assert!(matches!(

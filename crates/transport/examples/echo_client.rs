@@ -175,7 +175,10 @@ async fn main() {
         tally.record(what, echo(&c, n).await);
     }
     tally.record("500 concurrent rpcs", concurrent(&c, 500).await);
-    tally.record("one-way messages 0 B .. 1 MiB byte-exact", one_way(&c).await);
+    tally.record(
+        "one-way messages 0 B .. 1 MiB byte-exact",
+        one_way(&c).await,
+    );
     tally.record("stream bytes/100000", stream(&c, 100_000).await);
     factory.close();
     tally.finish();

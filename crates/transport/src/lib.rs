@@ -29,8 +29,8 @@ mod socket;
 pub mod tls;
 
 pub use auth::{
-    AuthCipher, AuthClientBootstrap, AuthConf, AuthServerBootstrap, AuthVersion, SaslClientBootstrap,
-    SaslConf, SaslServerBootstrap, Secret,
+    AuthCipher, AuthClientBootstrap, AuthConf, AuthServerBootstrap, AuthVersion,
+    SaslClientBootstrap, SaslConf, SaslServerBootstrap, Secret,
 };
 pub use bootstrap::{AsyncIo, BootstrapFuture, BoxedIo, ClientBootstrap, ServerBootstrap};
 pub use client::{ByteStream, ResponseFuture, RpcFuture, TransportClient};

@@ -17,10 +17,9 @@ use bytes::Bytes;
 use common::*;
 use rpcenv_transport::auth::sasl::{EXPECTED_SASL_MESSAGE, UNAUTHENTICATED_FETCH};
 use rpcenv_transport::{
-    AuthClientBootstrap, AuthConf, AuthServerBootstrap, BootstrapFuture, BoxedIo,
-    ClientBootstrap, Message, NoOpRpcHandler, SaslClientBootstrap, SaslConf, SaslServerBootstrap,
-    ServerBootstrap, StreamChunkId, TransportClientFactory, TransportConf, TransportError,
-    TransportServer,
+    AuthClientBootstrap, AuthConf, AuthServerBootstrap, BootstrapFuture, BoxedIo, ClientBootstrap,
+    Message, NoOpRpcHandler, SaslClientBootstrap, SaslConf, SaslServerBootstrap, ServerBootstrap,
+    StreamChunkId, TransportClientFactory, TransportConf, TransportError, TransportServer,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -122,15 +121,18 @@ async fn non_matching_secrets_are_refused_with_mismatched_response() {
     init_tracing();
     let (server, handler) = sasl_server(sasl("server")).await;
     for encrypt in [false, true] {
-        let err = within(sasl_factory(sasl("client").encrypt(encrypt)).create_client("127.0.0.1", server.port()))
-            .await
-            .unwrap_err();
+        let err = within(
+            sasl_factory(sasl("client").encrypt(encrypt)).create_client("127.0.0.1", server.port()),
+        )
+        .await
+        .unwrap_err();
         let reason = auth_failed(&err);
         assert!(reason.contains("Mismatched response"), "{reason}");
     }
     // Another app id is refused too.
     let err = within(
-        sasl_factory(SaslConf::new("other-app", "server")).create_client("127.0.0.1", server.port()),
+        sasl_factory(SaslConf::new("other-app", "server"))
+            .create_client("127.0.0.1", server.port()),
     )
     .await
     .unwrap_err();
@@ -220,7 +222,10 @@ async fn encryption_is_actually_enabled_on_the_wire() {
         let seen = wire
             .windows(secret_text.len())
             .any(|w| w == secret_text.as_bytes());
-        assert_eq!(seen, !encrypt, "plaintext on the wire with encrypt={encrypt}");
+        assert_eq!(
+            seen, !encrypt,
+            "plaintext on the wire with encrypt={encrypt}"
+        );
         f.close();
     }
 }
@@ -228,8 +233,7 @@ async fn encryption_is_actually_enabled_on_the_wire() {
 /// Spark's SaslRpcHandler answers a first request that is not a SaslMessage with an
 /// IllegalStateException and keeps the connection open: a client can then authenticate on it.
 #[tokio::test]
-async fn a_request_that_is_not_a_sasl_message_gets_sparks_failure_and_the_connection_stays_open(
-) {
+async fn a_request_that_is_not_a_sasl_message_gets_sparks_failure_and_the_connection_stays_open() {
     let (server, handler) = sasl_server(sasl("s")).await;
     let mut s = TcpStream::connect(("127.0.0.1", server.port()))
         .await
@@ -258,7 +262,10 @@ async fn a_request_that_is_not_a_sasl_message_gets_sparks_failure_and_the_connec
     };
     s.write_all(&first.to_bytes()).await.unwrap();
     match within(read_one(&mut s)).await {
-        Message::RpcResponse { request_id: 8, body } => {
+        Message::RpcResponse {
+            request_id: 8,
+            body,
+        } => {
             let challenge = String::from_utf8(body.to_vec()).unwrap();
             assert!(challenge.contains("algorithm=md5-sess"), "{challenge}");
             assert!(challenge.contains("qop=\"auth-conf,auth\""), "{challenge}");
@@ -334,7 +341,8 @@ async fn unauthenticated_stream_chunk_and_one_way_traffic_is_refused() {
 async fn aes_and_sasl_fall_back_both_ways() {
     init_tracing();
     // An AES server with the fallback answers a SASL client (with and without encryption).
-    let aes_server = AuthServerBootstrap::new(AuthConf::new("app", "s")).with_sasl_fallback(sasl("s"));
+    let aes_server =
+        AuthServerBootstrap::new(AuthConf::new("app", "s")).with_sasl_fallback(sasl("s"));
     let (server, _) = server_with_boot(Arc::new(aes_server)).await;
     for encrypt in [false, true] {
         let f = sasl_factory(sasl("s").encrypt(encrypt));
@@ -346,7 +354,9 @@ async fn aes_and_sasl_fall_back_both_ways() {
         f.close();
     }
     // ... and still AES clients with AES.
-    let f = factory(vec![Arc::new(AuthClientBootstrap::new(AuthConf::new("app", "s")))]);
+    let f = factory(vec![Arc::new(AuthClientBootstrap::new(AuthConf::new(
+        "app", "s",
+    )))]);
     let c = within(f.create_client("127.0.0.1", server.port()))
         .await
         .unwrap();
@@ -365,13 +375,17 @@ async fn aes_and_sasl_fall_back_both_ways() {
         .await
         .unwrap();
     assert_eq!(
-        within(c.send_rpc(Bytes::from("hello/fallback"))).await.unwrap(),
+        within(c.send_rpc(Bytes::from("hello/fallback")))
+            .await
+            .unwrap(),
         Bytes::from("Hello, fallback!")
     );
     f.close();
 
     // Without it, the AES client's error names the setting that selects SASL.
-    let f = factory(vec![Arc::new(AuthClientBootstrap::new(AuthConf::new("app", "s")))]);
+    let f = factory(vec![Arc::new(AuthClientBootstrap::new(AuthConf::new(
+        "app", "s",
+    )))]);
     let err = within(f.create_client("127.0.0.1", sasl_only.port()))
         .await
         .unwrap_err();
@@ -382,9 +396,10 @@ async fn aes_and_sasl_fall_back_both_ways() {
     // A failed fallback reports both attempts.
     let aes_client =
         AuthClientBootstrap::new(AuthConf::new("app", "x")).with_sasl_fallback(sasl("x"));
-    let err = within(factory(vec![Arc::new(aes_client)]).create_client("127.0.0.1", sasl_only.port()))
-        .await
-        .unwrap_err();
+    let err =
+        within(factory(vec![Arc::new(aes_client)]).create_client("127.0.0.1", sasl_only.port()))
+            .await
+            .unwrap_err();
     let reason = auth_failed(&err);
     assert!(
         reason.contains("Expected SaslMessage") && reason.contains("Mismatched response"),
@@ -392,8 +407,10 @@ async fn aes_and_sasl_fall_back_both_ways() {
     );
 
     // A SASL client facing an AES server without the fallback is told which setting to change.
-    let (aes_only, _) =
-        server_with_boot(Arc::new(AuthServerBootstrap::new(AuthConf::new("app", "s")))).await;
+    let (aes_only, _) = server_with_boot(Arc::new(AuthServerBootstrap::new(AuthConf::new(
+        "app", "s",
+    ))))
+    .await;
     let err = within(sasl_factory(sasl("s")).create_client("127.0.0.1", aes_only.port()))
         .await
         .unwrap_err();
@@ -425,7 +442,9 @@ async fn silent_peers_time_out_the_handshake() {
     let f = factory(vec![Arc::new(
         AuthClientBootstrap::new(aes).with_sasl_fallback(quick.clone()),
     )]);
-    let err = within(f.create_client("127.0.0.1", port)).await.unwrap_err();
+    let err = within(f.create_client("127.0.0.1", port))
+        .await
+        .unwrap_err();
     let reason = auth_failed(&err);
     assert!(
         reason.contains("rpcTimeout") && !reason.contains("SASL"),

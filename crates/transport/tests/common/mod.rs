@@ -184,7 +184,10 @@ pub async fn client_of(server: &TransportServer) -> (TransportClientFactory, Tra
 }
 
 /// Write `msg` on a raw connection to `port` and read what comes back: the frames, until EOF.
-pub async fn raw_exchange(port: u16, msg: rpcenv_transport::Message) -> Vec<rpcenv_transport::Message> {
+pub async fn raw_exchange(
+    port: u16,
+    msg: rpcenv_transport::Message,
+) -> Vec<rpcenv_transport::Message> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await

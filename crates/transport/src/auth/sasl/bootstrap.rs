@@ -87,8 +87,13 @@ pub(crate) async fn client_handshake(
         }
         .to_vec()
     };
-    let challenge = match call(&mut io, peer, step(Vec::new()), "SASL: asking for the challenge")
-        .await?
+    let challenge = match call(
+        &mut io,
+        peer,
+        step(Vec::new()),
+        "SASL: asking for the challenge",
+    )
+    .await?
     {
         Reply::Accepted(b) => b,
         Reply::Refused(text) => return Err(refused_by_server(peer, &text)),
@@ -132,8 +137,7 @@ impl ServerBootstrap for SaslServerBootstrap {
     fn bootstrap<'a>(&'a self, peer: SocketAddr, io: BoxedIo) -> BootstrapFuture<'a> {
         Box::pin(async move {
             let after = self.conf.rpc_timeout;
-            match tokio::time::timeout(after, server_handshake(&self.conf, peer, io, None)).await
-            {
+            match tokio::time::timeout(after, server_handshake(&self.conf, peer, io, None)).await {
                 Ok(r) => r,
                 Err(_) => Err(failed(peer, timeout_reason(after))),
             }
@@ -240,7 +244,10 @@ pub(crate) async fn server_handshake(
                 Err(e) => {
                     let text = format!("javax.security.sasl.SaslException: {e}");
                     refuse(io, refuse_with(text)).await;
-                    return Err(failed(peer, format!("{e}; answered with the failure and closed")));
+                    return Err(failed(
+                        peer,
+                        format!("{e}; answered with the failure and closed"),
+                    ));
                 }
             },
         }

@@ -294,9 +294,7 @@ impl DigestClient {
         }
         Ok(Negotiated {
             qop: sent.qop,
-            layer: sent
-                .cipher
-                .map(|c| SecurityLayer::new(&sent.ha1, c, true)),
+            layer: sent.cipher.map(|c| SecurityLayer::new(&sent.ha1, c, true)),
         })
     }
 }
@@ -380,8 +378,7 @@ impl DigestServer {
         }
         let qop = match d.single("qop")? {
             None => Qop::Auth,
-            Some(q) => parse_qop(q)
-                .ok_or_else(|| format_violation(format!("Invalid QOP: {q}")))?,
+            Some(q) => parse_qop(q).ok_or_else(|| format_violation(format!("Invalid QOP: {q}")))?,
         };
         if !self.qops.contains(&qop) {
             return Err(DigestError::QopRefused(qop));
@@ -509,9 +506,9 @@ mod tests {
 
     #[test]
     fn the_server_checks_every_directive() {
-        let server =
-            DigestServer::with_nonce(Credentials::spark("u", b"s"), false, "NONCE".into());
-        let mut client = DigestClient::with_cnonce(Credentials::spark("u", b"s"), true, "CN".into());
+        let server = DigestServer::with_nonce(Credentials::spark("u", b"s"), false, "NONCE".into());
+        let mut client =
+            DigestClient::with_cnonce(Credentials::spark("u", b"s"), true, "CN".into());
         let good = String::from_utf8(client.respond(&server.challenge()).unwrap()).unwrap();
         assert!(server.verify(good.as_bytes()).is_ok());
         for (from, to) in [
@@ -526,10 +523,7 @@ mod tests {
         ] {
             assert!(good.contains(from), "{from} not in {good}");
             let bad = good.replace(from, to);
-            assert!(
-                server.verify(bad.as_bytes()).is_err(),
-                "accepted with {to}"
-            );
+            assert!(server.verify(bad.as_bytes()).is_err(), "accepted with {to}");
         }
     }
 

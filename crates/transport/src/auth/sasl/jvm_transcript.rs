@@ -112,13 +112,14 @@ fn the_jvm_exchanges_replay_byte_for_byte() {
                 "cipher=\"3des,rc4,des,rc4-56,rc4-40\"",
                 &format!("cipher=\"{chosen}\""),
             );
-            let mut c = DigestClient::with_cnonce(
-                creds(),
-                true,
-                directive(&case.response, "cnonce"),
-            );
+            let mut c =
+                DigestClient::with_cnonce(creds(), true, directive(&case.response, "cnonce"));
             let r = String::from_utf8(c.respond(offer.as_bytes()).unwrap()).unwrap();
-            assert_eq!(r, case.response, "{}: our response with {chosen}", case.name);
+            assert_eq!(
+                r, case.response,
+                "{}: our response with {chosen}",
+                case.name
+            );
             c.finish(case.rspauth.as_bytes()).unwrap().layer.unwrap()
         };
         for (c2s, plain, wrapped) in &case.wraps {
@@ -129,7 +130,13 @@ fn the_jvm_exchanges_replay_byte_for_byte() {
             };
             let mut buf = plain.clone();
             from.sealer.seal(&mut buf, 0);
-            assert_eq!(&buf, wrapped, "{}: our wrap of {} bytes", case.name, plain.len());
+            assert_eq!(
+                &buf,
+                wrapped,
+                "{}: our wrap of {} bytes",
+                case.name,
+                plain.len()
+            );
             let mut theirs = wrapped.clone();
             let n = to.opener.open(&mut theirs).unwrap();
             assert_eq!(&theirs[..n], &plain[..], "{}: unwrap", case.name);

@@ -290,7 +290,10 @@ impl Opener {
             if pad == 0 || pad > bs || pad > msg_len {
                 return Err(LayerError::Padding);
             }
-            if body[msg_len - pad..msg_len].iter().any(|&b| usize::from(b) != pad) {
+            if body[msg_len - pad..msg_len]
+                .iter()
+                .any(|&b| usize::from(b) != pad)
+            {
                 return Err(LayerError::Padding);
             }
             msg_len -= pad;

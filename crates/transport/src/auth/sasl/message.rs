@@ -32,7 +32,11 @@ impl SaslMessage {
     pub(crate) fn decode(src: &[u8]) -> Result<SaslMessage, NotASaslMessage> {
         let rest = match src.split_first() {
             Some((&SASL_MESSAGE_TAG, rest)) => rest,
-            _ => return Err(NotASaslMessage("does not start with the SaslMessage tag 0xEA")),
+            _ => {
+                return Err(NotASaslMessage(
+                    "does not start with the SaslMessage tag 0xEA",
+                ))
+            }
         };
         let take_len = |b: &[u8]| -> Option<usize> {
             let n = i32::from_be_bytes(b.get(..4)?.try_into().ok()?);

@@ -27,8 +27,8 @@ mod stream;
 
 use std::time::Duration;
 
-pub use bootstrap::{SaslClientBootstrap, SaslServerBootstrap};
 pub(crate) use bootstrap::{client_handshake, server_handshake};
+pub use bootstrap::{SaslClientBootstrap, SaslServerBootstrap};
 pub use digest::Qop;
 pub use layer::SaslCipher;
 pub(crate) use message::SASL_MESSAGE_TAG;
@@ -128,4 +128,3 @@ impl SaslConf {
         self
     }
 }
-
