@@ -13,8 +13,8 @@ use common::*;
 use rpcenv_transport::auth::{AUTHENTICATION_FAILED, UNKNOWN_CHALLENGE};
 use rpcenv_transport::{
     AuthCipher, AuthClientBootstrap, AuthConf, AuthServerBootstrap, AuthVersion, ClientBootstrap,
-    Message, NoOpRpcHandler, ServerBootstrap, StreamChunkId, TransportClientFactory, TransportConf,
-    TransportError, TransportServer,
+    Message, NoOpRpcHandler, StreamChunkId, TransportClientFactory, TransportConf, TransportError,
+    TransportServer,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -31,18 +31,7 @@ fn conf(secret: &str, cipher: AuthCipher, version: AuthVersion) -> AuthConf {
 }
 
 async fn server(auth: AuthConf) -> (TransportServer, Arc<TestHandler>) {
-    let handler = Arc::new(TestHandler::default());
-    let boot: Arc<dyn ServerBootstrap> = Arc::new(AuthServerBootstrap::new(auth));
-    let server = TransportServer::bind_with_bootstraps(
-        TransportConf::default(),
-        "127.0.0.1",
-        0,
-        handler.clone(),
-        vec![boot],
-    )
-    .await
-    .unwrap();
-    (server, handler)
+    bootstrapped_server(Arc::new(AuthServerBootstrap::new(auth))).await
 }
 
 fn factory(auth: Option<AuthConf>) -> TransportClientFactory {

@@ -18,8 +18,8 @@ use common::*;
 use rpcenv_transport::auth::sasl::{EXPECTED_SASL_MESSAGE, UNAUTHENTICATED_FETCH};
 use rpcenv_transport::{
     AuthClientBootstrap, AuthConf, AuthServerBootstrap, BootstrapFuture, BoxedIo, ClientBootstrap,
-    Message, NoOpRpcHandler, SaslClientBootstrap, SaslConf, SaslServerBootstrap, ServerBootstrap,
-    StreamChunkId, TransportClientFactory, TransportConf, TransportError, TransportServer,
+    Message, NoOpRpcHandler, SaslClientBootstrap, SaslConf, SaslServerBootstrap, StreamChunkId,
+    TransportClientFactory, TransportConf, TransportError, TransportServer,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -28,22 +28,8 @@ fn sasl(secret: &str) -> SaslConf {
     SaslConf::new("app", secret)
 }
 
-async fn server_with_boot(boot: Arc<dyn ServerBootstrap>) -> (TransportServer, Arc<TestHandler>) {
-    let handler = Arc::new(TestHandler::default());
-    let server = TransportServer::bind_with_bootstraps(
-        TransportConf::default(),
-        "127.0.0.1",
-        0,
-        handler.clone(),
-        vec![boot],
-    )
-    .await
-    .unwrap();
-    (server, handler)
-}
-
 async fn sasl_server(conf: SaslConf) -> (TransportServer, Arc<TestHandler>) {
-    server_with_boot(Arc::new(SaslServerBootstrap::new(conf))).await
+    bootstrapped_server(Arc::new(SaslServerBootstrap::new(conf))).await
 }
 
 fn factory(boots: Vec<Arc<dyn ClientBootstrap>>) -> TransportClientFactory {
@@ -343,7 +329,7 @@ async fn aes_and_sasl_fall_back_both_ways() {
     // An AES server with the fallback answers a SASL client (with and without encryption).
     let aes_server =
         AuthServerBootstrap::new(AuthConf::new("app", "s")).with_sasl_fallback(sasl("s"));
-    let (server, _) = server_with_boot(Arc::new(aes_server)).await;
+    let (server, _) = bootstrapped_server(Arc::new(aes_server)).await;
     for encrypt in [false, true] {
         let f = sasl_factory(sasl("s").encrypt(encrypt));
         let c = within(f.create_client("127.0.0.1", server.port()))
@@ -407,7 +393,7 @@ async fn aes_and_sasl_fall_back_both_ways() {
     );
 
     // A SASL client facing an AES server without the fallback is told which setting to change.
-    let (aes_only, _) = server_with_boot(Arc::new(AuthServerBootstrap::new(AuthConf::new(
+    let (aes_only, _) = bootstrapped_server(Arc::new(AuthServerBootstrap::new(AuthConf::new(
         "app", "s",
     ))))
     .await;

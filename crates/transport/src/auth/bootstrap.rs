@@ -13,7 +13,7 @@ use super::engine::{server_response, ClientEngine, EngineError, SessionKeys};
 use super::gcm::GcmStream;
 use super::message::AuthMessage;
 use super::sasl::{self, SaslConf, EXPECTED_SASL_MESSAGE};
-use super::wire::{call, failed, io_failed, refuse, send, timeout_reason, Reply};
+use super::wire::{bounded, call, failed, io_failed, refuse, send, timeout_reason, Reply};
 use super::{AuthCipher, AuthConf, AUTHENTICATION_FAILED, UNKNOWN_CHALLENGE};
 use crate::bootstrap::{BootstrapFuture, BoxedIo, ClientBootstrap, ServerBootstrap};
 use crate::error::TransportError;
@@ -185,14 +185,8 @@ impl AuthServerBootstrap {
 
 impl ServerBootstrap for AuthServerBootstrap {
     fn bootstrap<'a>(&'a self, peer: SocketAddr, io: BoxedIo) -> BootstrapFuture<'a> {
-        Box::pin(async move {
-            let after = self.conf.rpc_timeout;
-            let handshake = server_handshake(&self.conf, self.sasl_fallback.as_deref(), peer, io);
-            match tokio::time::timeout(after, handshake).await {
-                Ok(r) => r,
-                Err(_) => Err(failed(peer, timeout_reason(after))),
-            }
-        })
+        let handshake = server_handshake(&self.conf, self.sasl_fallback.as_deref(), peer, io);
+        Box::pin(bounded(self.conf.rpc_timeout, peer, handshake))
     }
 }
 

@@ -16,7 +16,10 @@ use ctr::cipher::{KeyIvInit, StreamCipher};
 use ctr::Ctr128BE;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::stream::{closed_without_data, sealable, undecryptable, SealedBuf, SliceCursor};
+use super::stream::{
+    closed_without_data, poll_flush_sealed, poll_shutdown_sealed, poll_write_sealed, sealable,
+    undecryptable, SealedBuf, SliceCursor,
+};
 use crate::bootstrap::BoxedIo;
 
 enum Keystream {
@@ -136,15 +139,14 @@ impl AsyncRead for CtrStream {
     }
 }
 
-impl CtrStream {
-    fn seal(&mut self, bufs: &[IoSlice<'_>]) -> usize {
-        let n = sealable(bufs);
-        let start = self.out.buf.len();
-        self.out.buf.reserve(n);
-        SliceCursor::new(bufs).take(n, |piece| self.out.buf.extend_from_slice(piece));
-        self.enc.apply(&mut self.out.buf[start..]);
-        n
-    }
+/// Encrypt up to [`sealable`] bytes of `bufs` onto `out`; the count taken.
+fn seal(enc: &mut Keystream, bufs: &[IoSlice<'_>], out: &mut Vec<u8>) -> usize {
+    let n = sealable(bufs);
+    let start = out.len();
+    out.reserve(n);
+    SliceCursor::new(bufs).take(n, |piece| out.extend_from_slice(piece));
+    enc.apply(&mut out[start..]);
+    n
 }
 
 impl AsyncWrite for CtrStream {
@@ -162,15 +164,12 @@ impl AsyncWrite for CtrStream {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        ready!(this.out.poll_drain(&mut this.io, cx))?;
-        let n = this.seal(bufs);
-        if n > 0 {
+        let enc = &mut this.enc;
+        let r = poll_write_sealed(&mut this.io, &mut this.out, cx, |out| seal(enc, bufs, out));
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
             this.wrote = true;
         }
-        if let Poll::Ready(Err(e)) = this.out.poll_drain(&mut this.io, cx) {
-            return Poll::Ready(Err(e));
-        }
-        Poll::Ready(Ok(n))
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -179,13 +178,11 @@ impl AsyncWrite for CtrStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.out.poll_drain(&mut this.io, cx))?;
-        Pin::new(&mut this.io).poll_flush(cx)
+        poll_flush_sealed(&mut this.io, &mut this.out, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.out.poll_drain(&mut this.io, cx))?;
-        Pin::new(&mut this.io).poll_shutdown(cx)
+        poll_shutdown_sealed(&mut this.io, &mut this.out, cx)
     }
 }

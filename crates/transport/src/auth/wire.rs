@@ -44,6 +44,18 @@ pub(crate) fn timeout_reason(after: Duration) -> String {
     )
 }
 
+/// Run a handshake within `after`; a timeout is an auth failure naming the setting.
+pub(crate) async fn bounded<T>(
+    after: Duration,
+    peer: SocketAddr,
+    handshake: impl std::future::Future<Output = Result<T, TransportError>>,
+) -> Result<T, TransportError> {
+    match tokio::time::timeout(after, handshake).await {
+        Ok(r) => r,
+        Err(_) => Err(failed(peer, timeout_reason(after))),
+    }
+}
+
 /// Write one message and flush.
 pub(crate) async fn send(
     io: &mut BoxedIo,

@@ -163,6 +163,23 @@ pub async fn server_with(conf: TransportConf, handler: Arc<dyn RpcHandler>) -> T
         .expect("bind")
 }
 
+/// A server on 127.0.0.1:0 with a fresh TestHandler behind `boot`, and the handler.
+pub async fn bootstrapped_server(
+    boot: Arc<dyn rpcenv_transport::ServerBootstrap>,
+) -> (TransportServer, Arc<TestHandler>) {
+    let handler = Arc::new(TestHandler::default());
+    let server = TransportServer::bind_with_bootstraps(
+        TransportConf::default(),
+        "127.0.0.1",
+        0,
+        handler.clone(),
+        vec![boot],
+    )
+    .await
+    .expect("bind");
+    (server, handler)
+}
+
 /// A server with a fresh TestHandler, and the handler.
 pub async fn test_server() -> (TransportServer, Arc<TestHandler>) {
     let handler = Arc::new(TestHandler::default());

@@ -10,7 +10,7 @@ use super::digest::{Credentials, DigestClient, DigestServer, Negotiated, Qop};
 use super::message::SaslMessage;
 use super::stream::SaslStream;
 use super::{SaslConf, EXPECTED_SASL_MESSAGE, UNAUTHENTICATED_FETCH};
-use crate::auth::wire::{call, failed, read_message, refuse, send, timeout_reason, Reply};
+use crate::auth::wire::{bounded, call, failed, read_message, refuse, send, Reply};
 use crate::auth::UNKNOWN_CHALLENGE;
 use crate::bootstrap::{BootstrapFuture, BoxedIo, ClientBootstrap, ServerBootstrap};
 use crate::error::TransportError;
@@ -63,13 +63,8 @@ impl SaslClientBootstrap {
 
 impl ClientBootstrap for SaslClientBootstrap {
     fn bootstrap<'a>(&'a self, peer: SocketAddr, io: BoxedIo) -> BootstrapFuture<'a> {
-        Box::pin(async move {
-            let after = self.conf.rpc_timeout;
-            match tokio::time::timeout(after, client_handshake(&self.conf, peer, io)).await {
-                Ok(r) => r,
-                Err(_) => Err(failed(peer, timeout_reason(after))),
-            }
-        })
+        let handshake = client_handshake(&self.conf, peer, io);
+        Box::pin(bounded(self.conf.rpc_timeout, peer, handshake))
     }
 }
 
@@ -135,13 +130,8 @@ impl SaslServerBootstrap {
 
 impl ServerBootstrap for SaslServerBootstrap {
     fn bootstrap<'a>(&'a self, peer: SocketAddr, io: BoxedIo) -> BootstrapFuture<'a> {
-        Box::pin(async move {
-            let after = self.conf.rpc_timeout;
-            match tokio::time::timeout(after, server_handshake(&self.conf, peer, io, None)).await {
-                Ok(r) => r,
-                Err(_) => Err(failed(peer, timeout_reason(after))),
-            }
-        })
+        let handshake = server_handshake(&self.conf, peer, io, None);
+        Box::pin(bounded(self.conf.rpc_timeout, peer, handshake))
     }
 }
 

@@ -12,7 +12,10 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::layer::{LayerError, Opener, Sealer, SecurityLayer};
-use crate::auth::stream::{sealable, SealedBuf, SliceCursor};
+use crate::auth::stream::{
+    poll_flush_sealed, poll_shutdown_sealed, poll_write_sealed, sealable, Next, PieceReader,
+    ReadEnd, SealedBuf, SliceCursor,
+};
 use crate::bootstrap::BoxedIo;
 
 /// The largest wrapped piece accepted from a peer. Spark's pieces hold at most
@@ -28,18 +31,22 @@ fn refused(peer: SocketAddr, e: LayerError) -> io::Error {
     )
 }
 
+/// The reading side's state.
+struct Unwrapper {
+    peer: SocketAddr,
+    opener: Opener,
+    /// The wrapped length of the piece being read, once its length field arrived.
+    want: Option<usize>,
+}
+
 /// A stream wrapping and unwrapping with a negotiated DIGEST-MD5 confidentiality layer.
 pub(crate) struct SaslStream {
     io: BoxedIo,
-    peer: SocketAddr,
     sealer: Sealer,
-    opener: Opener,
     block: usize,
     out: SealedBuf,
-    rbuf: BytesMut,
-    plain: BytesMut,
-    /// The wrapped length of the piece being read, once its length field arrived.
-    want: Option<usize>,
+    reader: PieceReader,
+    dec: Unwrapper,
 }
 
 impl SaslStream {
@@ -52,27 +59,30 @@ impl SaslStream {
     ) -> SaslStream {
         SaslStream {
             io,
-            peer,
             sealer: layer.sealer,
-            opener: layer.opener,
             block: block.clamp(1, MAX_WRAPPED / 2),
             out: SealedBuf::default(),
-            rbuf: BytesMut::new(),
-            plain: BytesMut::new(),
-            want: None,
+            reader: PieceReader::default(),
+            dec: Unwrapper {
+                peer,
+                opener: layer.opener,
+                want: None,
+            },
         }
     }
+}
 
-    /// Unwrap the next complete piece in `rbuf`, if any.
-    fn next_piece(&mut self) -> io::Result<Option<BytesMut>> {
+impl Unwrapper {
+    /// Unwrap the next complete piece in `rbuf`, or say how much more to read.
+    fn next(&mut self, rbuf: &mut BytesMut) -> io::Result<Next> {
         loop {
             let want = match self.want {
                 Some(w) => w,
                 None => {
-                    if self.rbuf.len() < LENGTH {
-                        return Ok(None);
+                    if rbuf.len() < LENGTH {
+                        return Ok(Next::Need(READ_CHUNK));
                     }
-                    let total = self.rbuf.get_i64();
+                    let total = rbuf.get_i64();
                     if total < LENGTH as i64 || total - LENGTH as i64 > MAX_WRAPPED as i64 {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
@@ -89,11 +99,11 @@ impl SaslStream {
                     w
                 }
             };
-            if self.rbuf.len() < want {
-                return Ok(None);
+            if rbuf.len() < want {
+                return Ok(Next::Need(want.max(READ_CHUNK)));
             }
             self.want = None;
-            let mut piece = self.rbuf.split_to(want);
+            let mut piece = rbuf.split_to(want);
             if piece.is_empty() {
                 continue;
             }
@@ -102,7 +112,7 @@ impl SaslStream {
                 .open(&mut piece)
                 .map_err(|e| refused(self.peer, e))?;
             piece.truncate(n);
-            return Ok(Some(piece));
+            return Ok(Next::Piece(piece));
         }
     }
 }
@@ -114,62 +124,43 @@ impl AsyncRead for SaslStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        loop {
-            if !this.plain.is_empty() {
-                let k = this.plain.len().min(buf.remaining());
-                buf.put_slice(&this.plain[..k]);
-                this.plain.advance(k);
-                return Poll::Ready(Ok(()));
-            }
-            if let Some(piece) = this.next_piece()? {
-                this.plain = piece;
-                continue;
-            }
-            let need = this.want.map_or(READ_CHUNK, |w| w.max(READ_CHUNK));
-            if this.rbuf.capacity() - this.rbuf.len() < need {
-                this.rbuf.reserve(need);
-            }
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut this.io),
-                cx,
-                &mut this.rbuf
-            ))?;
-            if n == 0 {
-                if this.want.is_some() || !this.rbuf.is_empty() {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "{} closed the connection in the middle of a SASL-encrypted piece",
-                            this.peer
-                        ),
-                    )));
-                }
-                return Poll::Ready(Ok(()));
+        let dec = &mut this.dec;
+        let end = ready!(this
+            .reader
+            .poll_read(&mut this.io, cx, buf, |rbuf| dec.next(rbuf)))?;
+        if let ReadEnd::Eof { leftover } = end {
+            if leftover || this.dec.want.is_some() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{} closed the connection in the middle of a SASL-encrypted piece",
+                        this.dec.peer
+                    ),
+                )));
             }
         }
+        Poll::Ready(Ok(()))
     }
 }
 
-impl SaslStream {
-    /// Wrap up to [`sealable`] bytes of `bufs` into the write buffer; the count taken.
-    fn seal(&mut self, bufs: &[IoSlice<'_>]) -> usize {
-        let n = sealable(bufs);
-        let mut src = SliceCursor::new(bufs);
-        let mut left = n;
-        while left > 0 {
-            let k = left.min(self.block);
-            let out = &mut self.out.buf;
-            out.reserve(LENGTH + self.sealer.wrapped_len(k));
-            let start = out.len();
-            out.extend_from_slice(&[0; LENGTH]);
-            src.take(k, |piece| out.extend_from_slice(piece));
-            self.sealer.seal(out, start + LENGTH);
-            let total = (out.len() - start) as i64;
-            out[start..start + LENGTH].copy_from_slice(&total.to_be_bytes());
-            left -= k;
-        }
-        n
+/// Wrap up to [`sealable`] bytes of `bufs` onto `out`, in pieces of at most `block` bytes;
+/// the count taken.
+fn seal(sealer: &mut Sealer, block: usize, bufs: &[IoSlice<'_>], out: &mut Vec<u8>) -> usize {
+    let n = sealable(bufs);
+    let mut src = SliceCursor::new(bufs);
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(block);
+        out.reserve(LENGTH + sealer.wrapped_len(k));
+        let start = out.len();
+        out.extend_from_slice(&[0; LENGTH]);
+        src.take(k, |piece| out.extend_from_slice(piece));
+        sealer.seal(out, start + LENGTH);
+        let total = (out.len() - start) as i64;
+        out[start..start + LENGTH].copy_from_slice(&total.to_be_bytes());
+        left -= k;
     }
+    n
 }
 
 impl AsyncWrite for SaslStream {
@@ -187,12 +178,10 @@ impl AsyncWrite for SaslStream {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        ready!(this.out.poll_drain(&mut this.io, cx))?;
-        let n = this.seal(bufs);
-        if let Poll::Ready(Err(e)) = this.out.poll_drain(&mut this.io, cx) {
-            return Poll::Ready(Err(e));
-        }
-        Poll::Ready(Ok(n))
+        let (sealer, block) = (&mut this.sealer, this.block);
+        poll_write_sealed(&mut this.io, &mut this.out, cx, |out| {
+            seal(sealer, block, bufs, out)
+        })
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -201,14 +190,12 @@ impl AsyncWrite for SaslStream {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.out.poll_drain(&mut this.io, cx))?;
-        Pin::new(&mut this.io).poll_flush(cx)
+        poll_flush_sealed(&mut this.io, &mut this.out, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        ready!(this.out.poll_drain(&mut this.io, cx))?;
-        Pin::new(&mut this.io).poll_shutdown(cx)
+        poll_shutdown_sealed(&mut this.io, &mut this.out, cx)
     }
 }
 
