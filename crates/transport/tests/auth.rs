@@ -82,15 +82,7 @@ async fn every_cipher_and_version_carries_all_message_kinds() {
             pattern(100_000),
             "{what}"
         );
-        let up = within(c.upload_stream(Bytes::from("meta/file"), upload_body("file")))
-            .await
-            .unwrap();
-        assert_eq!(up, Bytes::from("file"), "{what}");
-        c.send(Bytes::from("one-way")).unwrap();
-        wait_until("the one-way message", || {
-            handler.one_way.lock().unwrap().len() == 1
-        })
-        .await;
+        upload_then_one_way(&c, &handler, &what).await;
         match within(c.send_rpc(Bytes::from("return error/x"))).await {
             Err(TransportError::RpcFailure { message, .. }) => assert_eq!(message, "Returned: x"),
             other => panic!("{what}: {other:?}"),

@@ -81,15 +81,7 @@ async fn matching_secrets_carry_every_message_kind_with_and_without_encryption()
             within(c.fetch_chunk(1, 1)).await.unwrap(),
             pattern(1024 - 25)
         );
-        let up = within(c.upload_stream(Bytes::from("meta/file"), upload_body("file")))
-            .await
-            .unwrap();
-        assert_eq!(up, Bytes::from("file"), "{what}");
-        c.send(Bytes::from("one-way")).unwrap();
-        wait_until("the one-way message", || {
-            handler.one_way.lock().unwrap().len() == 1
-        })
-        .await;
+        upload_then_one_way(&c, &handler, &what).await;
         // Both ends see the connection go when the client closes (Spark: both channels
         // inactive within 10 s).
         c.close();

@@ -308,47 +308,48 @@ public class Interop {
         return sb.toString();
     }
 
-    interface Backend { byte[] wrap(byte[] b) throws Exception; byte[] unwrap(byte[] b) throws Exception; }
+    /** wrap or unwrap of a SASL client or server (Spark's or the JDK's). */
+    interface Op { byte[] apply(byte[] b, int off, int len) throws Exception; }
 
     /** Wrap a few messages each way and print plaintext and wrapped bytes. */
-    static void recordWraps(Backend client, Backend server) throws Exception {
+    static void recordWraps(Op clientWrap, Op clientUnwrap, Op serverWrap, Op serverUnwrap) throws Exception {
         byte[][] msgs = { "hello".getBytes(StandardCharsets.UTF_8), pattern(1), pattern(7), pattern(8),
                           pattern(9), pattern(1000) };
         for (int i = 0; i < msgs.length; i++) {
-            byte[] w = client.wrap(msgs[i]);
-            check(Arrays.equals(server.unwrap(w), msgs[i]), "server unwraps client message " + i);
-            System.out.println("c2s=" + hex(msgs[i]) + ":" + hex(w));
-            byte[] v = server.wrap(msgs[i]);
-            check(Arrays.equals(client.unwrap(v), msgs[i]), "client unwraps server message " + i);
-            System.out.println("s2c=" + hex(msgs[i]) + ":" + hex(v));
+            byte[] m = msgs[i];
+            byte[] w = clientWrap.apply(m, 0, m.length);
+            check(Arrays.equals(serverUnwrap.apply(w, 0, w.length), m), "server unwraps client message " + i);
+            System.out.println("c2s=" + hex(m) + ":" + hex(w));
+            byte[] v = serverWrap.apply(m, 0, m.length);
+            check(Arrays.equals(clientUnwrap.apply(v, 0, v.length), m), "client unwraps server message " + i);
+            System.out.println("s2c=" + hex(m) + ":" + hex(v));
         }
+    }
+
+    /** One DIGEST-MD5 exchange: the client's steps and the server's, each token printed. */
+    interface Step { byte[] apply(byte[] token) throws Exception; }
+
+    static void recordExchange(String name, boolean encrypt, byte[] first, Step server, Step client) throws Exception {
+        System.out.println("case=" + name);
+        System.out.println("app_id=" + APP_ID);
+        System.out.println("secret=" + SECRET);
+        System.out.println("encrypt=" + encrypt);
+        byte[] challenge = server.apply(first);
+        System.out.println("challenge=" + new String(challenge, StandardCharsets.UTF_8));
+        byte[] response = client.apply(challenge);
+        System.out.println("response=" + new String(response, StandardCharsets.UTF_8));
+        byte[] rspauth = server.apply(response);
+        System.out.println("rspauth=" + new String(rspauth, StandardCharsets.UTF_8));
+        client.apply(rspauth);
     }
 
     /** Spark's own SASL classes, as its bootstraps drive them. */
     static void recordSpark(String name, boolean encrypt, boolean alwaysEncrypt) throws Exception {
         SparkSaslClient client = new SparkSaslClient(APP_ID, holder(), encrypt);
         SparkSaslServer server = new SparkSaslServer(APP_ID, holder(), alwaysEncrypt);
-        System.out.println("case=" + name);
-        System.out.println("app_id=" + APP_ID);
-        System.out.println("secret=" + SECRET);
-        System.out.println("encrypt=" + encrypt);
-        byte[] challenge = server.response(client.firstToken());
-        System.out.println("challenge=" + new String(challenge, StandardCharsets.UTF_8));
-        byte[] response = client.response(challenge);
-        System.out.println("response=" + new String(response, StandardCharsets.UTF_8));
-        byte[] rspauth = server.response(response);
-        System.out.println("rspauth=" + new String(rspauth, StandardCharsets.UTF_8));
-        client.response(rspauth);
+        recordExchange(name, encrypt, client.firstToken(), server::response, client::response);
         check(client.isComplete() && server.isComplete(), name + ": both sides complete");
-        if (encrypt) {
-            recordWraps(new Backend() {
-                public byte[] wrap(byte[] b) throws Exception { return client.wrap(b, 0, b.length); }
-                public byte[] unwrap(byte[] b) throws Exception { return client.unwrap(b, 0, b.length); }
-            }, new Backend() {
-                public byte[] wrap(byte[] b) throws Exception { return server.wrap(b, 0, b.length); }
-                public byte[] unwrap(byte[] b) throws Exception { return server.unwrap(b, 0, b.length); }
-            });
-        }
+        if (encrypt) recordWraps(client::wrap, client::unwrap, server::wrap, server::unwrap);
         System.out.println("end");
     }
 
@@ -371,25 +372,9 @@ public class Interop {
         sprops.put(Sasl.QOP, "auth-conf,auth");
         SaslClient client = Sasl.createSaslClient(new String[] {"DIGEST-MD5"}, null, null, "default", cprops, handler);
         SaslServer server = Sasl.createSaslServer("DIGEST-MD5", null, "default", sprops, handler);
-        System.out.println("case=jdk-" + cipher);
-        System.out.println("app_id=" + APP_ID);
-        System.out.println("secret=" + SECRET);
-        System.out.println("encrypt=true");
-        byte[] challenge = server.evaluateResponse(new byte[0]);
-        System.out.println("challenge=" + new String(challenge, StandardCharsets.UTF_8));
-        byte[] response = client.evaluateChallenge(challenge);
-        System.out.println("response=" + new String(response, StandardCharsets.UTF_8));
-        byte[] rspauth = server.evaluateResponse(response);
-        System.out.println("rspauth=" + new String(rspauth, StandardCharsets.UTF_8));
-        client.evaluateChallenge(rspauth);
+        recordExchange("jdk-" + cipher, true, new byte[0], server::evaluateResponse, client::evaluateChallenge);
         check(client.isComplete() && server.isComplete(), cipher + ": both sides complete");
-        recordWraps(new Backend() {
-            public byte[] wrap(byte[] b) throws Exception { return client.wrap(b, 0, b.length); }
-            public byte[] unwrap(byte[] b) throws Exception { return client.unwrap(b, 0, b.length); }
-        }, new Backend() {
-            public byte[] wrap(byte[] b) throws Exception { return server.wrap(b, 0, b.length); }
-            public byte[] unwrap(byte[] b) throws Exception { return server.unwrap(b, 0, b.length); }
-        });
+        recordWraps(client::wrap, client::unwrap, server::wrap, server::unwrap);
         System.out.println("end");
     }
 

@@ -226,3 +226,17 @@ pub fn decode_all(raw: &[u8]) -> Vec<rpcenv_transport::Message> {
     }
     out
 }
+
+/// An upload of the `file` body echoed by name, then one one-way message reaching `handler`.
+pub async fn upload_then_one_way(c: &TransportClient, handler: &TestHandler, what: &str) {
+    let up = within(c.upload_stream(Bytes::from("meta/file"), upload_body("file")))
+        .await
+        .unwrap();
+    assert_eq!(up, Bytes::from("file"), "{what}");
+    let before = handler.one_way.lock().unwrap().len();
+    c.send(Bytes::from("one-way")).unwrap();
+    wait_until("the one-way message", || {
+        handler.one_way.lock().unwrap().len() == before + 1
+    })
+    .await;
+}
