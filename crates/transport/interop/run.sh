@@ -78,9 +78,11 @@ TMP="$(mktemp -d)"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
   rm -rf "$TMP"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # Wait (up to 60 s) for "listening on HOST:PORT" as the first line of $1; print the port.
 wait_port() {
@@ -115,17 +117,18 @@ stop_all() {
 }
 stop_all
 
-# Start our echo_server with the given flags; print its port.
+# Start our echo_server with the given flags; sets PORT. Not to be run inside $(...): the pid
+# must reach this shell's PIDS, or the cleanup would leave the server running.
 start_echo() {
   "$TARGET/echo_server" --host 127.0.0.1 --port 0 "$@" >"$TMP/echo.out" 2>"$TMP/echo.err" &
   PIDS+=($!)
-  wait_port "$TMP/echo.out"
+  PORT="$(wait_port "$TMP/echo.out")"
 }
-# Start Spark's server with the given JVM properties; print its port.
+# Start Spark's server with the given JVM properties; sets PORT (same rule as start_echo).
 start_jvm() {
   java "${JVM_FLAGS[@]}" "$@" -cp "$CP" Interop server >"$TMP/jvm.out" 2>"$TMP/jvm.err" &
   PIDS+=($!)
-  wait_port "$TMP/jvm.out" || { cat "$TMP/jvm.err" >&2; return 1; }
+  PORT="$(wait_port "$TMP/jvm.out")" || { cat "$TMP/jvm.err" >&2; return 1; }
 }
 
 APP=interop-app
@@ -141,7 +144,7 @@ for cipher in ctr gcm; do
     OURS=(--app-id $APP --cipher $cipher --auth-version $version)
 
     echo "[interop] auth $cipher v$version: Spark TransportClient + AuthClientBootstrap -> rpcenv echo_server"
-    PORT="$(start_echo --secret $SECRET "${OURS[@]}")"
+    start_echo --secret $SECRET "${OURS[@]}"
     java "${JVM_FLAGS[@]}" "${SPARK_AUTH[@]}" -Dinterop.secret=$SECRET -cp "$CP" Interop client "$PORT"
     if [ "$cipher$version" = ctr1 ] || [ "$cipher$version" = gcm2 ]; then
       echo "[interop] auth $cipher v$version: Spark client with a wrong secret is refused"
@@ -150,7 +153,7 @@ for cipher in ctr gcm; do
     stop_all
 
     echo "[interop] auth $cipher v$version: rpcenv echo_client -> Spark TransportServer + AuthServerBootstrap"
-    PORT="$(start_jvm "${SPARK_AUTH[@]}" -Dinterop.secret=$SECRET)"
+    start_jvm "${SPARK_AUTH[@]}" -Dinterop.secret=$SECRET
     "$TARGET/echo_client" --host 127.0.0.1 --port "$PORT" --secret $SECRET "${OURS[@]}"
     if [ "$cipher$version" = ctr1 ] || [ "$cipher$version" = gcm2 ]; then
       echo "[interop] auth $cipher v$version: our client with a wrong secret is refused by Spark"
@@ -166,9 +169,9 @@ done
 
 echo "[interop] TLS: rpcenv echo_client -> Spark TransportServer with spark.ssl.rpc.*"
 DATA="$HERE/../tests/data"
-PORT="$(start_jvm -Dspark.ssl.rpc.enabled=true -Dspark.ssl.rpc.openSslEnabled=true \
+start_jvm -Dspark.ssl.rpc.enabled=true -Dspark.ssl.rpc.openSslEnabled=true \
   -Dspark.ssl.rpc.protocol=TLSv1.3 -Dspark.ssl.rpc.privateKey="$DATA/server.key" \
-  -Dspark.ssl.rpc.certChain="$DATA/server.pem")"
+  -Dspark.ssl.rpc.certChain="$DATA/server.pem"
 "$TARGET/echo_client" --host 127.0.0.1 --port "$PORT" --tls --tls-ca "$DATA/ca.pem"
 stop_all
 
@@ -190,7 +193,7 @@ for qop in auth auth-conf; do
   fi
 
   echo "[interop] SASL $qop: Spark TransportClient + SaslClientBootstrap -> rpcenv echo_server"
-  PORT="$(start_echo --secret $SECRET "${OURS[@]}")"
+  start_echo --secret $SECRET "${OURS[@]}"
   java "${JVM_FLAGS[@]}" "${SPARK_SASL[@]}" -Dinterop.secret=$SECRET -cp "$CP" Interop client "$PORT"
   echo "[interop] SASL $qop: Spark client with a wrong secret is refused"
   java "${JVM_FLAGS[@]}" "${SPARK_SASL[@]}" -Dinterop.secret=wrong -Dinterop.expect="Mismatched response" \
@@ -203,7 +206,7 @@ for qop in auth auth-conf; do
   stop_all
 
   echo "[interop] SASL $qop: rpcenv echo_client -> Spark TransportServer + SaslServerBootstrap"
-  PORT="$(start_jvm "${SPARK_SASL[@]}" -Dinterop.secret=$SECRET)"
+  start_jvm "${SPARK_SASL[@]}" -Dinterop.secret=$SECRET
   "$TARGET/echo_client" --host 127.0.0.1 --port "$PORT" --secret $SECRET "${OURS[@]}"
   echo "[interop] SASL $qop: our client with a wrong secret is refused by Spark"
   EXPECT="Mismatched response" expect_refused --port "$PORT" --secret wrong "${OURS[@]}"
@@ -212,24 +215,24 @@ done
 
 echo "[interop] fallback: Spark AES client (saslFallback=true) -> rpcenv SASL-only echo_server"
 SPARK_AES_FALLBACK=(-Dspark.network.crypto.enabled=true -Dspark.network.crypto.saslFallback=true -Dinterop.appId=$APP)
-PORT="$(start_echo --secret $SECRET --app-id $APP --sasl)"
+start_echo --secret $SECRET --app-id $APP --sasl
 java "${JVM_FLAGS[@]}" "${SPARK_AES_FALLBACK[@]}" -Dinterop.secret=$SECRET -cp "$CP" Interop client "$PORT"
 stop_all
 
 echo "[interop] fallback: Spark SASL client -> rpcenv AES echo_server with SASL fallback"
-PORT="$(start_echo --secret $SECRET --app-id $APP --sasl-fallback)"
+start_echo --secret $SECRET --app-id $APP --sasl-fallback
 java "${JVM_FLAGS[@]}" -Dinterop.sasl=true -Dinterop.appId=$APP -Dinterop.secret=$SECRET -cp "$CP" Interop client "$PORT"
 stop_all
 
 echo "[interop] fallback: rpcenv AES echo_client with SASL fallback -> Spark SASL-only server"
-PORT="$(start_jvm -Dinterop.sasl=true -Dinterop.appId=$APP -Dinterop.secret=$SECRET)"
+start_jvm -Dinterop.sasl=true -Dinterop.appId=$APP -Dinterop.secret=$SECRET
 "$TARGET/echo_client" --host 127.0.0.1 --port "$PORT" --secret $SECRET --app-id $APP --sasl-fallback
 echo "[interop] fallback: without it, our AES client's refusal names network.crypto.enabled=false"
 EXPECT="network.crypto.enabled=false" expect_refused --port "$PORT" --secret $SECRET --app-id $APP
 stop_all
 
 echo "[interop] fallback: rpcenv SASL echo_client -> Spark AES server (saslFallback=true)"
-PORT="$(start_jvm "${SPARK_AES_FALLBACK[@]}" -Dinterop.secret=$SECRET)"
+start_jvm "${SPARK_AES_FALLBACK[@]}" -Dinterop.secret=$SECRET
 "$TARGET/echo_client" --host 127.0.0.1 --port "$PORT" --secret $SECRET --app-id $APP --sasl
 stop_all
 
