@@ -120,12 +120,15 @@ stop_all
 # Start our echo_server with the given flags; sets PORT. Not to be run inside $(...): the pid
 # must reach this shell's PIDS, or the cleanup would leave the server running.
 start_echo() {
+  # Empty the file here, not in the child: wait_port must not read the previous server's line.
+  : >"$TMP/echo.out"
   "$TARGET/echo_server" --host 127.0.0.1 --port 0 "$@" >"$TMP/echo.out" 2>"$TMP/echo.err" &
   PIDS+=($!)
   PORT="$(wait_port "$TMP/echo.out")"
 }
 # Start Spark's server with the given JVM properties; sets PORT (same rule as start_echo).
 start_jvm() {
+  : >"$TMP/jvm.out"
   java "${JVM_FLAGS[@]}" "$@" -cp "$CP" Interop server >"$TMP/jvm.out" 2>"$TMP/jvm.err" &
   PIDS+=($!)
   PORT="$(wait_port "$TMP/jvm.out")" || { cat "$TMP/jvm.err" >&2; return 1; }
