@@ -42,6 +42,7 @@ pub struct Host {
 }
 
 /// A set of hosts on one bridge; removed when dropped.
+#[derive(Debug)]
 pub struct Network {
     bridge_ns: String,
     hosts: Vec<Host>,

@@ -42,7 +42,7 @@ pub struct ProbeReply {
 }
 
 /// Answers probes; counts one-way probes.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Echo {
     asks: u64,
     sends: u64,

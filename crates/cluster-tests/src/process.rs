@@ -45,6 +45,15 @@ pub struct Proc {
     output: Arc<(Mutex<Output>, Condvar)>,
 }
 
+impl std::fmt::Debug for Proc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proc")
+            .field("name", &self.name)
+            .field("pid", &self.child.id())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Proc {
     /// Starts `command` with piped stdio; `name` labels it in errors. Its stdin stays open until
     /// [`close_stdin`](Self::close_stdin) or drop (children run with `--parent-watch` exit then).

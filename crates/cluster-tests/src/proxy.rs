@@ -63,6 +63,14 @@ pub struct FaultProxy {
     counters: Arc<Counters>,
 }
 
+impl std::fmt::Debug for FaultProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultProxy")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a reader hands its writer.
 enum Chunk {
     Data(Instant, Vec<u8>),

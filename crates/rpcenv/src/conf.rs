@@ -200,7 +200,7 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
         key: "authenticate",
         kind: ValueKind::Bool,
         default: Some("false"),
-        doc: "Authenticate every connection with Spark's AES protocol and encrypt it with its session cipher (a JVM peer needs network.crypto.enabled=true and network.crypto.saslFallback=false; SASL is not implemented).",
+        doc: "Authenticate every connection: with Spark's AES protocol and its session cipher unless network.crypto.enabled=false (then SASL DIGEST-MD5), or SASL without SASL encryption when ssl.rpc.enabled=true (as Spark).",
     },
     KnownKey {
         key: "authenticate.secret",
@@ -224,13 +224,31 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
         key: "network.crypto.enabled",
         kind: ValueKind::Bool,
         default: None,
-        doc: "Spark's switch between the AES protocol and SASL; with authenticate=true only the AES protocol exists here, so false is refused.",
+        doc: "Spark's switch between the AES protocol (true) and SASL DIGEST-MD5 (false). Unset means the AES protocol here (Spark: SASL), a deliberate deviation: AES is the better choice when both sides allow it.",
     },
     KnownKey {
         key: "network.crypto.saslFallback",
         kind: ValueKind::Bool,
-        default: None,
-        doc: "Ignored: SASL is not implemented (a JVM peer must set it to false).",
+        default: Some("true"),
+        doc: "With the AES protocol: a server also answers SASL clients with SASL, and a client whose AES attempt fails (other than by timing out) retries with SASL, as Spark does.",
+    },
+    KnownKey {
+        key: "authenticate.enableSaslEncryption",
+        kind: ValueKind::Bool,
+        default: Some("false"),
+        doc: "SASL: the client asks for QOP auth-conf (SASL encryption, 3DES with a JVM server); ignored with TLS on.",
+    },
+    KnownKey {
+        key: "network.sasl.serverAlwaysEncrypt",
+        kind: ValueKind::Bool,
+        default: Some("false"),
+        doc: "SASL: the server offers only QOP auth-conf, refusing clients that do not encrypt.",
+    },
+    KnownKey {
+        key: "network.sasl.maxEncryptedBlockSize",
+        kind: ValueKind::Size(1),
+        default: Some("64k"),
+        doc: "SASL encryption: plaintext bytes per encrypted piece (each write is cut into pieces of at most this size).",
     },
     KnownKey {
         key: "network.crypto.cipher",
@@ -254,7 +272,7 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
         key: "ssl.rpc.enabled",
         kind: ValueKind::Bool,
         default: Some("false"),
-        doc: "TLS on every connection (rustls; with authenticate=true the AES protocol then only authenticates).",
+        doc: "TLS on every connection (rustls; with authenticate=true, SASL then only authenticates, as in Spark).",
     },
     KnownKey {
         key: "ssl.rpc.privateKey",

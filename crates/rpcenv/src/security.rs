@@ -1,27 +1,37 @@
-//! Security settings of an env, turned into the transport's connection bootstraps: Spark's AES
-//! authentication with its session cipher (`authenticate`), and TLS (`ssl.rpc.*`).
+//! Security settings of an env, turned into the transport's connection bootstraps: Spark's
+//! authentication (`authenticate`: its AES protocol, or SASL DIGEST-MD5) and TLS (`ssl.rpc.*`).
 //!
-//! - `authenticate=true` authenticates every connection, incoming and outgoing, with Spark's
-//!   AES protocol and encrypts it with the session cipher (`network.crypto.cipher`, CTR by
-//!   default, or GCM; `network.crypto.authEngineVersion` 1 or 2). SASL is not implemented: a JVM
-//!   peer must set `spark.network.crypto.enabled=true` and `spark.network.crypto.saslFallback=false`.
+//! - `authenticate=true` authenticates every connection, incoming and outgoing. Which protocol:
+//!   - `network.crypto.enabled` unset or `true`: Spark's AES protocol, then its session cipher
+//!     (`network.crypto.cipher`, CTR by default, or GCM; `network.crypto.authEngineVersion` 1 or
+//!     2). With `network.crypto.saslFallback` (default `true`, as Spark) the server also answers
+//!     SASL clients with SASL and a client retries with SASL when its AES attempt fails other
+//!     than by timing out. Unset meaning AES is rpcenv's choice; Spark's unset means SASL.
+//!   - `network.crypto.enabled=false`: SASL DIGEST-MD5, as Spark's default. With
+//!     `authenticate.enableSaslEncryption` the client asks for SASL encryption (QOP
+//!     `auth-conf`); `network.sasl.serverAlwaysEncrypt` makes the server refuse clients that do
+//!     not; `network.sasl.maxEncryptedBlockSize` (64k) cuts writes into encrypted pieces.
+//!   - with TLS on: SASL without SASL encryption (TLS encrypts), as Spark.
+//!
 //!   The secret comes from `authenticate.secret`, else `authenticate.secret.file` (as Spark, the
 //!   secret is the Base64 encoding of the file's bytes), else the environment variable
 //!   `_SPARK_AUTH_SECRET` (Spark's) or `RPCENV_AUTHENTICATE_SECRET`. It is never logged.
 //! - `ssl.rpc.enabled=true` puts TLS on every connection: PEM `ssl.rpc.privateKey` and
 //!   `ssl.rpc.certChain`, trusting the PEM CA bundle `ssl.rpc.trustStore` (or anything, with the
 //!   development-only `ssl.rpc.trustAll=true`); `ssl.rpc.clientAuth=true` requires client
-//!   certificates. Unset `ssl.rpc.X` keys fall back to `ssl.X`, as in Spark. With both, TLS
-//!   encrypts and the AES protocol only authenticates (Spark uses SASL there: no JVM interop).
+//!   certificates. Unset `ssl.rpc.X` keys fall back to `ssl.X`, as in Spark.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use base64::Engine as _;
+use rpcenv_transport::auth::sasl::DEFAULT_MAX_ENCRYPTED_BLOCK;
 use rpcenv_transport::auth::DEFAULT_APP_ID;
 use rpcenv_transport::{
     AuthCipher, AuthClientBootstrap, AuthConf, AuthServerBootstrap, AuthVersion, ClientBootstrap,
-    ServerBootstrap, TlsClientBootstrap, TlsConf, TlsProtocol, TlsServerBootstrap, TransportError,
+    SaslClientBootstrap, SaslConf, SaslServerBootstrap, ServerBootstrap, TlsClientBootstrap,
+    TlsConf, TlsProtocol, TlsServerBootstrap, TransportError,
 };
 
 use crate::conf::RpcConf;
@@ -41,27 +51,6 @@ fn flag(conf: &RpcConf, key: &str) -> Result<bool, TransportError> {
         .map_err(|e| config(e.to_string()))
 }
 
-fn base64(data: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 fn secret(conf: &RpcConf) -> Result<String, TransportError> {
     if let Some(s) = conf.get("authenticate.secret") {
         return Ok(s.to_string());
@@ -72,7 +61,7 @@ fn secret(conf: &RpcConf) -> Result<String, TransportError> {
                 "cannot read the secret file {path} (authenticate.secret.file): {e}"
             ))
         })?;
-        return Ok(base64(&bytes));
+        return Ok(base64::engine::general_purpose::STANDARD.encode(bytes));
     }
     for var in SECRET_ENV {
         if let Ok(s) = std::env::var(var) {
@@ -87,16 +76,54 @@ fn secret(conf: &RpcConf) -> Result<String, TransportError> {
     ))
 }
 
-/// The auth settings, or `None` when `authenticate` is off.
-fn auth_conf(conf: &RpcConf, tls: bool) -> Result<Option<AuthConf>, TransportError> {
+/// The largest `network.sasl.maxEncryptedBlockSize` accepted (a peer refuses larger pieces).
+const MAX_SASL_BLOCK: u64 = 8 << 20;
+
+/// How the env authenticates its connections.
+#[derive(Debug)]
+enum AuthMode {
+    /// `authenticate` is off.
+    Off,
+    /// Spark's AES protocol, with SASL as the fallback when `network.crypto.saslFallback`.
+    Aes {
+        aes: AuthConf,
+        fallback: Option<SaslConf>,
+    },
+    /// SASL DIGEST-MD5 only.
+    Sasl(SaslConf),
+}
+
+fn auth_mode(conf: &RpcConf, tls: bool) -> Result<AuthMode, TransportError> {
     if !flag(conf, "authenticate")? {
-        return Ok(None);
+        return Ok(AuthMode::Off);
     }
-    if conf.get_bool("network.crypto.enabled").ok().flatten() == Some(false) {
-        return Err(config(
-            "network.crypto.enabled=false asks for SASL authentication, which rpcenv does not \
-             implement: authenticate=true always uses the AES protocol",
-        ));
+    let rpc_timeout = conf
+        .get_duration("network.auth.rpcTimeout")
+        .map_err(|e| config(e.to_string()))?
+        .filter(|d| !d.is_zero())
+        .unwrap_or(Duration::from_secs(30));
+    let app_id = conf.get("authenticate.appId").unwrap_or(DEFAULT_APP_ID);
+    let secret = secret(conf)?;
+    let block = conf
+        .get_size("network.sasl.maxEncryptedBlockSize")
+        .map_err(|e| config(e.to_string()))?
+        .unwrap_or(DEFAULT_MAX_ENCRYPTED_BLOCK as u64);
+    if block == 0 || block > MAX_SASL_BLOCK {
+        return Err(config(format!(
+            "network.sasl.maxEncryptedBlockSize is {block} bytes: expected 1 byte to 8m"
+        )));
+    }
+    // With TLS, SASL only authenticates (Spark's rule): TLS encrypts.
+    let sasl = SaslConf::new(app_id, secret.as_str())
+        .encrypt(!tls && flag(conf, "authenticate.enableSaslEncryption")?)
+        .always_encrypt(!tls && flag(conf, "network.sasl.serverAlwaysEncrypt")?)
+        .max_encrypted_block(block as usize)
+        .rpc_timeout(rpc_timeout);
+    let crypto = conf
+        .get_bool("network.crypto.enabled")
+        .map_err(|e| config(e.to_string()))?;
+    if tls || crypto == Some(false) {
+        return Ok(AuthMode::Sasl(sasl));
     }
     let cipher = match conf.get("network.crypto.cipher") {
         None => AuthCipher::Ctr,
@@ -110,19 +137,17 @@ fn auth_conf(conf: &RpcConf, tls: bool) -> Result<Option<AuthConf>, TransportErr
         .get_int("network.crypto.authEngineVersion")
         .map_err(|e| config(e.to_string()))?
         .map_or(AuthVersion::V1, AuthVersion::from_number);
-    let rpc_timeout = conf
-        .get_duration("network.auth.rpcTimeout")
+    let fallback = conf
+        .get_bool("network.crypto.saslFallback")
         .map_err(|e| config(e.to_string()))?
-        .filter(|d| !d.is_zero())
-        .unwrap_or(Duration::from_secs(30));
-    let app_id = conf.get("authenticate.appId").unwrap_or(DEFAULT_APP_ID);
-    Ok(Some(
-        AuthConf::new(app_id, secret(conf)?)
+        .unwrap_or(true);
+    Ok(AuthMode::Aes {
+        aes: AuthConf::new(app_id, secret)
             .cipher(cipher)
             .version(version)
-            .rpc_timeout(rpc_timeout)
-            .encrypt(!tls),
-    ))
+            .rpc_timeout(rpc_timeout),
+        fallback: fallback.then_some(sasl),
+    })
 }
 
 /// `ssl.rpc.<name>`, else `ssl.<name>`.
@@ -195,8 +220,16 @@ pub(crate) fn server_bootstraps(
     if let Some(t) = &tls {
         v.push(Arc::new(TlsServerBootstrap::new(t)?));
     }
-    if let Some(a) = auth_conf(conf, tls.is_some())? {
-        v.push(Arc::new(AuthServerBootstrap::new(a)));
+    match auth_mode(conf, tls.is_some())? {
+        AuthMode::Off => {}
+        AuthMode::Aes { aes, fallback } => {
+            let mut b = AuthServerBootstrap::new(aes);
+            if let Some(sasl) = fallback {
+                b = b.with_sasl_fallback(sasl);
+            }
+            v.push(Arc::new(b));
+        }
+        AuthMode::Sasl(sasl) => v.push(Arc::new(SaslServerBootstrap::new(sasl))),
     }
     Ok(v)
 }
@@ -210,8 +243,16 @@ pub(crate) fn client_bootstraps(
     if let Some(t) = &tls {
         v.push(Arc::new(TlsClientBootstrap::new(t)?));
     }
-    if let Some(a) = auth_conf(conf, tls.is_some())? {
-        v.push(Arc::new(AuthClientBootstrap::new(a)));
+    match auth_mode(conf, tls.is_some())? {
+        AuthMode::Off => {}
+        AuthMode::Aes { aes, fallback } => {
+            let mut b = AuthClientBootstrap::new(aes);
+            if let Some(sasl) = fallback {
+                b = b.with_sasl_fallback(sasl);
+            }
+            v.push(Arc::new(b));
+        }
+        AuthMode::Sasl(sasl) => v.push(Arc::new(SaslClientBootstrap::new(sasl))),
     }
     Ok(v)
 }
@@ -220,30 +261,55 @@ pub(crate) fn client_bootstraps(
 mod tests {
     use super::*;
 
-    #[test]
-    fn base64_matches_the_standard_alphabet() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foo"), "Zm9v");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
-        assert_eq!(base64(&[0xff, 0xfe, 0x00, 0x01]), "//4AAQ==");
-    }
-
-    #[test]
-    fn auth_settings_follow_spark_defaults() {
-        let conf = RpcConf::new()
+    fn auth_on() -> RpcConf {
+        RpcConf::new()
             .with("spark.authenticate", "true")
             .unwrap()
             .with("spark.authenticate.secret", "s")
+            .unwrap()
+    }
+
+    fn aes(mode: AuthMode) -> (AuthConf, Option<SaslConf>) {
+        match mode {
+            AuthMode::Aes { aes, fallback } => (aes, fallback),
+            other => panic!("expected the AES protocol, got {other:?}"),
+        }
+    }
+
+    fn sasl(mode: AuthMode) -> SaslConf {
+        match mode {
+            AuthMode::Sasl(s) => s,
+            other => panic!("expected SASL, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_secret_file_is_base64_encoded_as_spark_does() {
+        let dir = std::env::temp_dir().join(format!("rpcenv-secret-{}", std::process::id()));
+        std::fs::write(&dir, [0xff, 0xfe, 0x00, 0x01]).unwrap();
+        let conf = RpcConf::new()
+            .with("authenticate.secret.file", dir.to_str().unwrap())
             .unwrap();
-        let a = auth_conf(&conf, false).unwrap().unwrap();
+        assert_eq!(secret(&conf).unwrap(), "//4AAQ==");
+        std::fs::remove_file(&dir).unwrap();
+    }
+
+    #[test]
+    fn unset_crypto_keeps_the_aes_protocol_with_spark_defaults_and_sasl_fallback() {
+        let (a, fallback) = aes(auth_mode(&auth_on(), false).unwrap());
         assert_eq!(a.app_id, "sparkSaslUser");
         assert_eq!(a.cipher, AuthCipher::Ctr);
         assert_eq!(a.version, AuthVersion::V1);
         assert_eq!(a.rpc_timeout, Duration::from_secs(30));
         assert!(a.encrypt);
-        let conf = conf
+        let fallback = fallback.expect("network.crypto.saslFallback defaults to true");
+        assert!(!fallback.encrypt && !fallback.always_encrypt);
+        assert_eq!(fallback.max_encrypted_block, 64 * 1024);
+        let conf = auth_on()
+            .with("network.crypto.enabled", "true")
+            .unwrap()
+            .with("network.crypto.saslFallback", "false")
+            .unwrap()
             .with("network.crypto.cipher", "AES/GCM/NoPadding")
             .unwrap()
             .with("network.crypto.authEngineVersion", "2")
@@ -252,49 +318,54 @@ mod tests {
             .unwrap()
             .with("authenticate.appId", "app")
             .unwrap();
-        let a = auth_conf(&conf, true).unwrap().unwrap();
+        let (a, fallback) = aes(auth_mode(&conf, false).unwrap());
         assert_eq!(
-            (
-                a.cipher,
-                a.version,
-                a.rpc_timeout,
-                a.app_id.as_str(),
-                a.encrypt
-            ),
+            (a.cipher, a.version, a.rpc_timeout, a.app_id.as_str()),
             (
                 AuthCipher::Gcm,
                 AuthVersion::V2,
                 Duration::from_secs(5),
-                "app",
-                false
+                "app"
             )
         );
-        assert!(auth_conf(&RpcConf::new(), false).unwrap().is_none());
+        assert!(fallback.is_none());
+        assert!(matches!(
+            auth_mode(&RpcConf::new(), false).unwrap(),
+            AuthMode::Off
+        ));
+    }
+
+    #[test]
+    fn crypto_disabled_selects_sasl_with_its_settings() {
+        let conf = auth_on()
+            .with("network.crypto.enabled", "false")
+            .unwrap()
+            .with("authenticate.enableSaslEncryption", "true")
+            .unwrap()
+            .with("network.sasl.serverAlwaysEncrypt", "true")
+            .unwrap()
+            .with("network.sasl.maxEncryptedBlockSize", "1k")
+            .unwrap();
+        let s = sasl(auth_mode(&conf, false).unwrap());
+        assert_eq!(s.app_id, "sparkSaslUser");
+        assert!(s.encrypt && s.always_encrypt);
+        assert_eq!(s.max_encrypted_block, 1024);
+        // TLS on: SASL authenticates only, whatever network.crypto.enabled says.
+        for c in [conf.clone(), auth_on()] {
+            let s = sasl(auth_mode(&c, true).unwrap());
+            assert!(!s.encrypt && !s.always_encrypt);
+        }
     }
 
     #[test]
     fn bad_auth_settings_are_refused_with_the_key_named() {
-        let base = RpcConf::new()
-            .with("authenticate", "true")
-            .unwrap()
-            .with("authenticate.secret", "s")
-            .unwrap();
-        let err = auth_conf(
-            &base
-                .clone()
-                .with("network.crypto.cipher", "AES/CBC")
-                .unwrap(),
-            false,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("network.crypto.cipher"), "{err}");
-        let err = auth_conf(
-            &base.with("network.crypto.enabled", "false").unwrap(),
-            false,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("SASL"), "{err}");
+        for (key, value) in [
+            ("network.crypto.cipher", "AES/CBC"),
+            ("network.sasl.maxEncryptedBlockSize", "1g"),
+        ] {
+            let conf = auth_on().with(key, value).unwrap();
+            let err = auth_mode(&conf, false).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+        }
     }
 }

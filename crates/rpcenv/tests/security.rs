@@ -1,7 +1,10 @@
-//! Authentication and encryption of RpcEnvs (Spark's RpcEnvSuite security tests, adapted: SASL
-//! is not implemented, so `authenticate=true` is always Spark's AES protocol), plus refusals:
-//! wrong secrets, peers without authentication, cipher mismatches, and unauthenticated stream
-//! and chunk requests. Every env binds 127.0.0.1 with port 0.
+//! Authentication and encryption of RpcEnvs: Spark's RpcEnvSuite tests "send/ask with
+//! authentication" over SASL (`network.crypto.enabled=false`, as Spark's default) and over the
+//! AES protocol (rpcenv's default), "send/ask with SASL encryption" and "send/ask with AES
+//! encryption"; the AES<->SASL fallback both ways; plus refusals: wrong secrets, peers without
+//! authentication, cipher mismatches, SASL clients that do not encrypt facing
+//! `serverAlwaysEncrypt`, and unauthenticated stream and chunk requests. Every env binds
+//! 127.0.0.1 with port 0.
 
 use std::io::{Read, Write};
 use std::sync::mpsc::channel;
@@ -113,6 +116,75 @@ fn ask_with_aes_encryption() {
     ask_hello(conf(&ctr2), conf(&ctr2));
 }
 
+const SASL: [(&str, &str); 3] = [
+    ("spark.authenticate", "true"),
+    ("spark.authenticate.secret", "good"),
+    ("spark.network.crypto.enabled", "false"),
+];
+const SASL_ENCRYPTED: [(&str, &str); 4] = [
+    ("spark.authenticate", "true"),
+    ("spark.authenticate.secret", "good"),
+    ("spark.network.crypto.enabled", "false"),
+    ("spark.authenticate.enableSaslEncryption", "true"),
+];
+
+/// Spark's "send with authentication": SASL, no encryption.
+#[test]
+fn send_with_sasl_authentication() {
+    send_hello(conf(&SASL), conf(&SASL));
+}
+
+/// Spark's "send with SASL encryption".
+#[test]
+fn send_with_sasl_encryption() {
+    send_hello(conf(&SASL_ENCRYPTED), conf(&SASL_ENCRYPTED));
+}
+
+/// Spark's "ask with authentication": SASL, no encryption.
+#[test]
+fn ask_with_sasl_authentication() {
+    ask_hello(conf(&SASL), conf(&SASL));
+}
+
+/// Spark's "ask with SASL encryption" (the 3 MiB ask crosses many 64 KiB encrypted pieces; the
+/// server requires encryption, and smaller pieces on the client side work too).
+#[test]
+fn ask_with_sasl_encryption() {
+    let mut server_conf = SASL_ENCRYPTED.to_vec();
+    server_conf.push(("spark.network.sasl.serverAlwaysEncrypt", "true"));
+    let mut client_conf = SASL_ENCRYPTED.to_vec();
+    client_conf.push(("spark.network.sasl.maxEncryptedBlockSize", "16k"));
+    ask_hello(conf(&server_conf), conf(&client_conf));
+}
+
+/// The AES<->SASL fallback (`network.crypto.saslFallback`, on by default): an AES env and a
+/// SASL env talk, whichever side connects.
+#[test]
+fn aes_and_sasl_envs_fall_back_to_sasl_both_ways() {
+    ask_hello(conf(&AUTH), conf(&SASL_ENCRYPTED));
+    ask_hello(conf(&SASL), conf(&AUTH));
+}
+
+/// A SASL-only server refuses an AES client without the fallback, naming the setting.
+#[test]
+fn an_aes_client_without_fallback_is_told_to_use_sasl() {
+    let err = lookup_error(conf(&SASL), conf(&AES_GCM));
+    assert!(err.contains("network.crypto.enabled=false"), "{err}");
+}
+
+/// SASL refusals: another secret; a client that does not encrypt facing serverAlwaysEncrypt.
+#[test]
+fn sasl_refusals() {
+    let mut wrong = SASL.to_vec();
+    wrong[1] = ("spark.authenticate.secret", "bad");
+    let err = lookup_error(conf(&SASL), conf(&wrong));
+    assert!(err.contains("Mismatched response"), "{err}");
+    let mut always = SASL.to_vec();
+    always.push(("network.sasl.serverAlwaysEncrypt", "true"));
+    let err = lookup_error(conf(&always), conf(&SASL));
+    assert!(err.contains("No common protection layer"), "{err}");
+}
+
 /// The error of a lookup from a client with `client_conf` to a server with `server_conf`; the
 /// server's endpoint must not have been reached.
 fn lookup_error(server_conf: RpcConf, client_conf: RpcConf) -> String {
@@ -161,7 +233,11 @@ fn wrong_app_id_is_refused() {
 
 #[test]
 fn peers_without_authentication_are_refused_both_ways() {
+    // With the SASL fallback (the default) the AES server hands the request to SASL, which
+    // refuses it as Spark does; without it the AES server refuses it itself.
     let err = lookup_error(conf(&AUTH), conf(&[]));
+    assert!(err.contains("Expected SaslMessage"), "{err}");
+    let err = lookup_error(conf(&AES_GCM), conf(&[]));
     assert!(err.contains("Unknown challenge message."), "{err}");
     let err = lookup_error(conf(&[]), conf(&AUTH));
     assert!(err.contains("Authentication with"), "{err}");
@@ -236,10 +312,16 @@ fn missing_or_unsupported_settings_fail_the_build_clearly() {
 }
 
 /// Unauthenticated stream and chunk requests (served by Spark 4.3.0 before authentication) are
-/// refused: the connection closes without a reply.
+/// refused: the AES server closes the connection without a reply, the SASL server answers
+/// with a failure and closes.
 #[test]
 fn unauthenticated_stream_and_chunk_requests_are_refused() {
-    let env = server(conf(&AUTH));
+    refuse_unauthenticated_fetches(conf(&AUTH), None);
+    refuse_unauthenticated_fetches(conf(&SASL), Some("Unauthenticated stream or chunk request"));
+}
+
+fn refuse_unauthenticated_fetches(server_conf: RpcConf, answer: Option<&str>) {
+    let env = server(server_conf);
     let addr = env.address().unwrap().clone();
     // StreamRequest "/files/x": type 6, string.
     let mut stream_req = Vec::new();
@@ -260,7 +342,13 @@ fn unauthenticated_stream_and_chunk_requests_are_refused() {
         s.write_all(&frame).unwrap();
         let mut got = Vec::new();
         let _ = s.read_to_end(&mut got);
-        assert!(got.is_empty(), "no reply, got {} bytes", got.len());
+        match answer {
+            None => assert!(got.is_empty(), "no reply, got {} bytes", got.len()),
+            Some(text) => assert!(
+                String::from_utf8_lossy(&got).contains(text),
+                "a failure reply, got {got:?}"
+            ),
+        }
     }
     env.shutdown();
 }

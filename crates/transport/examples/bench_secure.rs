@@ -1,7 +1,9 @@
 //! W1 (ask_latency: 20,000 sequential 16-byte echoes) and W2 (ask_throughput: 200,000 echoes,
 //! 64 outstanding) at the transport level, plain vs Spark's AES auth with the CTR and GCM
-//! session ciphers vs TLS, over loopback in one process. One JSON line per (mode, workload), as
-//! shared/design/WORKLOADS.md. `cargo run --release -p rpcenv-transport --example bench_secure`.
+//! session ciphers vs SASL (auth only, and auth-conf: 3DES, what a JVM picks) vs TLS, over
+//! loopback in one process. One JSON line per (mode, workload), as shared/design/WORKLOADS.md.
+//! `cargo run --release -p rpcenv-transport --example bench_secure [MODE...]` (all modes by
+//! default; modes: plain boxed auth-ctr auth-gcm sasl-auth sasl-auth-conf tls13).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,8 +12,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use rpcenv_transport::{
     AuthCipher, AuthClientBootstrap, AuthConf, AuthServerBootstrap, AuthVersion, ClientBootstrap,
-    NoOpRpcHandler, RpcHandler, RpcResponder, ServerBootstrap, TlsClientBootstrap, TlsConf,
-    TlsServerBootstrap, TransportClient, TransportClientFactory, TransportConf, TransportServer,
+    NoOpRpcHandler, RpcHandler, RpcResponder, SaslClientBootstrap, SaslConf, SaslServerBootstrap,
+    ServerBootstrap, TlsClientBootstrap, TlsConf, TlsServerBootstrap, TransportClient,
+    TransportClientFactory, TransportConf, TransportServer,
 };
 
 /// Passes the socket through, boxed (what every bootstrap does before any wrapping).
@@ -132,6 +135,12 @@ async fn main() {
             .cipher(c)
             .version(AuthVersion::V1)
     };
+    let sasl = |encrypt: bool| {
+        SaslConf::new("bench", "secret")
+            .encrypt(encrypt)
+            .always_encrypt(encrypt)
+    };
+    let only: Vec<String> = std::env::args().skip(1).collect();
     type Boots = (Vec<Arc<dyn ServerBootstrap>>, Vec<Arc<dyn ClientBootstrap>>);
     let modes: Vec<(&str, Boots)> = vec![
         ("plain", (vec![], vec![])),
@@ -151,6 +160,20 @@ async fn main() {
             ),
         ),
         (
+            "sasl-auth",
+            (
+                vec![Arc::new(SaslServerBootstrap::new(sasl(false)))],
+                vec![Arc::new(SaslClientBootstrap::new(sasl(false)))],
+            ),
+        ),
+        (
+            "sasl-auth-conf",
+            (
+                vec![Arc::new(SaslServerBootstrap::new(sasl(true)))],
+                vec![Arc::new(SaslClientBootstrap::new(sasl(true)))],
+            ),
+        ),
+        (
             "tls13",
             (
                 vec![Arc::new(TlsServerBootstrap::new(&tls_server).unwrap())],
@@ -159,6 +182,9 @@ async fn main() {
         ),
     ];
     for (name, (sb, cb)) in modes {
+        if !only.is_empty() && !only.iter().any(|m| m == name) {
+            continue;
+        }
         let system = format!("rpcenv-transport/{name}");
         let server = TransportServer::bind_with_bootstraps(
             TransportConf::default(),

@@ -3,8 +3,9 @@
 //! `echo_server` plus `--tls` (TLS on, trusting any server certificate unless `--tls-ca` is
 //! given; `--tls-cert/--tls-key` present a client certificate).
 //!
-//! Checks: RPC echoes of 0 B, 1 B, 64 KiB and 4 MiB, 500 concurrent RPCs, the stream
-//! `bytes/100000`. Prints one line per check (`ok <check>` or `FAILED <check>: <why>`), then
+//! Checks: RPC echoes of 0 B, 1 B, 64 KiB, 64 KiB + 1 and 4 MiB, 500 concurrent RPCs, one-way
+//! messages of 0 B .. 1 MiB arriving byte-exact (read back with the RPC `__oneway_dump__`), the
+//! stream `bytes/100000`. Prints one line per check (`ok <check>` or `FAILED <check>: <why>`), then
 //! `N passed, M failed`; exits 1 if a check failed or the connection could not be made or
 //! authenticated.
 
@@ -89,6 +90,27 @@ async fn concurrent(c: &TransportClient, n: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// One-way messages, then the server's dump of what it received: equal byte for byte.
+async fn one_way(c: &TransportClient) -> Result<(), String> {
+    let mut expected = Vec::new();
+    for n in [0usize, 1, 7, 65536, 65537, 1 << 20] {
+        let body = pattern(n);
+        c.send(body.clone()).map_err(|e| e.to_string())?;
+        expected.extend_from_slice(&(n as i32).to_be_bytes());
+        expected.extend_from_slice(&body);
+    }
+    let dump = within(c.send_rpc(Bytes::from_static(b"__oneway_dump__"))).await?;
+    if dump == expected {
+        Ok(())
+    } else {
+        Err(format!(
+            "the server received {} bytes of one-way messages, not the {} sent",
+            dump.len(),
+            expected.len()
+        ))
+    }
+}
+
 async fn stream(c: &TransportClient, n: usize) -> Result<(), String> {
     let s = within(c.stream(format!("bytes/{n}"))).await?;
     let body = within(s.collect(64 << 20)).await?;
@@ -147,11 +169,16 @@ async fn main() {
         (0, "rpc echo 0 B"),
         (1, "rpc echo 1 B"),
         (64 << 10, "rpc echo 64 KiB"),
+        ((64 << 10) + 1, "rpc echo 64 KiB + 1"),
         (4 << 20, "rpc echo 4 MiB"),
     ] {
         tally.record(what, echo(&c, n).await);
     }
     tally.record("500 concurrent rpcs", concurrent(&c, 500).await);
+    tally.record(
+        "one-way messages 0 B .. 1 MiB byte-exact",
+        one_way(&c).await,
+    );
     tally.record("stream bytes/100000", stream(&c, 100_000).await);
     factory.close();
     tally.finish();

@@ -6,11 +6,15 @@
 //! Security flags: `--secret S [--cipher ctr|gcm] [--auth-version 1|2] [--app-id ID]` turns on
 //! Spark's AES authentication and session cipher (app id `sparkSaslUser` by default);
 //! `--tls-cert PEM --tls-key PEM` turns on TLS, and `--tls-ca PEM` then requires client
-//! certificates signed by that CA. With both, TLS encrypts and auth only authenticates.
+//! certificates signed by that CA. With both, TLS encrypts and auth only authenticates. `--sasl`
+//! authenticates with SASL DIGEST-MD5 instead of the AES protocol, `--sasl-encrypt` also
+//! requires SASL encryption (QOP auth-conf), `--sasl-fallback` keeps the AES protocol and
+//! answers SASL clients with SASL.
 //!
 //! It answers:
-//! - RpcRequest: RpcResponse with the same bytes;
-//! - OneWayMessage: counted;
+//! - RpcRequest: RpcResponse with the same bytes; `__oneway_dump__`: RpcResponse with every
+//!   one-way message received since the last dump, each as `[i32 length][bytes]`;
+//! - OneWayMessage: kept for the dump (up to 64 MiB);
 //! - StreamRequest `bytes/<n>`: StreamResponse of n bytes, byte i = `i % 251`; any other id:
 //!   StreamFailure `Stream '<id>' was not found.`;
 //! - ChunkFetchRequest(stream 1, chunk i): ChunkFetchSuccess of i*1000 bytes of the same pattern;
@@ -21,7 +25,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rpcenv_transport::{
@@ -37,7 +41,11 @@ const MAX_DATA: u64 = 64 << 20;
 #[derive(Default)]
 struct Echo {
     one_way: AtomicU64,
+    one_way_log: Mutex<Vec<u8>>,
 }
+
+const ONE_WAY_DUMP: &[u8] = b"__oneway_dump__";
+const MAX_ONE_WAY_LOG: usize = 64 << 20;
 
 fn pattern(n: usize) -> Bytes {
     Bytes::from((0..n).map(|i| (i % 251) as u8).collect::<Vec<_>>())
@@ -66,12 +74,22 @@ impl BodySource for Pattern {
 
 impl RpcHandler for Echo {
     fn receive(&self, _client: &TransportClient, message: Bytes, responder: RpcResponder) {
-        responder.respond(message);
+        if message == ONE_WAY_DUMP {
+            let log = std::mem::take(&mut *self.one_way_log.lock().expect("log lock"));
+            responder.respond(Bytes::from(log));
+        } else {
+            responder.respond(message);
+        }
     }
 
-    fn receive_one_way(&self, _client: &TransportClient, _message: Bytes) {
+    fn receive_one_way(&self, _client: &TransportClient, message: Bytes) {
         let n = self.one_way.fetch_add(1, Ordering::Relaxed) + 1;
         tracing::debug!(count = n, "one-way message");
+        let mut log = self.one_way_log.lock().expect("log lock");
+        if log.len() + message.len() + 4 <= MAX_ONE_WAY_LOG {
+            log.extend_from_slice(&(message.len() as i32).to_be_bytes());
+            log.extend_from_slice(&message);
+        }
     }
 
     fn receive_stream(

@@ -5,8 +5,14 @@
 #   3. with Spark's AES auth (AuthClientBootstrap / AuthServerBootstrap), for CTR and GCM and
 #      engine versions 1 and 2, both directions (Spark client -> our echo_server, our
 #      examples/echo_client -> Spark server), and a wrong secret refused both ways;
-#   4. our echo_client over TLS against Spark's TLS server (spark.ssl.rpc.*, PEM, OpenSSL).
-# Skips (exit 0) when java is absent. Installs pyspark into $ANCHORS_CACHE (default
+#   4. our echo_client over TLS against Spark's TLS server (spark.ssl.rpc.*, PEM, OpenSSL);
+#   5. SASL DIGEST-MD5 (SaslClientBootstrap / SaslServerBootstrap) with QOP auth and auth-conf,
+#      both directions, RPCs of 0 B .. 4 MiB and one-way messages byte-exact, a wrong secret
+#      refused both ways, and the AES<->SASL fallback both ways.
+# `run.sh record` instead prints the DIGEST-MD5 transcript the unit tests replay
+# (crates/transport/tests/data/sasl-jvm-transcript.txt).
+# Skips (exit 0) when java is absent, except under CI=true, where that fails. Installs pyspark
+# into $ANCHORS_CACHE (default
 # ~/.cache/rpcenv-anchors) when missing, as shared/anchors/spark-jvm does. Exits non-zero on any
 # mismatch.
 set -euo pipefail
@@ -15,6 +21,10 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../../.." && pwd)"
 
 if ! command -v java >/dev/null 2>&1 || ! command -v javac >/dev/null 2>&1; then
+  if [ "${CI:-}" = true ]; then
+    echo "[interop] java/javac not found: under CI=true the JVM interop test must run (install a JDK 17)" >&2
+    exit 1
+  fi
   echo "[interop] java/javac not found: skipping the JVM interop test"
   exit 0
 fi
@@ -41,6 +51,12 @@ if [ ! -f "$OUT/classes/Interop.class" ] || [ "$HERE/src/Interop.java" -nt "$OUT
   echo "[interop] compiling the harness" >&2
   rm -rf "$OUT/classes"; mkdir -p "$OUT/classes"
   javac -nowarn -cp "$JARS/*" -d "$OUT/classes" "$HERE/src/Interop.java" >&2
+fi
+
+JVM_LOG="-Dlog4j2.configurationFile=$HERE/conf/log4j2.properties"
+if [ "${1:-}" = record ]; then
+  java "$JVM_LOG" -Dinterop.secret=interop-secret -Dinterop.appId=interop-app -cp "$CP" Interop record | grep -v '^ok '
+  exit "${PIPESTATUS[0]}"
 fi
 
 echo "[interop] building the Rust examples" >&2
@@ -104,12 +120,15 @@ stop_all
 # Start our echo_server with the given flags; sets PORT. Not to be run inside $(...): the pid
 # must reach this shell's PIDS, or the cleanup would leave the server running.
 start_echo() {
+  # Empty the file here, not in the child: wait_port must not read the previous server's line.
+  : >"$TMP/echo.out"
   "$TARGET/echo_server" --host 127.0.0.1 --port 0 "$@" >"$TMP/echo.out" 2>"$TMP/echo.err" &
   PIDS+=($!)
   PORT="$(wait_port "$TMP/echo.out")"
 }
 # Start Spark's server with the given JVM properties; sets PORT (same rule as start_echo).
 start_jvm() {
+  : >"$TMP/jvm.out"
   java "${JVM_FLAGS[@]}" "$@" -cp "$CP" Interop server >"$TMP/jvm.out" 2>"$TMP/jvm.err" &
   PIDS+=($!)
   PORT="$(wait_port "$TMP/jvm.out")" || { cat "$TMP/jvm.err" >&2; return 1; }
@@ -159,4 +178,65 @@ start_jvm -Dspark.ssl.rpc.enabled=true -Dspark.ssl.rpc.openSslEnabled=true \
 "$TARGET/echo_client" --host 127.0.0.1 --port "$PORT" --tls --tls-ca "$DATA/ca.pem"
 stop_all
 
-echo "[interop] all directions passed (plain, auth CTR/GCM v1/v2, wrong secrets, TLS)"
+# Expect our echo_client (flags "$@") to be refused with a message containing $EXPECT.
+expect_refused() {
+  if "$TARGET/echo_client" --host 127.0.0.1 "$@" >"$TMP/refused.out" 2>&1; then
+    cat "$TMP/refused.out"; echo "[interop] MISMATCH: the connection was accepted" >&2; exit 1
+  fi
+  grep -q -- "$EXPECT" "$TMP/refused.out" || { cat "$TMP/refused.out"; echo "[interop] MISMATCH: no '$EXPECT' in the refusal" >&2; exit 1; }
+  echo "ok our client refused: $(grep FAILED "$TMP/refused.out" | head -n 1)"
+}
+
+for qop in auth auth-conf; do
+  SPARK_SASL=(-Dinterop.sasl=true -Dinterop.appId=$APP)
+  OURS=(--app-id $APP --sasl)
+  if [ $qop = auth-conf ]; then
+    SPARK_SASL+=(-Dspark.authenticate.enableSaslEncryption=true -Dspark.network.sasl.serverAlwaysEncrypt=true)
+    OURS=(--app-id $APP --sasl-encrypt)
+  fi
+
+  echo "[interop] SASL $qop: Spark TransportClient + SaslClientBootstrap -> rpcenv echo_server"
+  start_echo --secret $SECRET "${OURS[@]}"
+  java "${JVM_FLAGS[@]}" "${SPARK_SASL[@]}" -Dinterop.secret=$SECRET -cp "$CP" Interop client "$PORT"
+  echo "[interop] SASL $qop: Spark client with a wrong secret is refused"
+  java "${JVM_FLAGS[@]}" "${SPARK_SASL[@]}" -Dinterop.secret=wrong -Dinterop.expect="Mismatched response" \
+    -cp "$CP" Interop client-auth-fail "$PORT"
+  if [ $qop = auth-conf ]; then
+    echo "[interop] SASL auth-conf: a Spark client that does not encrypt is refused (serverAlwaysEncrypt)"
+    java "${JVM_FLAGS[@]}" -Dinterop.sasl=true -Dinterop.appId=$APP -Dinterop.secret=$SECRET \
+      -Dinterop.expect="No common protection layer" -cp "$CP" Interop client-auth-fail "$PORT"
+  fi
+  stop_all
+
+  echo "[interop] SASL $qop: rpcenv echo_client -> Spark TransportServer + SaslServerBootstrap"
+  start_jvm "${SPARK_SASL[@]}" -Dinterop.secret=$SECRET
+  "$TARGET/echo_client" --host 127.0.0.1 --port "$PORT" --secret $SECRET "${OURS[@]}"
+  echo "[interop] SASL $qop: our client with a wrong secret is refused by Spark"
+  EXPECT="Mismatched response" expect_refused --port "$PORT" --secret wrong "${OURS[@]}"
+  stop_all
+done
+
+echo "[interop] fallback: Spark AES client (saslFallback=true) -> rpcenv SASL-only echo_server"
+SPARK_AES_FALLBACK=(-Dspark.network.crypto.enabled=true -Dspark.network.crypto.saslFallback=true -Dinterop.appId=$APP)
+start_echo --secret $SECRET --app-id $APP --sasl
+java "${JVM_FLAGS[@]}" "${SPARK_AES_FALLBACK[@]}" -Dinterop.secret=$SECRET -cp "$CP" Interop client "$PORT"
+stop_all
+
+echo "[interop] fallback: Spark SASL client -> rpcenv AES echo_server with SASL fallback"
+start_echo --secret $SECRET --app-id $APP --sasl-fallback
+java "${JVM_FLAGS[@]}" -Dinterop.sasl=true -Dinterop.appId=$APP -Dinterop.secret=$SECRET -cp "$CP" Interop client "$PORT"
+stop_all
+
+echo "[interop] fallback: rpcenv AES echo_client with SASL fallback -> Spark SASL-only server"
+start_jvm -Dinterop.sasl=true -Dinterop.appId=$APP -Dinterop.secret=$SECRET
+"$TARGET/echo_client" --host 127.0.0.1 --port "$PORT" --secret $SECRET --app-id $APP --sasl-fallback
+echo "[interop] fallback: without it, our AES client's refusal names network.crypto.enabled=false"
+EXPECT="network.crypto.enabled=false" expect_refused --port "$PORT" --secret $SECRET --app-id $APP
+stop_all
+
+echo "[interop] fallback: rpcenv SASL echo_client -> Spark AES server (saslFallback=true)"
+start_jvm "${SPARK_AES_FALLBACK[@]}" -Dinterop.secret=$SECRET
+"$TARGET/echo_client" --host 127.0.0.1 --port "$PORT" --secret $SECRET --app-id $APP --sasl
+stop_all
+
+echo "[interop] all directions passed (plain, auth CTR/GCM v1/v2, wrong secrets, TLS, SASL auth/auth-conf, AES<->SASL fallback)"

@@ -9,7 +9,8 @@
 //! - [`TransportClient`]: requests over one connection (either side can issue them).
 //! - [`TransportClientFactory`]: pooled connections per peer, connect timeout, fast fail.
 //! - [`ClientBootstrap`] / [`ServerBootstrap`]: the seam for auth handshakes and ciphers.
-//! - [`auth`]: Spark's AES authentication and session ciphers (CTR, GCM) as bootstraps.
+//! - [`auth`]: Spark's AES authentication and session ciphers (CTR, GCM), and SASL
+//!   (DIGEST-MD5 with SASL encryption), as bootstraps.
 //! - [`tls`]: TLS (rustls) as bootstraps.
 //!
 //! # Layers
@@ -46,7 +47,8 @@ mod socket;
 pub mod tls;
 
 pub use auth::{
-    AuthCipher, AuthClientBootstrap, AuthConf, AuthServerBootstrap, AuthVersion, Secret,
+    AuthCipher, AuthClientBootstrap, AuthConf, AuthServerBootstrap, AuthVersion,
+    SaslClientBootstrap, SaslConf, SaslServerBootstrap, Secret,
 };
 pub use body::{BodySource, FileRegion, ReplyBody, BODY_PIECE};
 pub use bootstrap::{AsyncIo, BootstrapFuture, BoxedIo, ClientBootstrap, ServerBootstrap};

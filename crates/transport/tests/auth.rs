@@ -8,15 +8,15 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::*;
 use rpcenv_transport::auth::{AUTHENTICATION_FAILED, UNKNOWN_CHALLENGE};
 use rpcenv_transport::{
     AuthCipher, AuthClientBootstrap, AuthConf, AuthServerBootstrap, AuthVersion, ClientBootstrap,
-    Message, NoOpRpcHandler, ServerBootstrap, StreamChunkId, TransportClientFactory, TransportConf,
-    TransportError, TransportServer,
+    Message, NoOpRpcHandler, StreamChunkId, TransportClientFactory, TransportConf, TransportError,
+    TransportServer,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 const ALL: [(AuthCipher, AuthVersion); 4] = [
@@ -31,18 +31,7 @@ fn conf(secret: &str, cipher: AuthCipher, version: AuthVersion) -> AuthConf {
 }
 
 async fn server(auth: AuthConf) -> (TransportServer, Arc<TestHandler>) {
-    let handler = Arc::new(TestHandler::default());
-    let boot: Arc<dyn ServerBootstrap> = Arc::new(AuthServerBootstrap::new(auth));
-    let server = TransportServer::bind_with_bootstraps(
-        TransportConf::default(),
-        "127.0.0.1",
-        0,
-        handler.clone(),
-        vec![boot],
-    )
-    .await
-    .unwrap();
-    (server, handler)
+    bootstrapped_server(Arc::new(AuthServerBootstrap::new(auth))).await
 }
 
 fn factory(auth: Option<AuthConf>) -> TransportClientFactory {
@@ -93,15 +82,7 @@ async fn every_cipher_and_version_carries_all_message_kinds() {
             pattern(100_000),
             "{what}"
         );
-        let up = within(c.upload_stream(Bytes::from("meta/file"), upload_body("file")))
-            .await
-            .unwrap();
-        assert_eq!(up, Bytes::from("file"), "{what}");
-        c.send(Bytes::from("one-way")).unwrap();
-        wait_until("the one-way message", || {
-            handler.one_way.lock().unwrap().len() == 1
-        })
-        .await;
+        upload_then_one_way(&c, &handler, &what).await;
         match within(c.send_rpc(Bytes::from("return error/x"))).await {
             Err(TransportError::RpcFailure { message, .. }) => assert_eq!(message, "Returned: x"),
             other => panic!("{what}: {other:?}"),
@@ -160,22 +141,6 @@ async fn client_refuses_a_server_with_another_secret() {
         matches!(&err, TransportError::AuthFailed { reason, .. } if reason.contains("did not decrypt")),
         "{err}"
     );
-}
-
-/// Write `msg` on a raw connection and read what comes back: the frames, until EOF.
-async fn raw_exchange(port: u16, msg: Message) -> Vec<Message> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(&msg.to_bytes()).await.unwrap();
-    let mut all = Vec::new();
-    // Read to EOF (or a reset, which also means closed).
-    let _ = within(s.read_to_end(&mut all)).await;
-    let mut buf = BytesMut::from(&all[..]);
-    let mut decoder = rpcenv_transport::FrameDecoder::new(1 << 20);
-    let mut out = Vec::new();
-    while let Some(rpcenv_transport::Decoded::Message(m)) = decoder.decode(&mut buf).unwrap() {
-        out.push(m);
-    }
-    out
 }
 
 #[tokio::test]

@@ -11,12 +11,12 @@ use rpcenv_cluster_tests::one_at_a_time;
 use rpcenv_cluster_tests::process::Proc;
 
 /// The `cluster-peer` binary (echo servers, askers, probes).
-pub const PEER: &str = env!("CARGO_BIN_EXE_cluster-peer");
+pub(crate) const PEER: &str = env!("CARGO_BIN_EXE_cluster-peer");
 /// How long a process may take to start.
-pub const START: Duration = Duration::from_secs(30);
+pub(crate) const START: Duration = Duration::from_secs(30);
 
 /// The hosts of a scenario, or `None` when the scenario is skipped.
-pub fn hosts(scenario: &str, names: &[&str]) -> Option<(MutexGuard<'static, ()>, Network)> {
+pub(crate) fn hosts(scenario: &str, names: &[&str]) -> Option<(MutexGuard<'static, ()>, Network)> {
     let serial = one_at_a_time();
     if !netns::available_or_skip(scenario) {
         return None;
@@ -26,14 +26,14 @@ pub fn hosts(scenario: &str, names: &[&str]) -> Option<(MutexGuard<'static, ()>,
 }
 
 /// `key=value` fields of a result line.
-pub fn fields(line: &str) -> HashMap<String, String> {
+pub(crate) fn fields(line: &str) -> HashMap<String, String> {
     line.split_whitespace()
         .filter_map(|w| w.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
 }
 
-pub fn field(fields: &HashMap<String, String>, key: &str) -> u64 {
+pub(crate) fn field(fields: &HashMap<String, String>, key: &str) -> u64 {
     fields
         .get(key)
         .and_then(|v| v.parse().ok())
@@ -41,7 +41,7 @@ pub fn field(fields: &HashMap<String, String>, key: &str) -> u64 {
 }
 
 /// An echo server on `host`, binding every address and advertising the host's name.
-pub fn echo_server(net: &Network, host: &str) -> (Proc, String) {
+pub(crate) fn echo_server(net: &Network, host: &str) -> (Proc, String) {
     let mut c = net.command(host, PEER);
     c.args(["serve", "--bind-host", "0.0.0.0", "--advertise-host", host]);
     let p = Proc::spawn(format!("echo server on {host}"), c).unwrap();
@@ -57,14 +57,14 @@ pub fn echo_server(net: &Network, host: &str) -> (Proc, String) {
 }
 
 /// `cluster-peer ask ARGS` on `host`.
-pub fn asker(net: &Network, host: &str, label: &str, args: &[&str]) -> Proc {
+pub(crate) fn asker(net: &Network, host: &str, label: &str, args: &[&str]) -> Proc {
     let mut c = net.command(host, PEER);
     c.arg("ask").args(args);
     Proc::spawn(label, c).unwrap()
 }
 
 /// Waits for an asker's result line and returns its fields.
-pub fn ask_result(p: &Proc, within: Duration) -> HashMap<String, String> {
+pub(crate) fn ask_result(p: &Proc, within: Duration) -> HashMap<String, String> {
     let line = p
         .wait_line("its result line", within, |l| l.starts_with("asks "))
         .unwrap();

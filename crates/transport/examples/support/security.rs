@@ -1,14 +1,18 @@
 #![allow(dead_code)]
 //! Security flags shared by `echo_server` and `echo_client`:
-//! `--secret S [--cipher ctr|gcm] [--auth-version 1|2] [--app-id ID]` (auth on when a secret is
-//! given) and `[--tls] [--tls-cert PEM --tls-key PEM] [--tls-ca PEM]`.
+//! `--secret S [--cipher ctr|gcm] [--auth-version 1|2] [--app-id ID]` (Spark's AES auth when a
+//! secret is given), `--sasl` (SASL DIGEST-MD5 instead), `--sasl-encrypt` (SASL with encryption:
+//! the client asks for QOP auth-conf, the server requires it, as `serverAlwaysEncrypt`),
+//! `--sasl-fallback` (AES auth that falls back to SASL, as `network.crypto.saslFallback`) and
+//! `[--tls] [--tls-cert PEM --tls-key PEM] [--tls-ca PEM]` (with TLS, SASL only authenticates).
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use rpcenv_transport::{
     AuthCipher, AuthClientBootstrap, AuthConf, AuthServerBootstrap, AuthVersion, ClientBootstrap,
-    ServerBootstrap, TlsClientBootstrap, TlsConf, TlsServerBootstrap, TransportError,
+    SaslClientBootstrap, SaslConf, SaslServerBootstrap, ServerBootstrap, TlsClientBootstrap,
+    TlsConf, TlsServerBootstrap, TransportError,
 };
 
 /// The parsed security flags.
@@ -18,6 +22,9 @@ pub(crate) struct SecurityArgs {
     cipher: AuthCipher,
     version: AuthVersion,
     app_id: Option<String>,
+    sasl: bool,
+    sasl_encrypt: bool,
+    sasl_fallback: bool,
     tls: bool,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -25,8 +32,8 @@ pub(crate) struct SecurityArgs {
 }
 
 /// Usage text of the flags.
-pub(crate) const USAGE: &str =
-    "[--secret S [--cipher ctr|gcm] [--auth-version 1|2] [--app-id ID]] \
+pub(crate) const USAGE: &str = "[--secret S [--cipher ctr|gcm] [--auth-version 1|2] [--app-id ID] \
+                         [--sasl | --sasl-encrypt | --sasl-fallback]] \
                          [--tls] [--tls-cert PEM --tls-key PEM] [--tls-ca PEM]";
 
 impl SecurityArgs {
@@ -50,6 +57,12 @@ impl SecurityArgs {
                 self.version = AuthVersion::from_number(n);
             }
             "--app-id" => self.app_id = Some(value()?),
+            "--sasl" => self.sasl = true,
+            "--sasl-encrypt" => {
+                self.sasl = true;
+                self.sasl_encrypt = true;
+            }
+            "--sasl-fallback" => self.sasl_fallback = true,
             "--tls" => self.tls = true,
             "--tls-cert" => self.tls_cert = Some(value()?.into()),
             "--tls-key" => self.tls_key = Some(value()?.into()),
@@ -63,17 +76,34 @@ impl SecurityArgs {
         self.tls || self.tls_cert.is_some() || self.tls_ca.is_some()
     }
 
+    fn app_id(&self) -> &str {
+        self.app_id.as_deref().unwrap_or("sparkSaslUser")
+    }
+
+    /// The AES auth settings, when a secret is given without `--sasl`.
     fn auth(&self) -> Option<AuthConf> {
-        self.secret.as_ref().map(|s| {
-            AuthConf::new(
-                self.app_id.as_deref().unwrap_or("sparkSaslUser"),
-                s.as_str(),
-            )
-            .cipher(self.cipher)
-            .version(self.version)
-            // TLS already encrypts: authenticate only.
-            .encrypt(!self.tls_on())
-        })
+        let s = self.secret.as_ref().filter(|_| !self.sasl)?;
+        Some(
+            AuthConf::new(self.app_id(), s.as_str())
+                .cipher(self.cipher)
+                .version(self.version)
+                // TLS already encrypts: authenticate only.
+                .encrypt(!self.tls_on()),
+        )
+    }
+
+    /// The SASL settings: with `--sasl`, or as the fallback of AES with `--sasl-fallback`.
+    fn sasl(&self) -> Option<SaslConf> {
+        let s = self
+            .secret
+            .as_ref()
+            .filter(|_| self.sasl || self.sasl_fallback)?;
+        let encrypt = self.sasl_encrypt && !self.tls_on();
+        Some(
+            SaslConf::new(self.app_id(), s.as_str())
+                .encrypt(encrypt)
+                .always_encrypt(encrypt),
+        )
     }
 
     fn tls_conf(&self) -> Result<TlsConf, TransportError> {
@@ -90,22 +120,30 @@ impl SecurityArgs {
 
     /// One line describing the security in force.
     pub(crate) fn describe(&self) -> String {
-        let auth = match self.auth() {
-            Some(a) if a.encrypt => format!(
-                "auth {} v{} (app id {})",
-                a.cipher.spark_name(),
-                a.version.number(),
-                a.app_id
-            ),
-            Some(a) => format!("auth without session cipher (app id {})", a.app_id),
-            None => "no auth".into(),
+        let auth = match (self.auth(), self.sasl()) {
+            (Some(a), fallback) => {
+                let cipher = if a.encrypt {
+                    format!("{} v{}", a.cipher.spark_name(), a.version.number())
+                } else {
+                    "without session cipher".into()
+                };
+                let fallback = if fallback.is_some() {
+                    ", SASL fallback"
+                } else {
+                    ""
+                };
+                format!("AES auth {cipher} (app id {}){fallback}", a.app_id)
+            }
+            (None, Some(s)) if s.encrypt => format!("SASL auth-conf (app id {})", s.app_id),
+            (None, Some(s)) => format!("SASL auth (app id {})", s.app_id),
+            (None, None) => "no auth".into(),
         };
         let tls = if self.tls_on() { "TLS" } else { "no TLS" };
         format!("{auth}, {tls}")
     }
 
     /// Bootstraps of a server: TLS first (a CA given means client certificates are required),
-    /// then auth.
+    /// then auth (AES, AES falling back to SASL, or SASL).
     pub(crate) fn server_bootstraps(
         &self,
     ) -> Result<Vec<Arc<dyn ServerBootstrap>>, TransportError> {
@@ -115,8 +153,16 @@ impl SecurityArgs {
             conf.require_client_auth = self.tls_ca.is_some();
             v.push(Arc::new(TlsServerBootstrap::new(&conf)?));
         }
-        if let Some(auth) = self.auth() {
-            v.push(Arc::new(AuthServerBootstrap::new(auth)));
+        match (self.auth(), self.sasl()) {
+            (Some(auth), fallback) => {
+                let mut b = AuthServerBootstrap::new(auth);
+                if let Some(sasl) = fallback {
+                    b = b.with_sasl_fallback(sasl);
+                }
+                v.push(Arc::new(b));
+            }
+            (None, Some(sasl)) => v.push(Arc::new(SaslServerBootstrap::new(sasl))),
+            (None, None) => {}
         }
         Ok(v)
     }
@@ -130,8 +176,16 @@ impl SecurityArgs {
         if self.tls_on() {
             v.push(Arc::new(TlsClientBootstrap::new(&self.tls_conf()?)?));
         }
-        if let Some(auth) = self.auth() {
-            v.push(Arc::new(AuthClientBootstrap::new(auth)));
+        match (self.auth(), self.sasl()) {
+            (Some(auth), fallback) => {
+                let mut b = AuthClientBootstrap::new(auth);
+                if let Some(sasl) = fallback {
+                    b = b.with_sasl_fallback(sasl);
+                }
+                v.push(Arc::new(b));
+            }
+            (None, Some(sasl)) => v.push(Arc::new(SaslClientBootstrap::new(sasl))),
+            (None, None) => {}
         }
         Ok(v)
     }

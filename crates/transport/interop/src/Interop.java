@@ -4,12 +4,23 @@
 //   java Interop server        run Spark's TransportServer with an echo RpcHandler; prints
 //                              "listening on 127.0.0.1:PORT" and serves until killed
 //   java Interop client-auth-fail PORT
-//                              expect Spark's client to be refused by our server (exit 0 if so)
+//                              expect Spark's client to be refused by our server (exit 0 if so);
+//                              the refusal must contain -Dinterop.expect (default
+//                              "Authentication failed")
+//   java Interop record        run Spark's SparkSaslClient / SparkSaslServer (and the JDK's
+//                              DIGEST-MD5 directly for the rc4 and des ciphers) in memory and
+//                              print the exchange and wrapped messages as a transcript
 //
 // Every system property starting with "spark." goes into the TransportConf (e.g.
 // -Dspark.network.crypto.enabled=true, -Dspark.ssl.rpc.enabled=true). With -Dinterop.secret=S
 // (and -Dinterop.appId=ID, default sparkSaslUser) the client adds Spark's AuthClientBootstrap and
-// the server Spark's AuthServerBootstrap.
+// the server Spark's AuthServerBootstrap (which fall back to SASL with
+// -Dspark.network.crypto.saslFallback=true); with -Dinterop.sasl=true instead Spark's
+// SaslClientBootstrap / SaslServerBootstrap (QOP from spark.authenticate.enableSaslEncryption
+// and spark.network.sasl.serverAlwaysEncrypt).
+//
+// The echo handlers keep every one-way message; the RPC "__oneway_dump__" answers them all, each
+// as [i32 length][bytes], so a client can check one-way delivery byte for byte.
 //
 // Client mode prints "ok <check>" per passed check and exits 1 on the first mismatch.
 
@@ -25,7 +36,13 @@ import org.apache.spark.network.buffer.NioManagedBuffer;
 import org.apache.spark.network.client.*;
 import org.apache.spark.network.crypto.AuthClientBootstrap;
 import org.apache.spark.network.crypto.AuthServerBootstrap;
+import org.apache.spark.network.sasl.SaslClientBootstrap;
+import org.apache.spark.network.sasl.SaslServerBootstrap;
 import org.apache.spark.network.sasl.SecretKeyHolder;
+import org.apache.spark.network.sasl.SparkSaslClient;
+import org.apache.spark.network.sasl.SparkSaslServer;
+import javax.security.auth.callback.*;
+import javax.security.sasl.*;
 import org.apache.spark.network.server.*;
 import org.apache.spark.network.util.MapConfigProvider;
 import org.apache.spark.network.util.TransportConf;
@@ -65,6 +82,7 @@ public class Interop {
 
     static final String SECRET = System.getProperty("interop.secret");
     static final String APP_ID = System.getProperty("interop.appId", "sparkSaslUser");
+    static final boolean SASL = Boolean.getBoolean("interop.sasl");
 
     /** Knows one app id and its secret (a server refuses any other app id). */
     static SecretKeyHolder holder() {
@@ -76,13 +94,18 @@ public class Interop {
 
     static List<TransportClientBootstrap> clientBootstraps(TransportConf conf) {
         List<TransportClientBootstrap> l = new ArrayList<>();
-        if (SECRET != null) l.add(new AuthClientBootstrap(conf, APP_ID, holder()));
+        if (SECRET != null) {
+            l.add(SASL ? new SaslClientBootstrap(conf, APP_ID, holder())
+                       : new AuthClientBootstrap(conf, APP_ID, holder()));
+        }
         return l;
     }
 
     static List<TransportServerBootstrap> serverBootstraps(TransportConf conf) {
         List<TransportServerBootstrap> l = new ArrayList<>();
-        if (SECRET != null) l.add(new AuthServerBootstrap(conf, holder()));
+        if (SECRET != null) {
+            l.add(SASL ? new SaslServerBootstrap(conf, holder()) : new AuthServerBootstrap(conf, holder()));
+        }
         return l;
     }
 
@@ -100,7 +123,8 @@ public class Interop {
             Throwable t = e;
             StringBuilder all = new StringBuilder();
             while (t != null) { all.append(t).append(" | "); t = t.getCause(); }
-            check(all.toString().contains("Authentication failed"), "Spark client refused: " + all);
+            String expect = System.getProperty("interop.expect", "Authentication failed");
+            check(all.toString().contains(expect), "Spark client refused (" + expect + "): " + all);
         }
         factory.close();
         ctx.close();
@@ -150,8 +174,10 @@ public class Interop {
         byte[] small = "0123456789abcdef".getBytes(StandardCharsets.UTF_8);
         check(Arrays.equals(bytes(c.sendRpcSync(ByteBuffer.wrap(small), TIMEOUT_MS)), small), "rpc 16-byte echo");
         check(bytes(c.sendRpcSync(ByteBuffer.allocate(0), TIMEOUT_MS)).length == 0, "rpc empty echo");
-        byte[] big = pattern(1 << 20);
-        check(Arrays.equals(bytes(c.sendRpcSync(ByteBuffer.wrap(big), TIMEOUT_MS)), big), "rpc 1 MiB echo");
+        for (int n : new int[] {1, 65535, 65536, 65537, 1 << 20, 4 << 20}) {
+            byte[] b = pattern(n);
+            check(Arrays.equals(bytes(c.sendRpcSync(ByteBuffer.wrap(b), TIMEOUT_MS)), b), "rpc " + n + "-byte echo");
+        }
 
         List<CompletableFuture<byte[]>> futs = new ArrayList<>();
         for (int i = 0; i < 1000; i++) {
@@ -168,8 +194,19 @@ public class Interop {
         }
         check(allOk, "1000 pipelined rpcs");
 
-        for (int i = 0; i < 10; i++) c.send(ByteBuffer.wrap(("one-way-" + i).getBytes(StandardCharsets.UTF_8)));
-        check(Arrays.equals(bytes(c.sendRpcSync(ByteBuffer.wrap(small), TIMEOUT_MS)), small), "one-way messages then rpc");
+        java.io.ByteArrayOutputStream sent = new java.io.ByteArrayOutputStream();
+        List<byte[]> oneWays = new ArrayList<>();
+        for (int i = 0; i < 10; i++) oneWays.add(("one-way-" + i).getBytes(StandardCharsets.UTF_8));
+        oneWays.add(new byte[0]);
+        oneWays.add(pattern(100000));
+        oneWays.add(pattern(1 << 20));
+        for (byte[] m : oneWays) {
+            c.send(ByteBuffer.wrap(m));
+            sent.write(ByteBuffer.allocate(4).putInt(m.length).array(), 0, 4);
+            sent.write(m, 0, m.length);
+        }
+        byte[] dump = bytes(c.sendRpcSync(ByteBuffer.wrap("__oneway_dump__".getBytes(StandardCharsets.UTF_8)), TIMEOUT_MS));
+        check(Arrays.equals(dump, sent.toByteArray()), "13 one-way messages (0 B .. 1 MiB) arrive byte-exact");
 
         // Streams back to back: replies are matched by order.
         StreamResult s1 = new StreamResult(), s2 = new StreamResult(), s3 = new StreamResult(),
@@ -212,6 +249,7 @@ public class Interop {
     // ---- server mode -------------------------------------------------------------------
 
     static final AtomicLong ONE_WAY = new AtomicLong();
+    static final java.io.ByteArrayOutputStream ONE_WAY_LOG = new java.io.ByteArrayOutputStream();
 
     static class EchoStreams extends StreamManager {
         public ManagedBuffer getChunk(long streamId, int chunkIndex) {
@@ -228,7 +266,11 @@ public class Interop {
         final StreamManager streams = new EchoStreams();
         public void receive(TransportClient client, ByteBuffer message, RpcResponseCallback callback) {
             byte[] b = bytes(message);
-            if (new String(b, StandardCharsets.UTF_8).equals("__oneway_count__")) {
+            if (new String(b, StandardCharsets.UTF_8).equals("__oneway_dump__")) {
+                byte[] all;
+                synchronized (ONE_WAY_LOG) { all = ONE_WAY_LOG.toByteArray(); ONE_WAY_LOG.reset(); }
+                callback.onSuccess(ByteBuffer.wrap(all));
+            } else if (new String(b, StandardCharsets.UTF_8).equals("__oneway_count__")) {
                 callback.onSuccess(ByteBuffer.wrap(Long.toString(ONE_WAY.get()).getBytes(StandardCharsets.UTF_8)));
             } else if (new String(b, StandardCharsets.UTF_8).equals("__fail__")) {
                 callback.onFailure(new RuntimeException("failed on request"));
@@ -236,7 +278,16 @@ public class Interop {
                 callback.onSuccess(ByteBuffer.wrap(b));
             }
         }
-        public void receive(TransportClient client, ByteBuffer message) { ONE_WAY.incrementAndGet(); }
+        public void receive(TransportClient client, ByteBuffer message) {
+            ONE_WAY.incrementAndGet();
+            byte[] b = bytes(message);
+            synchronized (ONE_WAY_LOG) {
+                if (ONE_WAY_LOG.size() < (64 << 20)) {
+                    ONE_WAY_LOG.write(ByteBuffer.allocate(4).putInt(b.length).array(), 0, 4);
+                    ONE_WAY_LOG.write(b, 0, b.length);
+                }
+            }
+        }
         public StreamManager getStreamManager() { return streams; }
     }
 
@@ -249,6 +300,91 @@ public class Interop {
         new CountDownLatch(1).await();
     }
 
+    // ---- record mode -------------------------------------------------------------------
+
+    static String hex(byte[] b) {
+        StringBuilder sb = new StringBuilder();
+        for (byte x : b) sb.append(String.format("%02x", x));
+        return sb.toString();
+    }
+
+    /** wrap or unwrap of a SASL client or server (Spark's or the JDK's). */
+    interface Op { byte[] apply(byte[] b, int off, int len) throws Exception; }
+
+    /** Wrap a few messages each way and print plaintext and wrapped bytes. */
+    static void recordWraps(Op clientWrap, Op clientUnwrap, Op serverWrap, Op serverUnwrap) throws Exception {
+        byte[][] msgs = { "hello".getBytes(StandardCharsets.UTF_8), pattern(1), pattern(7), pattern(8),
+                          pattern(9), pattern(1000) };
+        for (int i = 0; i < msgs.length; i++) {
+            byte[] m = msgs[i];
+            byte[] w = clientWrap.apply(m, 0, m.length);
+            check(Arrays.equals(serverUnwrap.apply(w, 0, w.length), m), "server unwraps client message " + i);
+            System.out.println("c2s=" + hex(m) + ":" + hex(w));
+            byte[] v = serverWrap.apply(m, 0, m.length);
+            check(Arrays.equals(clientUnwrap.apply(v, 0, v.length), m), "client unwraps server message " + i);
+            System.out.println("s2c=" + hex(m) + ":" + hex(v));
+        }
+    }
+
+    /** One DIGEST-MD5 exchange: the client's steps and the server's, each token printed. */
+    interface Step { byte[] apply(byte[] token) throws Exception; }
+
+    static void recordExchange(String name, boolean encrypt, byte[] first, Step server, Step client) throws Exception {
+        System.out.println("case=" + name);
+        System.out.println("app_id=" + APP_ID);
+        System.out.println("secret=" + SECRET);
+        System.out.println("encrypt=" + encrypt);
+        byte[] challenge = server.apply(first);
+        System.out.println("challenge=" + new String(challenge, StandardCharsets.UTF_8));
+        byte[] response = client.apply(challenge);
+        System.out.println("response=" + new String(response, StandardCharsets.UTF_8));
+        byte[] rspauth = server.apply(response);
+        System.out.println("rspauth=" + new String(rspauth, StandardCharsets.UTF_8));
+        client.apply(rspauth);
+    }
+
+    /** Spark's own SASL classes, as its bootstraps drive them. */
+    static void recordSpark(String name, boolean encrypt, boolean alwaysEncrypt) throws Exception {
+        SparkSaslClient client = new SparkSaslClient(APP_ID, holder(), encrypt);
+        SparkSaslServer server = new SparkSaslServer(APP_ID, holder(), alwaysEncrypt);
+        recordExchange(name, encrypt, client.firstToken(), server::response, client::response);
+        check(client.isComplete() && server.isComplete(), name + ": both sides complete");
+        if (encrypt) recordWraps(client::wrap, client::unwrap, server::wrap, server::unwrap);
+        System.out.println("end");
+    }
+
+    /** The JDK's DIGEST-MD5 with Spark's parameters and a chosen cipher (Spark offers no choice). */
+    static void recordJdk(String cipher) throws Exception {
+        String user = SparkSaslServer.encodeIdentifier(APP_ID);
+        char[] password = SparkSaslServer.encodePassword(SECRET);
+        CallbackHandler handler = callbacks -> {
+            for (Callback cb : callbacks) {
+                if (cb instanceof NameCallback) ((NameCallback) cb).setName(user);
+                else if (cb instanceof PasswordCallback) ((PasswordCallback) cb).setPassword(password);
+                else if (cb instanceof RealmCallback) ((RealmCallback) cb).setText(((RealmCallback) cb).getDefaultText());
+                else if (cb instanceof AuthorizeCallback) ((AuthorizeCallback) cb).setAuthorized(true);
+            }
+        };
+        Map<String, String> cprops = new HashMap<>();
+        cprops.put(Sasl.QOP, "auth-conf");
+        cprops.put("com.sun.security.sasl.digest.cipher", cipher);
+        Map<String, String> sprops = new HashMap<>();
+        sprops.put(Sasl.QOP, "auth-conf,auth");
+        SaslClient client = Sasl.createSaslClient(new String[] {"DIGEST-MD5"}, null, null, "default", cprops, handler);
+        SaslServer server = Sasl.createSaslServer("DIGEST-MD5", null, "default", sprops, handler);
+        recordExchange("jdk-" + cipher, true, new byte[0], server::evaluateResponse, client::evaluateChallenge);
+        check(client.isComplete() && server.isComplete(), cipher + ": both sides complete");
+        recordWraps(client::wrap, client::unwrap, server::wrap, server::unwrap);
+        System.out.println("end");
+    }
+
+    static void record() throws Exception {
+        recordSpark("spark-auth", false, false);
+        recordSpark("spark-auth-conf", true, false);
+        recordSpark("spark-always-encrypt", true, true);
+        for (String c : new String[] {"rc4", "des", "rc4-56", "rc4-40"}) recordJdk(c);
+    }
+
     public static void main(String[] args) throws Exception {
         if (args.length == 2 && args[0].equals("client")) {
             client(Integer.parseInt(args[1]));
@@ -256,10 +392,13 @@ public class Interop {
         } else if (args.length == 2 && args[0].equals("client-auth-fail")) {
             clientAuthFail(Integer.parseInt(args[1]));
             System.exit(0);
+        } else if (args.length == 1 && args[0].equals("record")) {
+            record();
+            System.exit(0);
         } else if (args.length == 1 && args[0].equals("server")) {
             server();
         } else {
-            System.err.println("usage: Interop client PORT | Interop client-auth-fail PORT | Interop server");
+            System.err.println("usage: Interop client PORT | Interop client-auth-fail PORT | Interop record | Interop server");
             System.exit(2);
         }
     }

@@ -5,54 +5,31 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use super::ctr::CtrStream;
 use super::engine::{server_response, ClientEngine, EngineError, SessionKeys};
 use super::gcm::GcmStream;
 use super::message::AuthMessage;
+use super::sasl::{self, SaslConf, EXPECTED_SASL_MESSAGE};
+use super::wire::{bounded, call, failed, io_failed, refuse, send, timeout_reason, Reply};
 use super::{AuthCipher, AuthConf, AUTHENTICATION_FAILED, UNKNOWN_CHALLENGE};
 use crate::bootstrap::{BootstrapFuture, BoxedIo, ClientBootstrap, ServerBootstrap};
 use crate::error::TransportError;
 use crate::message::{type_name, Message};
 
-/// The largest handshake frame body accepted (an AuthMessage is about 100 bytes; a JVM's
-/// RpcFailure carries a stack trace).
-const MAX_HANDSHAKE_FRAME: usize = 1 << 20;
 /// The largest challenge body the server reads; a larger first RpcRequest is not a challenge.
 const MAX_CHALLENGE: usize = 64 * 1024;
 /// RpcRequest header after the frame length and type: request id + body length.
 const RPC_REQUEST_HEADER: usize = 8 + 4;
 
-fn failed(peer: SocketAddr, reason: impl Into<String>) -> TransportError {
-    TransportError::AuthFailed {
-        peer,
-        reason: reason.into(),
+fn rpc_failure(request_id: i64, text: &str) -> Message {
+    Message::RpcFailure {
+        request_id,
+        error: text.to_string(),
     }
-}
-
-fn io_failed(peer: SocketAddr, what: &str, e: std::io::Error) -> TransportError {
-    if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        failed(
-            peer,
-            format!("the connection closed during authentication ({what})"),
-        )
-    } else {
-        failed(
-            peer,
-            format!("I/O error during authentication ({what}): {e}"),
-        )
-    }
-}
-
-fn timeout_reason(after: Duration) -> String {
-    format!(
-        "the handshake did not complete within {} ms (spark.network.auth.rpcTimeout)",
-        after.as_millis()
-    )
 }
 
 /// Put the session cipher (if any) between the socket and framing.
@@ -83,6 +60,7 @@ fn wrap(
 #[derive(Debug, Clone)]
 pub struct AuthClientBootstrap {
     conf: Arc<AuthConf>,
+    sasl_fallback: Option<Arc<SaslConf>>,
 }
 
 impl AuthClientBootstrap {
@@ -90,79 +68,74 @@ impl AuthClientBootstrap {
     pub fn new(conf: AuthConf) -> Self {
         AuthClientBootstrap {
             conf: Arc::new(conf),
+            sasl_fallback: None,
         }
+    }
+
+    /// Retry with SASL on the same connection when the AES handshake fails other than by
+    /// timing out (`spark.network.crypto.saslFallback`), as Spark's `AuthClientBootstrap` does.
+    pub fn with_sasl_fallback(mut self, sasl: SaslConf) -> Self {
+        self.sasl_fallback = Some(Arc::new(sasl));
+        self
     }
 }
 
 impl ClientBootstrap for AuthClientBootstrap {
-    fn bootstrap<'a>(&'a self, peer: SocketAddr, io: BoxedIo) -> BootstrapFuture<'a> {
+    fn bootstrap<'a>(&'a self, peer: SocketAddr, mut io: BoxedIo) -> BootstrapFuture<'a> {
         Box::pin(async move {
-            let after = self.conf.rpc_timeout;
-            match tokio::time::timeout(after, client_handshake(&self.conf, peer, io)).await {
-                Ok(r) => r,
-                Err(_) => Err(failed(peer, timeout_reason(after))),
+            let conf = &self.conf;
+            let after = conf.rpc_timeout;
+            let aes_error =
+                match tokio::time::timeout(after, client_exchange(conf, peer, &mut io)).await {
+                    Ok(Ok(keys)) => return Ok(wrap(io, peer, conf, &keys, true)),
+                    Ok(Err(e)) => e,
+                    Err(_) => return Err(failed(peer, timeout_reason(after))),
+                };
+            let Some(sasl_conf) = &self.sasl_fallback else {
+                return Err(aes_error);
+            };
+            tracing::debug!(%peer, error = %aes_error, "AES authentication failed; falling back to SASL");
+            let sasl_after = sasl_conf.rpc_timeout;
+            match tokio::time::timeout(sasl_after, sasl::client_handshake(sasl_conf, peer, io))
+                .await
+            {
+                Ok(Ok(io)) => Ok(io),
+                Ok(Err(e)) => Err(failed(
+                    peer,
+                    format!("AES authentication failed ({aes_error}), and so did the SASL fallback ({e})"),
+                )),
+                Err(_) => Err(failed(
+                    peer,
+                    format!(
+                        "AES authentication failed ({aes_error}); the SASL fallback: {}",
+                        timeout_reason(sasl_after)
+                    ),
+                )),
             }
         })
     }
 }
 
-async fn client_handshake(
+/// The AES exchange: one challenge, one answer; the session keys.
+async fn client_exchange(
     conf: &AuthConf,
     peer: SocketAddr,
-    mut io: BoxedIo,
-) -> Result<BoxedIo, TransportError> {
+    io: &mut BoxedIo,
+) -> Result<SessionKeys, TransportError> {
     let engine = ClientEngine::new(&conf.app_id, conf.secret.expose());
-    let request_id = rand::random::<i64>() & i64::MAX;
-    let frame = Message::RpcRequest {
-        request_id,
-        body: Bytes::from(engine.challenge().to_vec()),
-    }
-    .to_bytes();
-    io.write_all(&frame)
-        .await
-        .map_err(|e| io_failed(peer, "sending the challenge", e))?;
-    io.flush()
-        .await
-        .map_err(|e| io_failed(peer, "sending the challenge", e))?;
-    let mut len = [0u8; 8];
-    io.read_exact(&mut len)
-        .await
-        .map_err(|e| io_failed(peer, "waiting for the server's answer", e))?;
-    let len = i64::from_be_bytes(len);
-    if len <= 8 || len - 8 > MAX_HANDSHAKE_FRAME as i64 {
-        return Err(failed(
-            peer,
-            format!("the server answered with an impossible frame length {len}"),
-        ));
-    }
-    let mut content = vec![0u8; (len - 8) as usize];
-    io.read_exact(&mut content)
-        .await
-        .map_err(|e| io_failed(peer, "reading the server's answer", e))?;
-    let reply = Message::decode(Bytes::from(content)).map_err(|e| {
-        failed(
-            peer,
-            format!("the server's answer is not a valid frame: {e}"),
-        )
-    })?;
-    let body = match reply {
-        Message::RpcResponse {
-            request_id: id,
-            body,
-        } if id == request_id => body,
-        Message::RpcFailure { error, .. } => {
-            let first = error.lines().next().unwrap_or_default();
-            return Err(failed(peer, format!("the server refused: {first}")));
-        }
-        other => {
+    let body = match call(io, peer, engine.challenge().to_vec(), "the AES challenge").await? {
+        Reply::Accepted(body) => body,
+        Reply::Refused(text) if text.contains(EXPECTED_SASL_MESSAGE) => {
             return Err(failed(
                 peer,
                 format!(
-                    "the server answered the challenge with an unexpected {}",
-                    other.type_name()
+                    "the server refused: {text}: it authenticates with SASL only; set \
+                     network.crypto.enabled=false on this side to use SASL (or leave \
+                     network.crypto.saslFallback=true to fall back to it)"
                 ),
             ))
         }
+        Reply::Refused(text) => return Err(failed(peer, format!("the server refused: {text}"))),
     };
     let response = AuthMessage::decode(&body).map_err(|e| {
         failed(
@@ -184,13 +157,14 @@ async fn client_handshake(
             other => failed(peer, other.to_string()),
         })?;
     tracing::debug!(%peer, cipher = ?conf.cipher, version = conf.version.number(), encrypt = conf.encrypt, "authenticated the connection");
-    Ok(wrap(io, peer, conf, &keys, true))
+    Ok(keys)
 }
 
 /// The server side: authenticates every accepted connection before the handler sees anything.
 #[derive(Debug, Clone)]
 pub struct AuthServerBootstrap {
     conf: Arc<AuthConf>,
+    sasl_fallback: Option<Arc<SaslConf>>,
 }
 
 impl AuthServerBootstrap {
@@ -198,55 +172,36 @@ impl AuthServerBootstrap {
     pub fn new(conf: AuthConf) -> Self {
         AuthServerBootstrap {
             conf: Arc::new(conf),
+            sasl_fallback: None,
         }
+    }
+
+    /// Answer a client whose first RpcRequest is not an AES challenge with SASL
+    /// (`spark.network.crypto.saslFallback`), as Spark's `AuthRpcHandler` does.
+    pub fn with_sasl_fallback(mut self, sasl: SaslConf) -> Self {
+        self.sasl_fallback = Some(Arc::new(sasl));
+        self
     }
 }
 
 impl ServerBootstrap for AuthServerBootstrap {
     fn bootstrap<'a>(&'a self, peer: SocketAddr, io: BoxedIo) -> BootstrapFuture<'a> {
-        Box::pin(async move {
-            let after = self.conf.rpc_timeout;
-            match tokio::time::timeout(after, server_handshake(&self.conf, peer, io)).await {
-                Ok(r) => r,
-                Err(_) => Err(failed(peer, timeout_reason(after))),
-            }
-        })
+        let handshake = server_handshake(&self.conf, self.sasl_fallback.as_deref(), peer, io);
+        Box::pin(bounded(self.conf.rpc_timeout, peer, handshake))
     }
-}
-
-/// Answer RpcFailure `text`, close the write side and let the peer read it before the socket
-/// goes (dropping a socket with unread input would reset the connection and lose the answer).
-async fn refuse(mut io: BoxedIo, request_id: i64, text: &str) {
-    let frame = Message::RpcFailure {
-        request_id,
-        error: text.to_string(),
-    }
-    .to_bytes();
-    let _ = io.write_all(&frame).await;
-    let _ = io.flush().await;
-    let _ = io.shutdown().await;
-    let linger = async {
-        let mut sink = [0u8; 8192];
-        let mut total = 0usize;
-        while total < (1 << 20) {
-            match io.read(&mut sink).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => total += n,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), linger).await;
 }
 
 async fn server_handshake(
     conf: &AuthConf,
+    sasl_fallback: Option<&SaslConf>,
     peer: SocketAddr,
     mut io: BoxedIo,
 ) -> Result<BoxedIo, TransportError> {
+    let what = "waiting for the client's challenge";
     let mut head = [0u8; 9];
     io.read_exact(&mut head)
         .await
-        .map_err(|e| io_failed(peer, "waiting for the client's challenge", e))?;
+        .map_err(|e| io_failed(peer, what, e))?;
     let len = i64::from_be_bytes(head[..8].try_into().expect("8 bytes"));
     let type_id = head[8];
     if type_id != 3 {
@@ -268,11 +223,11 @@ async fn server_handshake(
     let mut header = [0u8; RPC_REQUEST_HEADER];
     io.read_exact(&mut header)
         .await
-        .map_err(|e| io_failed(peer, "reading the client's challenge", e))?;
+        .map_err(|e| io_failed(peer, what, e))?;
     let request_id = i64::from_be_bytes(header[..8].try_into().expect("8 bytes"));
     let body_len = (len - min) as u64;
     if body_len > MAX_CHALLENGE as u64 {
-        refuse(io, request_id, UNKNOWN_CHALLENGE).await;
+        refuse(io, rpc_failure(request_id, UNKNOWN_CHALLENGE)).await;
         return Err(failed(
             peer,
             format!("the client's first RpcRequest ({body_len} bytes) is not an auth challenge; answered \"{UNKNOWN_CHALLENGE}\" and closed"),
@@ -281,14 +236,25 @@ async fn server_handshake(
     let mut body = vec![0u8; body_len as usize];
     io.read_exact(&mut body)
         .await
-        .map_err(|e| io_failed(peer, "reading the client's challenge", e))?;
+        .map_err(|e| io_failed(peer, what, e))?;
     let challenge = match AuthMessage::decode(&body) {
         Ok(c) => c,
         Err(e) => {
-            refuse(io, request_id, UNKNOWN_CHALLENGE).await;
+            if let Some(sasl_conf) = sasl_fallback {
+                tracing::debug!(%peer, "the first request is not an AES challenge; falling back to SASL");
+                let first = Some((request_id, Bytes::from(body)));
+                return sasl::server_handshake(sasl_conf, peer, io, first).await;
+            }
+            refuse(io, rpc_failure(request_id, UNKNOWN_CHALLENGE)).await;
+            let hint = if body.first() == Some(&sasl::SASL_MESSAGE_TAG) {
+                " (it is a SASL message: the client uses SASL, which this server only accepts \
+                 with network.crypto.saslFallback=true)"
+            } else {
+                ""
+            };
             return Err(failed(
                 peer,
-                format!("the client's first RpcRequest is not an auth challenge ({}); answered \"{UNKNOWN_CHALLENGE}\" and closed", e.0),
+                format!("the client's first RpcRequest is not an auth challenge ({}){hint}; answered \"{UNKNOWN_CHALLENGE}\" and closed", e.0),
             ));
         }
     };
@@ -296,24 +262,18 @@ async fn server_handshake(
         match server_response(&conf.app_id, conf.secret.expose(), &challenge, conf.version) {
             Ok(r) => r,
             Err(e) => {
-                refuse(io, request_id, AUTHENTICATION_FAILED).await;
+                refuse(io, rpc_failure(request_id, AUTHENTICATION_FAILED)).await;
                 return Err(failed(
                     peer,
                     format!("{e}; answered \"{AUTHENTICATION_FAILED}\" and closed"),
                 ));
             }
         };
-    let frame = Message::RpcResponse {
+    let answer = Message::RpcResponse {
         request_id,
         body: Bytes::from(response.to_vec()),
-    }
-    .to_bytes();
-    io.write_all(&frame)
-        .await
-        .map_err(|e| io_failed(peer, "sending the answer", e))?;
-    io.flush()
-        .await
-        .map_err(|e| io_failed(peer, "sending the answer", e))?;
+    };
+    send(&mut io, peer, &answer, "sending the answer").await?;
     tracing::debug!(%peer, cipher = ?conf.cipher, version = conf.version.number(), encrypt = conf.encrypt, "authenticated the client");
     Ok(wrap(io, peer, conf, &keys, false))
 }

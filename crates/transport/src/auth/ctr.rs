@@ -17,7 +17,8 @@ use ctr::Ctr128BE;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::stream::{
-    closed_without_data, sealable, sealed_async_write, undecryptable, SealedBuf, SliceCursor,
+    closed_without_data, poll_flush_sealed, poll_shutdown_sealed, poll_write_sealed, sealable,
+    undecryptable, SealedBuf, SliceCursor,
 };
 use crate::bootstrap::BoxedIo;
 
@@ -138,15 +139,50 @@ impl AsyncRead for CtrStream {
     }
 }
 
-impl CtrStream {
-    fn seal(&mut self, bufs: &[IoSlice<'_>]) -> usize {
-        let n = sealable(bufs);
-        let start = self.out.buf.len();
-        self.out.buf.reserve(n);
-        SliceCursor::new(bufs).take(n, |piece| self.out.buf.extend_from_slice(piece));
-        self.enc.apply(&mut self.out.buf[start..]);
-        n
-    }
+/// Encrypt up to [`sealable`] bytes of `bufs` onto `out`; the count taken.
+fn seal(enc: &mut Keystream, bufs: &[IoSlice<'_>], out: &mut Vec<u8>) -> usize {
+    let n = sealable(bufs);
+    let start = out.len();
+    out.reserve(n);
+    SliceCursor::new(bufs).take(n, |piece| out.extend_from_slice(piece));
+    enc.apply(&mut out[start..]);
+    n
 }
 
-sealed_async_write!(CtrStream);
+impl AsyncWrite for CtrStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let enc = &mut this.enc;
+        let r = poll_write_sealed(&mut this.io, &mut this.out, cx, |out| seal(enc, bufs, out));
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            this.wrote = true;
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        poll_flush_sealed(&mut this.io, &mut this.out, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        poll_shutdown_sealed(&mut this.io, &mut this.out, cx)
+    }
+}

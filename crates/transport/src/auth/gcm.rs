@@ -1,5 +1,5 @@
 //! The AES-GCM session cipher (Spark's `GcmTransportCipher`, Tink's `AesGcmHkdfStreaming` with
-//! 32 KiB segments):
+//! 32 KiB segments), catalog §5.4:
 //!
 //! ```text
 //! message = [i64 total length, counting itself][header][segment 0]...[segment n-1]
@@ -35,7 +35,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use zeroize::Zeroizing;
 
 use super::stream::{
-    closed_without_data, sealable, sealed_async_write, undecryptable, SealedBuf, SliceCursor,
+    closed_without_data, poll_flush_sealed, poll_shutdown_sealed, poll_write_sealed, sealable,
+    undecryptable, Next, PieceReader, ReadEnd, SealedBuf, SliceCursor,
 };
 use crate::bootstrap::BoxedIo;
 
@@ -189,22 +190,25 @@ enum ReadState {
     },
 }
 
+/// The reading side's state: where in a message the ciphertext stands.
+struct Decoder {
+    peer: SocketAddr,
+    key: Zeroizing<Vec<u8>>,
+    state: ReadState,
+    read_keys: SubkeyCache,
+}
+
 /// A stream encrypting and decrypting with Spark's segmented AES-GCM.
 pub(crate) struct GcmStream {
     io: BoxedIo,
-    peer: SocketAddr,
-    key: Zeroizing<Vec<u8>>,
     out: SealedBuf,
-    rbuf: BytesMut,
-    plain: BytesMut,
-    state: ReadState,
-    read_keys: SubkeyCache,
+    reader: PieceReader,
+    dec: Decoder,
     write_keys: SubkeyCache,
     /// This sender's salt (see the module docs) and message counter.
     salt: Zeroizing<Vec<u8>>,
     counter: u64,
     wrote: bool,
-    read: bool,
 }
 
 /// Messages sent under one salt before a new one is drawn.
@@ -221,34 +225,36 @@ impl GcmStream {
     pub(crate) fn new(io: BoxedIo, peer: SocketAddr, key: &[u8]) -> Self {
         GcmStream {
             io,
-            peer,
-            key: Zeroizing::new(key.to_vec()),
             out: SealedBuf::default(),
-            rbuf: BytesMut::new(),
-            plain: BytesMut::new(),
-            state: ReadState::Length,
-            read_keys: SubkeyCache::new(),
+            reader: PieceReader::default(),
+            dec: Decoder {
+                peer,
+                key: Zeroizing::new(key.to_vec()),
+                state: ReadState::Length,
+                read_keys: SubkeyCache::new(),
+            },
             write_keys: SubkeyCache::new(),
             salt: random_salt(key.len()),
             counter: 0,
             wrote: false,
-            read: false,
         }
     }
+}
 
+impl Decoder {
     fn header_len(&self) -> usize {
         1 + self.key.len() + PREFIX
     }
 
-    /// Decrypt the next complete segment in `rbuf`, if any.
-    fn next_segment(&mut self) -> io::Result<Option<BytesMut>> {
+    /// Decrypt the next complete segment in `rbuf`, or say how much more to read.
+    fn next(&mut self, rbuf: &mut BytesMut) -> io::Result<Next> {
         loop {
             match &mut self.state {
                 ReadState::Length => {
-                    if self.rbuf.len() < 8 {
-                        return Ok(None);
+                    if rbuf.len() < 8 {
+                        return Ok(Next::Need(self.wanted()));
                     }
-                    let total = self.rbuf.get_i64();
+                    let total = rbuf.get_i64();
                     let min = (8 + self.header_len()) as i64;
                     if total < min {
                         return Err(undecryptable(
@@ -263,7 +269,7 @@ impl GcmStream {
                 ReadState::Header { total } => {
                     let total = *total;
                     let header_len = self.header_len();
-                    if let Some(&first) = self.rbuf.first() {
+                    if let Some(&first) = rbuf.first() {
                         if usize::from(first) != header_len {
                             return Err(undecryptable(
                                 self.peer,
@@ -271,10 +277,10 @@ impl GcmStream {
                             ));
                         }
                     }
-                    if self.rbuf.len() < header_len {
-                        return Ok(None);
+                    if rbuf.len() < header_len {
+                        return Ok(Next::Need(self.wanted()));
                     }
-                    let header = self.rbuf.split_to(header_len);
+                    let header = rbuf.split_to(header_len);
                     let salt = &header[1..1 + self.key.len()];
                     let prefix: [u8; PREFIX] =
                         header[1 + self.key.len()..].try_into().expect("7 bytes");
@@ -307,11 +313,11 @@ impl GcmStream {
                 } => {
                     let cipher = self.read_keys.get(&self.key, salt, *total);
                     let len = (*left).min(SEGMENT as u64) as usize;
-                    if self.rbuf.len() < len {
-                        return Ok(None);
+                    if rbuf.len() < len {
+                        return Ok(Next::Need(self.wanted()));
                     }
                     let last = *left == len as u64;
-                    let mut seg = self.rbuf.split_to(len);
+                    let mut seg = rbuf.split_to(len);
                     let tag = seg.split_off(len - TAG);
                     if cipher
                         .open(nonce(prefix, *index, last), &mut seg, &tag)
@@ -324,7 +330,7 @@ impl GcmStream {
                     if last {
                         self.state = ReadState::Length;
                     }
-                    return Ok(Some(seg));
+                    return Ok(Next::Piece(seg));
                 }
             }
         }
@@ -348,77 +354,89 @@ impl AsyncRead for GcmStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        loop {
-            if !this.plain.is_empty() {
-                let k = this.plain.len().min(buf.remaining());
-                buf.put_slice(&this.plain[..k]);
-                this.plain.advance(k);
-                return Poll::Ready(Ok(()));
-            }
-            if let Some(seg) = this.next_segment()? {
-                this.plain = seg;
-                continue;
-            }
-            let want = this.wanted();
-            if this.rbuf.capacity() - this.rbuf.len() < want {
-                this.rbuf.reserve(want);
-            }
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut this.io),
-                cx,
-                &mut this.rbuf
-            ))?;
-            if n == 0 {
-                let mid_message = !matches!(this.state, ReadState::Length) || !this.rbuf.is_empty();
-                if mid_message {
+        let dec = &mut this.dec;
+        let end = ready!(this
+            .reader
+            .poll_read(&mut this.io, cx, buf, |rbuf| dec.next(rbuf)))?;
+        let peer = this.dec.peer;
+        match end {
+            ReadEnd::Data => {}
+            ReadEnd::Eof { leftover } => {
+                if leftover || !matches!(this.dec.state, ReadState::Length) {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         format!(
-                            "{} closed the connection in the middle of an encrypted message",
-                            this.peer
+                            "{peer} closed the connection in the middle of an encrypted message"
                         ),
                     )));
                 }
-                if !this.read && this.wrote {
-                    return Poll::Ready(Err(closed_without_data(this.peer)));
+                if !this.reader.read_any && this.wrote {
+                    return Poll::Ready(Err(closed_without_data(peer)));
                 }
-                return Poll::Ready(Ok(()));
             }
-            this.read = true;
         }
+        Poll::Ready(Ok(()))
     }
 }
 
-impl GcmStream {
-    /// Encrypts up to [`MAX_SEAL`](super::stream::MAX_SEAL) bytes of `bufs` as one message into
-    /// the write buffer; returns how many it took.
-    fn seal(&mut self, bufs: &[IoSlice<'_>]) -> usize {
+impl AsyncWrite for GcmStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
         let n = sealable(bufs);
         if n == 0 {
-            return 0;
+            return Poll::Ready(Ok(0));
         }
-        if self.counter == MESSAGES_PER_SALT {
-            self.salt = random_salt(self.key.len());
-            self.counter = 0;
-            self.write_keys = SubkeyCache::new();
-        }
-        let mut prefix = [0u8; PREFIX];
-        prefix.copy_from_slice(&self.counter.to_be_bytes()[8 - PREFIX..]);
-        self.counter += 1;
-        seal_message(
-            &self.key,
-            &self.salt,
-            &prefix,
-            &mut self.write_keys,
-            &mut SliceCursor::new(bufs),
-            n,
-            &mut self.out.buf,
+        let (key, salt, counter, keys) = (
+            &this.dec.key,
+            &mut this.salt,
+            &mut this.counter,
+            &mut this.write_keys,
         );
-        n
+        let r = poll_write_sealed(&mut this.io, &mut this.out, cx, |out| {
+            if *counter == MESSAGES_PER_SALT {
+                *salt = random_salt(key.len());
+                *counter = 0;
+                *keys = SubkeyCache::new();
+            }
+            let mut prefix = [0u8; PREFIX];
+            prefix.copy_from_slice(&counter.to_be_bytes()[8 - PREFIX..]);
+            *counter += 1;
+            let mut src = SliceCursor::new(bufs);
+            seal_message(key, salt, &prefix, keys, &mut src, n, out);
+            n
+        });
+        if matches!(r, Poll::Ready(Ok(_))) {
+            this.wrote = true;
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        poll_flush_sealed(&mut this.io, &mut this.out, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        poll_shutdown_sealed(&mut this.io, &mut this.out, cx)
     }
 }
-
-sealed_async_write!(GcmStream);
 
 #[cfg(test)]
 mod tests {

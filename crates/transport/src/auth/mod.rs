@@ -1,25 +1,30 @@
-//! Spark's AES authentication (Spark: `AuthEngine`) and its session ciphers, as connection bootstraps.
+//! Spark's connection authentication, as connection bootstraps: its AES protocol (catalog §5.4)
+//! with the session ciphers, and SASL DIGEST-MD5 ([`sasl`]).
 //!
 //! - [`AuthClientBootstrap`] sends the challenge as the connection's first RpcRequest, checks the
-//!   server's response and wraps the connection in the session cipher.
+//!   server's response and wraps the connection in the session cipher; with a SASL fallback it
+//!   retries with SASL on the same connection when that fails other than by timing out.
 //! - [`AuthServerBootstrap`] runs before any message reaches the handler: the first frame must be
-//!   an RpcRequest carrying a challenge. Anything else is refused and the connection closed (a
-//!   non-auth RpcRequest gets RpcFailure `Unknown challenge message.`, a wrong secret or app id
-//!   `Authentication failed.`, any other frame no reply at all). This is stricter than Spark
-//!   4.3.0, which serves stream and chunk requests before authentication.
+//!   an RpcRequest carrying a challenge. With a SASL fallback, an RpcRequest that is not a
+//!   challenge is handed to the SASL server. Otherwise anything else is refused and the
+//!   connection closed (a non-auth RpcRequest gets RpcFailure `Unknown challenge message.`, a
+//!   wrong secret or app id `Authentication failed.`, any other frame no reply at all). This is
+//!   stricter than Spark 4.3.0, which serves stream and chunk requests before authentication.
 //!
 //! The session cipher is AES-CTR (Spark's default) or Spark's segmented AES-GCM; a JVM peer must
-//! be configured with `spark.network.crypto.enabled=true` and `spark.network.crypto.saslFallback=false`
-//! (SASL is not implemented), and the same `spark.network.crypto.cipher` and
-//! `spark.network.crypto.authEngineVersion`: the protocol has no key confirmation, so a mismatch
-//! passes the handshake and fails at the first encrypted message.
+//! be configured with `spark.network.crypto.enabled=true` and the same
+//! `spark.network.crypto.cipher` and `spark.network.crypto.authEngineVersion`: the protocol has
+//! no key confirmation, so a mismatch passes the handshake and fails at the first encrypted
+//! message.
 
 mod bootstrap;
 mod ctr;
 mod engine;
 mod gcm;
 mod message;
+pub mod sasl;
 mod stream;
+mod wire;
 
 use std::fmt;
 use std::sync::Arc;
@@ -28,6 +33,7 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 pub use bootstrap::{AuthClientBootstrap, AuthServerBootstrap};
+pub use sasl::{SaslClientBootstrap, SaslConf, SaslServerBootstrap};
 
 /// The app id NettyRpcEnv authenticates with (`SecurityManager.getSaslUser`).
 pub const DEFAULT_APP_ID: &str = "sparkSaslUser";

@@ -1,12 +1,15 @@
-//! Pieces shared by the two session-cipher streams: the encrypted write buffer and the errors
-//! that explain a cipher or version mismatch.
+//! Pieces shared by the cipher streams (AES-CTR, AES-GCM, SASL): the encrypted write buffer and
+//! the write side built on it, and the errors that explain a cipher or version mismatch.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::AsyncWrite;
+use std::task::ready;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncWrite, ReadBuf};
 
 use crate::bootstrap::BoxedIo;
 
@@ -117,55 +120,106 @@ pub(crate) fn sealable(slices: &[io::IoSlice<'_>]) -> usize {
     n
 }
 
-/// `AsyncWrite` for a session-cipher stream: the same for every cipher. The stream has fields
-/// `io: BoxedIo`, `out: SealedBuf` and `wrote: bool`, and a method
-/// `seal(&mut self, bufs: &[IoSlice<'_>]) -> usize` that encrypts up to [`MAX_SEAL`] bytes of
-/// `bufs` into `out` and returns how many it took. A write first drains what an earlier one left
-/// (so memory stays bounded), then seals, then starts draining what it sealed.
-macro_rules! sealed_async_write {
-    ($stream:ty) => {
-        impl AsyncWrite for $stream {
-            fn poll_write(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                buf: &[u8],
-            ) -> Poll<io::Result<usize>> {
-                self.poll_write_vectored(cx, &[IoSlice::new(buf)])
-            }
-
-            fn poll_write_vectored(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                bufs: &[IoSlice<'_>],
-            ) -> Poll<io::Result<usize>> {
-                let this = self.get_mut();
-                ready!(this.out.poll_drain(&mut this.io, cx))?;
-                let n = this.seal(bufs);
-                if n > 0 {
-                    this.wrote = true;
-                }
-                if let Poll::Ready(Err(e)) = this.out.poll_drain(&mut this.io, cx) {
-                    return Poll::Ready(Err(e));
-                }
-                Poll::Ready(Ok(n))
-            }
-
-            fn is_write_vectored(&self) -> bool {
-                true
-            }
-
-            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                let this = self.get_mut();
-                ready!(this.out.poll_drain(&mut this.io, cx))?;
-                Pin::new(&mut this.io).poll_flush(cx)
-            }
-
-            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-                let this = self.get_mut();
-                ready!(this.out.poll_drain(&mut this.io, cx))?;
-                Pin::new(&mut this.io).poll_shutdown(cx)
-            }
-        }
-    };
+/// `poll_write_vectored` of a cipher stream: drain what is buffered, then `seal` new plaintext
+/// from the caller's slices into the buffer (returning how much it took) and start writing it.
+pub(crate) fn poll_write_sealed(
+    io: &mut BoxedIo,
+    out: &mut SealedBuf,
+    cx: &mut Context<'_>,
+    seal: impl FnOnce(&mut Vec<u8>) -> usize,
+) -> Poll<io::Result<usize>> {
+    ready!(out.poll_drain(io, cx))?;
+    let n = seal(&mut out.buf);
+    if let Poll::Ready(Err(e)) = out.poll_drain(io, cx) {
+        return Poll::Ready(Err(e));
+    }
+    Poll::Ready(Ok(n))
 }
-pub(crate) use sealed_async_write;
+
+/// `poll_flush` of a cipher stream: everything buffered reaches the socket first.
+pub(crate) fn poll_flush_sealed(
+    io: &mut BoxedIo,
+    out: &mut SealedBuf,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    ready!(out.poll_drain(io, cx))?;
+    Pin::new(io).poll_flush(cx)
+}
+
+/// `poll_shutdown` of a cipher stream: everything buffered reaches the socket first.
+pub(crate) fn poll_shutdown_sealed(
+    io: &mut BoxedIo,
+    out: &mut SealedBuf,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    ready!(out.poll_drain(io, cx))?;
+    Pin::new(io).poll_shutdown(cx)
+}
+
+/// What a framed cipher's decoder found in the ciphertext buffer.
+pub(crate) enum Next {
+    /// A decrypted piece of plaintext.
+    Piece(BytesMut),
+    /// Nothing complete yet: read at least this many more bytes.
+    Need(usize),
+}
+
+/// How a read of a framed cipher stream ended.
+pub(crate) enum ReadEnd {
+    /// Plaintext was handed out.
+    Data,
+    /// The peer closed the connection; `leftover` if ciphertext of an incomplete piece remains.
+    Eof { leftover: bool },
+}
+
+/// The read side of the framed cipher streams (AES-GCM, SASL): ciphertext gathered in a buffer,
+/// decoded piece by piece, the plaintext handed out as one stream.
+#[derive(Default)]
+pub(crate) struct PieceReader {
+    rbuf: BytesMut,
+    plain: BytesMut,
+    /// Any ciphertext arrived.
+    pub(crate) read_any: bool,
+}
+
+impl PieceReader {
+    /// `poll_read` of a framed cipher stream; `next` takes the next complete piece out of the
+    /// ciphertext buffer.
+    pub(crate) fn poll_read(
+        &mut self,
+        io: &mut BoxedIo,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+        mut next: impl FnMut(&mut BytesMut) -> io::Result<Next>,
+    ) -> Poll<io::Result<ReadEnd>> {
+        loop {
+            if !self.plain.is_empty() {
+                let k = self.plain.len().min(buf.remaining());
+                buf.put_slice(&self.plain[..k]);
+                self.plain.advance(k);
+                return Poll::Ready(Ok(ReadEnd::Data));
+            }
+            let want = match next(&mut self.rbuf)? {
+                Next::Piece(p) => {
+                    self.plain = p;
+                    continue;
+                }
+                Next::Need(want) => want,
+            };
+            if self.rbuf.capacity() - self.rbuf.len() < want {
+                self.rbuf.reserve(want);
+            }
+            let n = ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut *io),
+                cx,
+                &mut self.rbuf
+            ))?;
+            if n == 0 {
+                return Poll::Ready(Ok(ReadEnd::Eof {
+                    leftover: !self.rbuf.is_empty(),
+                }));
+            }
+            self.read_any = true;
+        }
+    }
+}

@@ -196,6 +196,23 @@ pub(crate) async fn server_with(
         .expect("bind")
 }
 
+/// A server on 127.0.0.1:0 with a fresh TestHandler behind `boot`, and the handler.
+pub(crate) async fn bootstrapped_server(
+    boot: Arc<dyn rpcenv_transport::ServerBootstrap>,
+) -> (TransportServer, Arc<TestHandler>) {
+    let handler = Arc::new(TestHandler::default());
+    let server = TransportServer::bind_with_bootstraps(
+        TransportConf::default(),
+        "127.0.0.1",
+        0,
+        handler.clone(),
+        vec![boot],
+    )
+    .await
+    .expect("bind");
+    (server, handler)
+}
+
 /// A server with a fresh TestHandler, and the handler.
 pub(crate) async fn test_server() -> (TransportServer, Arc<TestHandler>) {
     let handler = Arc::new(TestHandler::default());
@@ -237,4 +254,45 @@ impl BodySource for PatternSource {
         self.next += n;
         Ok(Bytes::from(piece))
     }
+}
+
+/// Write `msg` on a raw connection to `port` and read what comes back: the frames, until EOF.
+pub(crate) async fn raw_exchange(
+    port: u16,
+    msg: rpcenv_transport::Message,
+) -> Vec<rpcenv_transport::Message> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(&msg.to_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    // Read to EOF (or a reset, which also means closed).
+    let _ = within(s.read_to_end(&mut all)).await;
+    decode_all(&all)
+}
+
+/// The complete frames in `raw`.
+pub(crate) fn decode_all(raw: &[u8]) -> Vec<rpcenv_transport::Message> {
+    let mut buf = bytes::BytesMut::from(raw);
+    let mut decoder = rpcenv_transport::FrameDecoder::new(1 << 20);
+    let mut out = Vec::new();
+    while let Some(rpcenv_transport::Decoded::Message(m)) = decoder.decode(&mut buf).unwrap() {
+        out.push(m);
+    }
+    out
+}
+
+/// An upload of the `file` body echoed by name, then one one-way message reaching `handler`.
+pub(crate) async fn upload_then_one_way(c: &TransportClient, handler: &TestHandler, what: &str) {
+    let up = within(c.upload_stream(Bytes::from("meta/file"), upload_body("file")))
+        .await
+        .unwrap();
+    assert_eq!(up, Bytes::from("file"), "{what}");
+    let before = handler.one_way.lock().unwrap().len();
+    c.send(Bytes::from("one-way")).unwrap();
+    wait_until("the one-way message", || {
+        handler.one_way.lock().unwrap().len() == before + 1
+    })
+    .await;
 }
