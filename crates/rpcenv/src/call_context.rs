@@ -20,23 +20,27 @@ pub(crate) enum ReplyTarget {
 }
 
 impl ReplyTarget {
-    fn complete_ok<R: RpcReply>(self, value: R, endpoint: &str) {
+    fn complete_ok<R: RpcReply>(self, value: R, endpoint: &str, write_now: bool) {
         match self {
             ReplyTarget::Local(slot) => {
                 slot.complete(Ok(ReplyValue::local(value)));
             }
-            ReplyTarget::Remote(responder) => responder.respond(encode_reply_ok(&value, endpoint)),
+            ReplyTarget::Remote(responder) => {
+                respond(*responder, encode_reply_ok(&value, endpoint), write_now)
+            }
         }
     }
 
-    fn complete_err(self, error: RpcError) {
+    fn complete_err(self, error: RpcError, write_now: bool) {
         match self {
             ReplyTarget::Local(slot) => {
                 slot.complete(Err(error));
             }
-            ReplyTarget::Remote(responder) => {
-                responder.respond(encode_reply_error(&WireError::from_error(&error)))
-            }
+            ReplyTarget::Remote(responder) => respond(
+                *responder,
+                encode_reply_error(&WireError::from_error(&error)),
+                write_now,
+            ),
         }
     }
 
@@ -46,6 +50,17 @@ impl ReplyTarget {
             ReplyTarget::Local(slot) => Arc::as_ptr(slot) as *const () as usize,
             ReplyTarget::Remote(responder) => &**responder as *const RpcResponder as usize,
         }
+    }
+}
+
+/// Sends a remote answer: written from this thread when `write_now` and the connection's task is
+/// idle (no hand-off to an IO thread, and the answers queued before it leave in the same write),
+/// else queued for the connection's task.
+fn respond(responder: RpcResponder, body: bytes::Bytes, write_now: bool) {
+    if write_now && tokio::runtime::Handle::try_current().is_err() {
+        responder.respond_now(body);
+    } else {
+        responder.respond(body);
     }
 }
 
@@ -80,6 +95,8 @@ pub struct RpcCallContext {
     sender: Option<RpcAddress>,
     connection: Option<SocketAddr>,
     endpoint: Arc<str>,
+    /// Write a remote answer from the answering thread (see [`write_answer_now`](Self::write_answer_now)).
+    write_now: bool,
 }
 
 impl RpcCallContext {
@@ -89,7 +106,17 @@ impl RpcCallContext {
             sender,
             connection: None,
             endpoint,
+            write_now: false,
         }
+    }
+
+    /// Marks the ask whose answer ends a batch of a message loop: a remote answer is then
+    /// written by the answering thread itself when the connection's task is idle, with the
+    /// answers queued before it, instead of being handed to an IO thread (which would have to be
+    /// woken: at a light load that hand-off is most of an ask's latency). Answers in the middle
+    /// of a batch are queued, so that a busy loop's answers still leave together.
+    pub(crate) fn write_answer_now(&mut self) {
+        self.write_now = true;
     }
 
     /// The same context, for an ask that arrived over the connection whose peer is `peer`.
@@ -101,7 +128,7 @@ impl RpcCallContext {
     /// Answers the ask with `value`.
     pub fn reply<R: RpcReply>(mut self, value: R) {
         if let Some(target) = self.target.take() {
-            target.complete_ok(value, &self.endpoint);
+            target.complete_ok(value, &self.endpoint, self.write_now);
         }
     }
 
@@ -111,7 +138,7 @@ impl RpcCallContext {
         if let Some(target) = self.target.take() {
             let error: BoxError = error.into();
             let failure = Failure::from_error(FailureKind::Reported, Arc::from(error));
-            target.complete_err(self.failed(failure));
+            target.complete_err(self.failed(failure), self.write_now);
         }
     }
 
@@ -139,7 +166,7 @@ impl RpcCallContext {
     /// Fails the ask with `error` (used when the message could not be delivered).
     pub(crate) fn fail(mut self, error: RpcError) {
         if let Some(target) = self.target.take() {
-            target.complete_err(error);
+            target.complete_err(error, self.write_now);
         }
     }
 
@@ -167,9 +194,12 @@ impl Drop for RpcCallContext {
             None => Some(target),
         });
         if let Some(target) = deferred {
-            target.complete_err(RpcError::NoReply {
-                endpoint: self.endpoint.to_string(),
-            });
+            target.complete_err(
+                RpcError::NoReply {
+                    endpoint: self.endpoint.to_string(),
+                },
+                self.write_now,
+            );
         }
     }
 }
@@ -225,7 +255,7 @@ pub(crate) fn with_handler_scope<T>(
                     endpoint: endpoint.to_string(),
                 },
             };
-            target.complete_err(error);
+            target.complete_err(error, false);
         }
     }
     result

@@ -428,7 +428,14 @@ impl<B: Behaviour> Inbox<B> {
             let handled = batch.len();
             let _span = tracing::trace_span!("endpoint", name = %self.name).entered();
             core.behaviour.with(|callbacks| {
-                while let Some(message) = batch.pop_front() {
+                while let Some(mut message) = batch.pop_front() {
+                    if batch.is_empty() {
+                        // The batch's last answer is written by this thread (see
+                        // `RpcCallContext::write_answer_now`).
+                        if let InboxMessage::Rpc(_, ctx) = &mut message {
+                            ctx.write_answer_now();
+                        }
+                    }
                     self.deliver(callbacks, &core.ctx, message);
                 }
             });

@@ -274,6 +274,12 @@ pub(crate) fn dispatch(client: &TransportClient, message: OutboxMessage, cx: &Ou
             }
             let on_reply = cx.reply_handler(slot.clone(), client);
             let id = client.send_rpc_with_callback(body, on_reply);
+            if tokio::runtime::Handle::try_current().is_err() {
+                // An ask from a plain thread, which will most likely block for the reply: write
+                // it from here when the connection's task is idle, instead of waking that task
+                // (a thread hand-off) to write it.
+                client.try_flush();
+            }
             let client = client.clone();
             slot.set_cancel(Box::new(move || client.remove_rpc_request(id)));
         }
