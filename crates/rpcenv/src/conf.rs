@@ -179,6 +179,12 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
         doc: "Bytes that may wait to be sent to one remote address; past it `send` fails with QueueFull at once and `send_async` waits.",
     },
     KnownKey {
+        key: "rpc.messageLoop.spinMicros",
+        kind: ValueKind::Int(0, 10_000),
+        default: Some("50"),
+        doc: "Microseconds a message-loop thread (or a caller blocked in ask_sync) may stay awake waiting for the next message, used only while messages have recently been arriving that closely; 0 turns spinning off.",
+    },
+    KnownKey {
         key: "rpc.inbox.capacity",
         kind: ValueKind::Int(1, 1 << 30),
         default: Some("65536"),
@@ -537,6 +543,12 @@ impl RpcConf {
             .ok()
             .flatten()
             .unwrap_or(64 * MIB)
+    }
+
+    /// `rpc.messageLoop.spinMicros` (50 µs): how long a waiter may spin while messages come that
+    /// closely.
+    pub fn spin_window(&self) -> Duration {
+        Duration::from_micros(self.known_int("rpc.messageLoop.spinMicros", 50) as u64)
     }
 
     /// `rpc.inbox.capacity` (65536 messages).

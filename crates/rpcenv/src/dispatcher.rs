@@ -234,6 +234,7 @@ impl Dispatcher {
             scheduler,
             max_threads,
             self.inbox_capacity,
+            self.defaults.waits.pace.window(),
             self.defaults.env_stopped.clone(),
             Some(listener),
         );

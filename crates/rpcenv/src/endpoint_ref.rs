@@ -23,7 +23,7 @@ use crate::codec::encode_request;
 use crate::error::RpcError;
 use crate::mailbox::{InboxControl, InboxMessage, Mailbox};
 use crate::message::{RpcMessage, RpcReply};
-use crate::reply::{Ask, ReplySlot};
+use crate::reply::{Ask, ReplySlot, Waits};
 use crate::timeout::{ensure_blocking_allowed, RpcTimeout};
 
 /// A serialized message on its way to another process.
@@ -73,7 +73,8 @@ pub(crate) struct RefDefaults {
     pub(crate) ask_timeout: RpcTimeout,
     pub(crate) num_retries: u32,
     pub(crate) retry_wait: Duration,
-    pub(crate) runtime: tokio::runtime::Handle,
+    /// The runtime the asks' timers run on, and the pace of callers blocked on replies.
+    pub(crate) waits: Arc<Waits>,
     /// The address of the env the refs belong to (the sender of their messages).
     pub(crate) sender: Option<RpcAddress>,
     /// The env's network, for remote routes.
@@ -251,7 +252,10 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
             ask_timeout: RpcTimeout::new(Duration::from_secs(120), "rpc.askTimeout"),
             num_retries: 3,
             retry_wait: Duration::from_secs(3),
-            runtime: crate::runtime::shared_runtime(1),
+            waits: Arc::new(Waits {
+                runtime: crate::runtime::shared_runtime(1),
+                pace: crate::pace::Pace::new(Duration::ZERO),
+            }),
             sender: None,
             network: Weak::<NoNetwork>::new(),
             env_stopped: Arc::new(AtomicBool::new(false)),
@@ -315,7 +319,7 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
             slot,
             self.inner.described.clone(),
             timeout,
-            self.inner.defaults.runtime.clone(),
+            self.inner.defaults.waits.clone(),
         )
     }
 

@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use crate::backoff::pause;
 use crate::call_context::{with_handler_scope, CallOutcome, RpcCallContext};
 use crate::codec::decode_content;
 use crate::decode_scope::DecodeScope;
@@ -31,6 +30,7 @@ use crate::endpoint::EndpointCtx;
 use crate::error::{panic_message, Failure, FailureKind, HandlerResult, RpcError, SharedError};
 use crate::flavour::{Behaviour, Callbacks};
 use crate::mailbox::{Event, InboxControl, InboxMessage, Mailbox};
+use crate::pace::{spin_until, Pace};
 use rpcenv_transport::TransportClient;
 
 /// Something a message loop thread can run.
@@ -100,6 +100,8 @@ struct State<M, C> {
     paused: Vec<TransportClient>,
     /// Messages posted so far (wrapping), mirrored in `Inbox::posted`.
     posted: usize,
+    /// When the last batch was taken (what the inbox's pace learns from).
+    last_batch: Option<Instant>,
 }
 
 /// Told when an inbox has terminated (`on_stop` ran), so shutdown can wait for all of them.
@@ -115,6 +117,8 @@ pub(crate) struct Inbox<B: Behaviour> {
     /// Messages posted so far (wrapping): read without the lock by a processor that waits for a
     /// batch to fill.
     posted: AtomicUsize,
+    /// How closely messages follow each other: whether a processor stays awake for the next.
+    pace: Pace,
     scheduler: Scheduler,
     max_threads: usize,
     /// Messages from the network beyond this pause the connections they come from.
@@ -126,24 +130,20 @@ pub(crate) struct Inbox<B: Behaviour> {
 /// Batches a processor runs before it yields its thread to other inboxes waiting for one.
 const ROUNDS_BEFORE_YIELD: usize = 8;
 
-/// How long a processor whose queue ran empty keeps looking at it (yielding its CPU between looks)
-/// before giving its thread back. A sender that is still going then finds the processor awake: no
-/// thread is scheduled and woken for each message, and the next request of a caller that waits
-/// for each reply meets a running thread (a wake-up on an idle core costs tens of µs).
-const LINGER: Duration = Duration::from_micros(50);
-
 /// When a small batch (fewer messages than this) is followed by another small one, the processor
-/// waits while the sender keeps posting (at most [`GATHER_MAX`]), so that a fast sender fills a
+/// waits while the sender keeps posting (within the spin window), so that a fast sender fills a
 /// larger batch instead of contending for the queue's lock with every message.
 const SMALL_BATCH: usize = 16;
 
-/// The longest such wait.
-const GATHER_MAX: Duration = Duration::from_micros(50);
-
-/// The processor's waiting policy between batches (see [`LINGER`], [`SMALL_BATCH`]).
+/// The processor's waiting policy between batches. Whether it may stay awake at all is the
+/// inbox's [`Pace`]: only while batches have been following each other within the spin window
+/// (`rpc.messageLoop.spinMicros`). Then a processor whose queue ran empty keeps looking at it for
+/// up to the window before giving its thread back, so that the next request of a caller that
+/// waits for each reply meets a running thread instead of waking one (tens of µs on an idle
+/// core); and after a small batch it lets a fast sender fill the next one. At a light load
+/// (heartbeats, status asks) it gives the thread back at once and costs no CPU while it waits.
 struct Linger {
     enabled: bool,
-    idle_since: Option<Instant>,
     last_small: bool,
 }
 
@@ -151,14 +151,12 @@ impl Linger {
     fn new(manual: bool) -> Self {
         Linger {
             enabled: !manual,
-            idle_since: None,
             last_small: false,
         }
     }
 
     /// A batch of `n` messages was handled.
     fn handled(&mut self, n: usize) {
-        self.idle_since = None;
         self.last_small = n < SMALL_BATCH;
     }
 
@@ -168,42 +166,35 @@ impl Linger {
         self.enabled && self.last_small && queued > 0 && queued < SMALL_BATCH
     }
 
-    /// Waits while `posted` keeps rising, at most [`GATHER_MAX`].
-    fn gather(&mut self, posted: &AtomicUsize) {
+    /// Waits while `posted` keeps rising, at most the pace's budget.
+    fn gather(&mut self, pace: &Pace, posted: &AtomicUsize) {
         self.last_small = false;
-        let start = Instant::now();
         let mut seen = posted.load(Ordering::Relaxed);
-        loop {
-            for _ in 0..32 {
-                std::hint::spin_loop();
-            }
+        spin_until(pace.spin_budget(), || {
             let now = posted.load(Ordering::Relaxed);
-            if now == seen || start.elapsed() >= GATHER_MAX {
-                return;
-            }
-            seen = now;
-        }
+            std::mem::replace(&mut seen, now) == now
+        });
     }
 
     /// The queue was empty when `posted` read `seen`: waits until a message is posted (true: look
-    /// again) or [`LINGER`] has passed or other inboxes wait for the thread (false: leave). It
-    /// watches `posted` without the queue's lock, spinning briefly and yielding its CPU every few
-    /// µs to whatever else is runnable on it.
-    fn idle(&mut self, scheduler: &Scheduler, posted: &AtomicUsize, seen: usize) -> bool {
+    /// again), or the pace's budget has passed or other inboxes wait for the thread (false:
+    /// leave). It watches `posted` without the queue's lock.
+    fn idle(
+        &mut self,
+        pace: &Pace,
+        scheduler: &Scheduler,
+        posted: &AtomicUsize,
+        seen: usize,
+    ) -> bool {
         if !self.enabled {
             return false;
         }
-        let since = *self.idle_since.get_or_insert_with(Instant::now);
-        let mut looks = 0u32;
-        loop {
-            if posted.load(Ordering::Relaxed) != seen {
-                return true;
-            }
-            if scheduler.others_waiting() || since.elapsed() >= LINGER {
-                return false;
-            }
-            pause(&mut looks);
-        }
+        let mut others = false;
+        let posted_again = spin_until(pace.spin_budget(), || {
+            others = scheduler.others_waiting();
+            others || posted.load(Ordering::Relaxed) != seen
+        });
+        posted_again && !others
     }
 }
 
@@ -214,6 +205,7 @@ impl<B: Behaviour> Inbox<B> {
         scheduler: Scheduler,
         max_threads: usize,
         capacity: usize,
+        spin: Duration,
         env_stopped: Arc<AtomicBool>,
         listener: Option<Arc<dyn TerminationListener>>,
     ) -> Arc<Self> {
@@ -232,8 +224,10 @@ impl<B: Behaviour> Inbox<B> {
                 core: None,
                 paused: Vec::new(),
                 posted: 0,
+                last_batch: None,
             }),
             posted: AtomicUsize::new(0),
+            pace: Pace::new(spin),
             scheduler,
             max_threads: max_threads.max(1),
             capacity: capacity.max(1),
@@ -386,7 +380,7 @@ impl<B: Behaviour> Inbox<B> {
                 let alone = st.concurrent || st.active <= 1;
                 if alone && linger.should_gather(st.queue.len()) {
                     drop(st);
-                    linger.gather(&self.posted);
+                    linger.gather(&self.pace, &self.posted);
                     st = self.lock();
                 }
                 if alone && st.queue.is_empty() && st.core.is_some() && !st.stopped {
@@ -394,7 +388,7 @@ impl<B: Behaviour> Inbox<B> {
                     // back, unless other inboxes wait for it.
                     let seen = st.posted;
                     drop(st);
-                    if linger.idle(&self.scheduler, &self.posted, seen) {
+                    if linger.idle(&self.pace, &self.scheduler, &self.posted, seen) {
                         continue;
                     }
                     st = self.lock();
@@ -409,6 +403,11 @@ impl<B: Behaviour> Inbox<B> {
                     drop(st);
                     self.schedule();
                     return;
+                }
+                // The interval between batches is what the pace learns from.
+                let now = Instant::now();
+                if let Some(last) = st.last_batch.replace(now) {
+                    self.pace.observe(now - last);
                 }
                 if B::CONCURRENT {
                     // One at a time, so that other threads can take the rest once on_start ran.
@@ -764,6 +763,7 @@ mod tests {
             Scheduler::Manual,
             1,
             1024,
+            Duration::from_micros(50),
             Arc::new(AtomicBool::new(false)),
             None,
         );

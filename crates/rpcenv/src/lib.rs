@@ -40,7 +40,6 @@
 //! 4. `env`: the façade ([`RpcEnv`], [`RpcEnvBuilder`]) that wires them together.
 
 pub mod address;
-mod backoff;
 mod call_context;
 pub mod codec;
 pub mod conf;
@@ -56,6 +55,7 @@ mod mailbox;
 mod message;
 mod net;
 mod outbox;
+mod pace;
 mod ref_codec;
 mod reply;
 mod runtime;

@@ -437,7 +437,11 @@ impl Network {
         scope: DecodeScope,
     ) {
         let reply = |r: RpcResponder, endpoint: Arc<str>| {
-            RpcCallContext::new(ReplyTarget::Remote(Box::new(r)), Some(sender), endpoint)
+            let ctx = RpcCallContext::new(ReplyTarget::Remote(Box::new(r)), Some(sender), endpoint);
+            match scope.client() {
+                Some(client) => ctx.with_connection(client.remote_addr()),
+                None => ctx,
+            }
         };
         match self.dispatcher.control(name) {
             Some(inbox) => {

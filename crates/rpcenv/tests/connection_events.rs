@@ -13,8 +13,8 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use rpcenv::{
-    EndpointCtx, HandlerResult, RpcAddress, RpcEndpoint, RpcEndpointRef, RpcEnv, RpcError,
-    RpcTimeout,
+    EndpointCtx, HandlerResult, RpcAddress, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcEnv,
+    RpcError, RpcTimeout,
 };
 
 mod common;
@@ -33,6 +33,17 @@ struct EventRecorder(Sender<NetEvent>);
 impl RpcEndpoint for EventRecorder {
     type Message = String;
     fn receive(&mut self, _: &EndpointCtx<String>, _: String) -> HandlerResult {
+        Ok(())
+    }
+    /// Answers with the sender address the asker announced and the connection's own address.
+    fn receive_and_reply(
+        &mut self,
+        _: &EndpointCtx<String>,
+        _: String,
+        ctx: RpcCallContext,
+    ) -> HandlerResult {
+        let answer = (ctx.sender_address().cloned(), ctx.connection_address());
+        ctx.reply(answer);
         Ok(())
     }
     fn on_connected(&mut self, _: &EndpointCtx<String>, a: &RpcAddress) -> HandlerResult {
@@ -96,6 +107,35 @@ fn network_events_in_server_rpc_env_when_another_rpc_env_is_in_server_mode() {
 }
 
 /// Spark: RpcEnvSuite "network events in sever RpcEnv when another RpcEnv is in client mode".
+#[test]
+fn an_ask_names_its_connection_and_on_disconnected_names_it_when_it_closes() {
+    let env1 = server("env1");
+    let env2 = server("env2");
+    let (tx1, rx1) = channel();
+    env1.setup_endpoint("connection-id", EventRecorder(tx1))
+        .unwrap();
+    let r: RpcEndpointRef<String> = env2
+        .setup_endpoint_ref(env1.address().unwrap(), "connection-id")
+        .unwrap();
+    let (sender, connection): (Option<RpcAddress>, Option<std::net::SocketAddr>) =
+        r.ask_sync("who".into()).unwrap();
+    // The sender is what env2 announces (its listen address); the connection is the socket's.
+    assert_eq!(sender.as_ref(), env2.address());
+    let connection = RpcAddress::from_socket_addr(connection.expect("a remote ask"));
+    assert_ne!(Some(&connection), env2.address());
+    env2.shutdown();
+    env2.await_termination().unwrap();
+    expect_event(&rx1, "onDisconnected(the ask's connection)", |e| {
+        *e == NetEvent::Disconnected(connection.clone())
+    });
+    // A local ask came over no connection.
+    let local: RpcEndpointRef<String> = env1.endpoint_ref("connection-id").unwrap();
+    let (_, connection): (Option<RpcAddress>, Option<std::net::SocketAddr>) =
+        local.ask_sync("who".into()).unwrap();
+    assert_eq!(connection, None);
+    env1.shutdown();
+}
+
 #[test]
 fn network_events_in_server_rpc_env_when_another_rpc_env_is_in_client_mode() {
     let env = server("server");

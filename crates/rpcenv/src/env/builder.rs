@@ -15,6 +15,8 @@ use crate::dispatcher::Dispatcher;
 use crate::endpoint_ref::{RefDefaults, RefNetwork};
 use crate::error::RpcError;
 use crate::net::{Network, NetworkParts, RpcEnvHandler, FRAME_HEADROOM};
+use crate::pace::Pace;
+use crate::reply::Waits;
 use crate::verifier::{Verifier, VERIFIER_NAME};
 
 /// Builds an [`RpcEnv`].
@@ -149,7 +151,10 @@ impl RpcEnvBuilder {
                 ask_timeout: self.conf.ask_timeout(),
                 num_retries: self.conf.num_retries(),
                 retry_wait: self.conf.retry_wait(),
-                runtime: runtime.clone(),
+                waits: Arc::new(Waits {
+                    runtime: runtime.clone(),
+                    pace: Pace::new(self.conf.spin_window()),
+                }),
                 sender: address.clone(),
                 network: ref_network,
                 env_stopped: Arc::new(AtomicBool::new(false)),
