@@ -221,3 +221,60 @@ fn killing_the_demo_leaves_no_process_behind() {
     let _ = demo.0.wait();
     wait_until("every child to exit", || processes_with(&marker).is_empty());
 }
+
+/// The SASL settings from the command line: a master that authenticates with SASL and SASL
+/// encryption (`network.crypto.enabled=false`), pinged by a SASL client, by an AES client that
+/// falls back to SASL (the default), and refused for a wrong secret.
+#[test]
+fn sasl_authentication_from_the_command_line() {
+    let sasl = [
+        "--conf",
+        "authenticate=true",
+        "--conf",
+        "network.crypto.enabled=false",
+        "--conf",
+        "authenticate.enableSaslEncryption=true",
+        "--conf",
+        "network.sasl.serverAlwaysEncrypt=true",
+    ];
+    let mut master_args = vec![
+        "master",
+        "--port",
+        "0",
+        "--conf",
+        "authenticate.secret=s3cret",
+    ];
+    master_args.extend(sasl);
+    let (_master, line) = start(&master_args);
+    let uri = line
+        .strip_prefix("master listening on ")
+        .unwrap_or_else(|| panic!("first line {line:?}"))
+        .to_string();
+    let ping = |extra: &[&str]| {
+        let mut args = vec!["ping", uri.as_str(), "--count", "1"];
+        args.extend_from_slice(extra);
+        let out = rpcenv().args(&args).output().unwrap();
+        let (stdout, stderr) = text(&out);
+        (out.status.success(), format!("{stdout}\n{stderr}"))
+    };
+    let mut good = vec!["--conf", "authenticate.secret=s3cret"];
+    good.extend(sasl);
+    let (ok, out) = ping(&good);
+    assert!(ok && out.contains("1 pings, 1 answered"), "{out}");
+    let (ok, out) = ping(&[
+        "--conf",
+        "authenticate=true",
+        "--conf",
+        "authenticate.secret=s3cret",
+        "--conf",
+        "authenticate.enableSaslEncryption=true",
+    ]);
+    assert!(
+        ok && out.contains("1 pings, 1 answered"),
+        "AES falling back to SASL: {out}"
+    );
+    let mut wrong = vec!["--conf", "authenticate.secret=wrong"];
+    wrong.extend(sasl);
+    let (ok, out) = ping(&wrong);
+    assert!(!ok && out.contains("Mismatched response"), "{out}");
+}
