@@ -5,7 +5,8 @@ the figures, then the ratios rpcenv / anchor per workload.
     python3 bench/ratios.py results.jsonl
 
 Throughput ratio: rpcenv ops/s over the anchor's (higher is better). p50 ratio and RSS ratio:
-rpcenv's over the anchor's (lower is better). A missing or skipped figure prints as "-".
+rpcenv's over the anchor's (lower is better); likewise the CPU ratio (cpu_us_per_op, the
+whole process's CPU per op). A missing or skipped figure prints as "-".
 """
 import json
 import sys
@@ -17,6 +18,7 @@ WORKLOADS = [
     ("W4", "ask_large"),
     ("W5", "local_send"),
     ("W6", "fan_in"),
+    ("W7", "paced_ask"),
 ]
 ORDER = ["rpcenv", "spark-jvm", "floor", "tonic", "tarpc", "ractor"]
 
@@ -52,7 +54,7 @@ def main():
     systems += sorted({k[0] for k in results} - set(systems))
     anchors = [s for s in systems if s != "rpcenv"]
 
-    print("Figures (ops/s; p50 µs; peak RSS MiB):\n")
+    print("Figures (ops/s / p50 µs / peak RSS MiB / CPU µs per op):\n")
     print("| workload | " + " | ".join(systems) + " |")
     print("|---|" + "---|" * len(systems))
     for wid, name in WORKLOADS:
@@ -63,11 +65,13 @@ def main():
                 cells.append("-")
                 continue
             p50 = f" / {r['p50_us']:.0f} µs" if r.get("p50_us") is not None else ""
-            cells.append(f"{rate(r['ops_per_sec'])}{p50} / {r['rss_kb'] / 1024:.0f} MiB")
+            cpu = r.get("cpu_us_per_op")
+            cpu = f" / {cpu:.2f} µs cpu" if cpu is not None else " / - cpu"
+            cells.append(f"{rate(r['ops_per_sec'])}{p50} / {r['rss_kb'] / 1024:.0f} MiB{cpu}")
         print(f"| {wid} {name} | " + " | ".join(cells) + " |")
 
-    print("\nRatios rpcenv / anchor (throughput ×, higher is better; p50 × and RSS ×, lower is better):\n")
-    print("| workload | " + " | ".join(f"vs {a}: thr / p50 / rss" for a in anchors) + " |")
+    print("\nRatios rpcenv / anchor (throughput ×, higher is better; p50 ×, RSS × and CPU × per op, lower is better):\n")
+    print("| workload | " + " | ".join(f"vs {a}: thr / p50 / rss / cpu" for a in anchors) + " |")
     print("|---|" + "---|" * len(anchors))
     for wid, name in WORKLOADS:
         mine = results.get(("rpcenv", name))
@@ -84,7 +88,11 @@ def main():
                 p50 = "-"
             rss = mine["rss_kb"] / theirs["rss_kb"] if theirs.get("rss_kb") else None
             rss = f"{rss:.2f}" if rss is not None else "-"
-            cells.append(f"{thr:.2f} / {p50} / {rss}")
+            if mine.get("cpu_us_per_op") is not None and theirs.get("cpu_us_per_op"):
+                cpu = f"{mine['cpu_us_per_op'] / theirs['cpu_us_per_op']:.2f}"
+            else:
+                cpu = "-"
+            cells.append(f"{thr:.2f} / {p50} / {rss} / {cpu}")
         print(f"| {wid} {name} | " + " | ".join(cells) + " |")
 
 

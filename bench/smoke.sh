@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# CI smoke test of `rpcenv bench --quick`: it must complete and print six valid JSON lines in the
-# WORKLOADS.md format (one per workload, "system":"rpcenv"). Timings are not judged.
+# CI smoke test of `rpcenv bench --quick`: it must complete and print seven valid JSON lines in the
+# WORKLOADS.md format (one per workload W1-W7, "system":"rpcenv", each with cpu_us_per_op).
+# Timings are not judged.
 #
 #   bash bench/smoke.sh            # debug build (what CI runs)
 #   PROFILE=release bash bench/smoke.sh
@@ -15,12 +16,12 @@ trap 'rm -f "$out"' EXIT
 python3 - "$out" <<'PY'
 import json, sys
 
-expected = ["ask_latency", "ask_throughput", "send_throughput", "ask_large", "local_send", "fan_in"]
+expected = ["ask_latency", "ask_throughput", "send_throughput", "ask_large", "local_send", "fan_in", "paced_ask"]
 lines = [l for l in open(sys.argv[1]).read().splitlines() if l.strip()]
 failures = []
 if len(lines) != len(expected):
     failures.append(f"{len(lines)} lines, expected {len(expected)}")
-keys = ["system", "workload", "payload_bytes", "ops", "secs", "ops_per_sec", "p50_us", "p99_us", "rss_kb"]
+keys = ["system", "workload", "payload_bytes", "ops", "secs", "ops_per_sec", "p50_us", "p99_us", "rss_kb", "cpu_us_per_op"]
 for i, line in enumerate(lines):
     try:
         row = json.loads(line)
@@ -31,12 +32,13 @@ for i, line in enumerate(lines):
     if list(row) != keys:
         failures.append(f"line {i + 1}: keys {list(row)}")
         continue
-    latency = name in ("ask_latency", "ask_throughput", "ask_large", "fan_in")
+    latency = name in ("ask_latency", "ask_throughput", "ask_large", "fan_in", "paced_ask")
     ok = (
         row["system"] == "rpcenv"
         and row["workload"] == name
         and row["payload_bytes"] == (1 << 20 if name == "ask_large" else 16)
         and row["ops"] > 0 and row["secs"] > 0 and row["ops_per_sec"] > 0 and row["rss_kb"] > 0
+        and isinstance(row["cpu_us_per_op"], (int, float)) and row["cpu_us_per_op"] >= 0
         and ((row["p50_us"] is not None and row["p99_us"] is not None) if latency
              else (row["p50_us"] is None and row["p99_us"] is None))
     )

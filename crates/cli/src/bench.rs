@@ -1,12 +1,16 @@
-//! `rpcenv bench`: the shared benchmark workloads W1-W6 of `shared/design/WORKLOADS.md`, run
+//! `rpcenv bench`: the shared benchmark workloads W1-W7 of `shared/design/WORKLOADS.md`, run
 //! against rpcenv with its default configuration, printing one JSON line per workload in the
 //! format every anchor harness prints (`"system":"rpcenv"`).
 //!
 //! One process: a server env hosting the endpoints and client env(s), each bound to its own
 //! port on 127.0.0.1, so every remote message crosses a real TCP connection. Endpoints are the
 //! default one-at-a-time kind. Warm-up (batches of 10% of the ops until at least 2 s have
-//! passed; one batch with `--quick`) is not counted. p50 / p99 are nearest-rank over per-op
-//! latencies (W1, W2, W4, W6). `rss_kb` is VmHWM at the end of the workload. When several
+//! passed; one batch with `--quick`) is not counted; W7 warms up for 1 s at its own pace. p50 /
+//! p99 are nearest-rank over per-op latencies (W1, W2, W4, W6, W7). `rss_kb` is VmHWM at the end
+//! of the workload. `cpu_us_per_op` is the CPU time (user + system, all threads) the whole process
+//! used during the measured phase, read from `/proc/self/stat` when the phase starts and ends,
+//! divided by the ops: it counts the server env, the client env(s) and any idle background
+//! work, so a workload's figure covers both ends of every message. When several
 //! workloads are asked for, each runs in a child process of its own (the same command, told which
 //! workload through `RPCENV_BENCH_ONLY`), so that its peak RSS is its own and not what an earlier
 //! workload left behind, as with the one-JVM-per-workload Spark anchor.
@@ -22,7 +26,7 @@ use rpcenv::RpcConf;
 /// Arguments of `rpcenv bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Workloads to run (W1..W6 or their names); all when none is given.
+    /// Workloads to run (W1..W7 or their names); all when none is given.
     pub workloads: Vec<String>,
     /// 10% of the operation counts (a smoke run).
     #[arg(long)]
@@ -44,15 +48,17 @@ pub(crate) enum Workload {
     AskLarge,
     LocalSend,
     FanIn,
+    PacedAsk,
 }
 
-const ALL: [Workload; 6] = [
+const ALL: [Workload; 7] = [
     Workload::AskLatency,
     Workload::AskThroughput,
     Workload::SendThroughput,
     Workload::AskLarge,
     Workload::LocalSend,
     Workload::FanIn,
+    Workload::PacedAsk,
 ];
 
 /// Outstanding asks in W2.
@@ -75,6 +81,7 @@ impl Workload {
             Workload::AskLarge => "ask_large",
             Workload::LocalSend => "local_send",
             Workload::FanIn => "fan_in",
+            Workload::PacedAsk => "paced_ask",
         }
     }
 
@@ -86,6 +93,7 @@ impl Workload {
             Workload::AskLarge => "W4",
             Workload::LocalSend => "W5",
             Workload::FanIn => "W6",
+            Workload::PacedAsk => "W7",
         }
     }
 
@@ -97,6 +105,7 @@ impl Workload {
             Workload::AskLarge => 500,
             Workload::LocalSend => 2_000_000,
             Workload::FanIn => 200_000,
+            Workload::PacedAsk => 5_000,
         }
     }
 
@@ -110,7 +119,11 @@ impl Workload {
     fn has_latency(self) -> bool {
         matches!(
             self,
-            Workload::AskLatency | Workload::AskThroughput | Workload::AskLarge | Workload::FanIn
+            Workload::AskLatency
+                | Workload::AskThroughput
+                | Workload::AskLarge
+                | Workload::FanIn
+                | Workload::PacedAsk
         )
     }
 
@@ -148,6 +161,15 @@ impl Plan {
         }
     }
 
+    /// Warm-up of W7: 1 s at its own rate (a tenth of that with `--quick`).
+    pub(crate) fn paced_warmup(self) -> Duration {
+        if self.quick {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1)
+        }
+    }
+
     /// Warm-up rule: batches of 10% of the ops until at least 2 s have passed, so at least
     /// max(2 s, 10% of the ops); with `--quick`, a single batch.
     pub(crate) fn warmup_min(self) -> Duration {
@@ -177,6 +199,25 @@ pub(crate) struct Measured {
     pub(crate) elapsed: Duration,
     /// Per-op latencies in nanoseconds; empty where not measured.
     pub(crate) lat_ns: Vec<u64>,
+    /// CPU time of the whole process during the measured phase; `None` where it could not be
+    /// read.
+    pub(crate) cpu: Option<Duration>,
+}
+
+/// CPU time (user + system, summed over all threads, dead ones included) this process has used
+/// so far: fields 14 and 15 of `/proc/self/stat`, in clock ticks. Linux reports them in
+/// `USER_HZ` units, which is 100 on every architecture it exposes to user space, so a tick is
+/// 10 ms. `None` where the file cannot be read (not Linux).
+pub(crate) fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // `rest` starts at field 3 (state); utime is field 14, stime field 15.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    const USER_HZ: u64 = 100;
+    Some(Duration::from_millis((utime + stime) * 1000 / USER_HZ))
 }
 
 /// One line of output.
@@ -187,6 +228,7 @@ struct Outcome {
     p50_us: Option<f64>,
     p99_us: Option<f64>,
     rss_kb: u64,
+    cpu_us_per_op: Option<f64>,
 }
 
 impl Outcome {
@@ -207,6 +249,10 @@ impl Outcome {
             p50_us,
             p99_us,
             rss_kb: peak_rss_kb(),
+            cpu_us_per_op: m
+                .cpu
+                .filter(|_| m.ops > 0)
+                .map(|cpu| cpu.as_secs_f64() * 1e6 / m.ops as f64),
         }
     }
 
@@ -216,8 +262,12 @@ impl Outcome {
 
     fn json(&self) -> String {
         let us = |v: Option<f64>| v.map_or_else(|| "null".to_string(), |v| format!("{v:.1}"));
+        // CPU per op goes down to hundredths of a µs in W2/W3/W5.
+        let cpu = self
+            .cpu_us_per_op
+            .map_or_else(|| "null".to_string(), |v| format!("{v:.3}"));
         format!(
-            "{{\"system\":\"rpcenv\",\"workload\":\"{}\",\"payload_bytes\":{},\"ops\":{},\"secs\":{:.4},\"ops_per_sec\":{:.1},\"p50_us\":{},\"p99_us\":{},\"rss_kb\":{}}}",
+            "{{\"system\":\"rpcenv\",\"workload\":\"{}\",\"payload_bytes\":{},\"ops\":{},\"secs\":{:.4},\"ops_per_sec\":{:.1},\"p50_us\":{},\"p99_us\":{},\"rss_kb\":{},\"cpu_us_per_op\":{}}}",
             self.workload.name(),
             self.workload.payload_bytes(),
             self.ops,
@@ -225,7 +275,8 @@ impl Outcome {
             self.ops_per_sec(),
             us(self.p50_us),
             us(self.p99_us),
-            self.rss_kb
+            self.rss_kb,
+            cpu
         )
     }
 }
@@ -271,7 +322,7 @@ fn selected(args: &[String]) -> anyhow::Result<Vec<Workload>> {
     }
     for a in args {
         if !ALL.iter().any(|w| w.matches(a)) {
-            anyhow::bail!("unknown workload {a:?}: use W1..W6 or a workload name (ask_latency, ask_throughput, send_throughput, ask_large, local_send, fan_in)");
+            anyhow::bail!("unknown workload {a:?}: use W1..W7 or a workload name (ask_latency, ask_throughput, send_throughput, ask_large, local_send, fan_in, paced_ask)");
         }
     }
     Ok(ALL
@@ -283,8 +334,8 @@ fn selected(args: &[String]) -> anyhow::Result<Vec<Workload>> {
 
 fn table_header() -> String {
     format!(
-        "{:<4} {:<16} {:>9} {:>8} {:>12} {:>10} {:>10} {:>9}",
-        "id", "workload", "ops", "secs", "ops/s", "p50 µs", "p99 µs", "rss MiB"
+        "{:<4} {:<16} {:>9} {:>8} {:>12} {:>10} {:>10} {:>9} {:>10}",
+        "id", "workload", "ops", "secs", "ops/s", "p50 µs", "p99 µs", "rss MiB", "cpu µs/op"
     )
 }
 
@@ -293,7 +344,7 @@ fn table_row(o: &Outcome) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        "{:<4} {:<16} {:>9} {:>8.3} {:>12.0} {:>10} {:>10} {:>9.1}",
+        "{:<4} {:<16} {:>9} {:>8.3} {:>12.0} {:>10} {:>10} {:>9.1} {:>10}",
         o.workload.id(),
         o.workload.name(),
         o.ops,
@@ -301,7 +352,9 @@ fn table_row(o: &Outcome) -> String {
         o.ops_per_sec(),
         us(o.p50_us),
         us(o.p99_us),
-        o.rss_kb as f64 / 1024.0
+        o.rss_kb as f64 / 1024.0,
+        o.cpu_us_per_op
+            .map_or_else(|| "-".to_string(), |v| format!("{v:.2}"))
     );
     s
 }
@@ -407,7 +460,11 @@ mod tests {
         let picked = selected(&["w4".into(), "ask_latency".into()]).unwrap();
         assert_eq!(picked, vec![Workload::AskLatency, Workload::AskLarge]);
         assert!(selected(&["W9".into()]).is_err());
-        assert_eq!(selected(&[]).unwrap().len(), 6);
+        assert_eq!(selected(&[]).unwrap().len(), 7);
+        assert_eq!(
+            selected(&["paced_ask".into()]).unwrap(),
+            vec![Workload::PacedAsk]
+        );
     }
 
     #[test]
@@ -419,10 +476,51 @@ mod tests {
             p50_us: None,
             p99_us: None,
             rss_kb: 1234,
+            cpu_us_per_op: Some(41.5),
         };
         assert_eq!(
             o.json(),
-            "{\"system\":\"rpcenv\",\"workload\":\"local_send\",\"payload_bytes\":16,\"ops\":10,\"secs\":0.5000,\"ops_per_sec\":20.0,\"p50_us\":null,\"p99_us\":null,\"rss_kb\":1234}"
+            "{\"system\":\"rpcenv\",\"workload\":\"local_send\",\"payload_bytes\":16,\"ops\":10,\"secs\":0.5000,\"ops_per_sec\":20.0,\"p50_us\":null,\"p99_us\":null,\"rss_kb\":1234,\"cpu_us_per_op\":41.500}"
         );
+    }
+
+    #[test]
+    fn cpu_per_op_is_the_measured_cpu_over_the_ops() {
+        let m = Measured {
+            ops: 4,
+            elapsed: Duration::from_secs(1),
+            lat_ns: Vec::new(),
+            cpu: Some(Duration::from_millis(20)),
+        };
+        let o = Outcome::new(Workload::SendThroughput, m);
+        assert_eq!(o.cpu_us_per_op, Some(5_000.0));
+        let unknown = Measured {
+            ops: 4,
+            elapsed: Duration::from_secs(1),
+            lat_ns: Vec::new(),
+            cpu: None,
+        };
+        assert!(Outcome::new(Workload::SendThroughput, unknown)
+            .json()
+            .ends_with("\"cpu_us_per_op\":null}"));
+    }
+
+    #[test]
+    fn process_cpu_grows_with_work() {
+        let before = process_cpu().expect("/proc/self/stat is readable on Linux");
+        // Burn CPU on this thread until the counter moves (a tick is 10 ms); the deadline only
+        // bounds a broken counter.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut x = 0u64;
+        let after = loop {
+            for _ in 0..100_000 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+            let now = process_cpu().unwrap();
+            if now > before || std::time::Instant::now() > deadline {
+                break now;
+            }
+        };
+        assert!(after > before, "{before:?} -> {after:?}");
     }
 }

@@ -2,18 +2,26 @@
 //! run in the other roles), one worker in client mode; 200 tasks; one worker killed with SIGKILL
 //! mid-run; every task must complete exactly once.
 //!
+//! Every connection is authenticated: the demo writes a random secret to a file only its user
+//! can read and hands the file's path (never the secret) to its children through
+//! `authenticate.secret.file`; the file is removed at the end. `--no-auth` turns this off.
+//!
 //! The children watch their standard input: when this process ends (normally, on Ctrl-C, or
 //! killed), the pipe closes and they exit, so nothing is left behind.
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
+use rand::RngCore;
 use rpcenv::{RpcConf, RpcEndpointRef, RpcEnv};
+use rpcenv_cli::cluster::{ClusterStatus, MasterMsg, Submitted};
 
-use crate::cluster::{ClusterStatus, MasterMsg};
+use crate::hosts::HostArgs;
 
 /// Arguments of `rpcenv demo`.
 #[derive(clap::Args, Debug)]
@@ -28,12 +36,55 @@ pub struct DemoArgs {
     /// Time one task takes on a worker.
     #[arg(long, default_value = "40ms")]
     pub task_time: String,
+    /// Run without authentication (by default the demo's processes share a random secret).
+    #[arg(long)]
+    pub no_auth: bool,
+    #[command(flatten)]
+    pub hosts: HostArgs,
 }
 
 const WORKERS: usize = 3;
 const CORES: u32 = 2;
 /// The whole demo must finish well within this.
-const DEADLINE: Duration = Duration::from_secs(25);
+const DEADLINE: Duration = Duration::from_secs(45);
+
+/// A file holding a random secret, readable only by this user; removed when dropped.
+struct SecretFile {
+    path: PathBuf,
+}
+
+impl SecretFile {
+    fn create() -> anyhow::Result<SecretFile> {
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let path = std::env::temp_dir().join(format!(
+            "rpcenv-demo-{}-{:016x}.secret",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot create the secret file {}", path.display()))?;
+        // From here on the file is removed whatever happens.
+        let guard = SecretFile { path };
+        file.write_all(&secret)
+            .with_context(|| format!("cannot write the secret file {}", guard.path.display()))?;
+        Ok(guard)
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SecretFile {
+    fn drop(&mut self) {
+        crate::roles::remove_if_present(&self.path);
+    }
+}
 
 /// A child process; killed (and reaped) when dropped.
 struct Proc {
@@ -140,17 +191,39 @@ fn play(
     log_level: &str,
     started: Instant,
 ) -> anyhow::Result<String> {
-    let common = common_args(conf_args, log_level);
-    let mut master_args: Vec<String> = vec![
-        "master".into(),
-        "--host".into(),
-        "127.0.0.1".into(),
+    let mut conf = conf.clone();
+    let mut conf_args = conf_args.to_vec();
+    // Declared first, so dropped (the file removed) after the children are stopped.
+    let secret = if args.no_auth || conf.contains("authenticate") {
+        None
+    } else {
+        let secret = SecretFile::create()?;
+        println!("demo secret file: {}", secret.path().display());
+        let path = secret.path().to_string_lossy().into_owned();
+        for (key, value) in [
+            ("authenticate", "true".to_string()),
+            ("authenticate.secret.file", path),
+        ] {
+            conf.set(key, value.clone())?;
+            conf_args.push(format!("{key}={value}"));
+        }
+        Some(secret)
+    };
+    let common = common_args(&conf_args, log_level);
+    let mut master_args: Vec<String> = vec!["master".into()];
+    master_args.extend(args.hosts.to_args());
+    master_args.extend([
         "--port".into(),
         "0".into(),
         "--worker-timeout".into(),
         args.worker_timeout.clone(),
         "--parent-watch".into(),
-    ];
+    ]);
+    if let Some(secret) = &secret {
+        // Should this process be killed, the master removes the file when it sees it gone.
+        master_args.push("--remove-on-exit".into());
+        master_args.push(secret.path().to_string_lossy().into_owned());
+    }
     master_args.extend(common.iter().cloned());
     let (mut master, line) = Proc::spawn("master", &master_args, "master listening on ")?;
     let uri = line.trim_start_matches("master listening on ").to_string();
@@ -174,6 +247,8 @@ fn play(
         // The last worker has no listening port: the master reaches it over its connection.
         if i == WORKERS {
             w.push("--client-mode".into());
+        } else {
+            w.extend(args.hosts.to_args());
         }
         w.extend(common.iter().cloned());
         let (proc, line) = Proc::spawn(&id, &w, &format!("worker {id} registered"))?;
@@ -183,7 +258,7 @@ fn play(
 
     let env = RpcEnv::builder("demo")
         .client_mode(true)
-        .conf(conf.clone())
+        .conf(conf)
         .build()?;
     let outcome = drive(args, &env, &uri, &mut workers, started);
     // Tear down: the master tells its workers to exit, then everything stops.
@@ -229,7 +304,7 @@ fn drive(
             s.done,
             s.total,
             s.heartbeats,
-            s.lost.len()
+            s.lost_count
         );
         if live {
             print!("\r\x1b[2K{line}");
@@ -251,7 +326,8 @@ fn drive(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    let total: u64 = master.ask_sync(MasterMsg::SubmitTasks { count: args.tasks })?;
+    let Submitted { count: total, .. } =
+        master.ask_sync(MasterMsg::SubmitTasks { count: args.tasks })?;
     if live {
         println!();
     }
@@ -274,7 +350,7 @@ fn drive(
                 s.done
             );
         }
-        if killed && s.done as u64 == total && !s.lost.is_empty() {
+        if killed && s.done as u64 == total && s.lost_count > 0 {
             break;
         }
         if Instant::now() > deadline {
@@ -284,7 +360,7 @@ fn drive(
             bail!(
                 "timed out: {}/{total} tasks done, {} lost worker(s) detected",
                 s.done,
-                s.lost.len()
+                s.lost_count
             );
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -320,9 +396,7 @@ fn check(args: &DemoArgs, s: &ClusterStatus) -> anyhow::Result<String> {
     }
     Ok(format!(
         "demo OK: {}/{} tasks completed exactly once, {} lost worker(s) detected",
-        s.done,
-        args.tasks,
-        s.lost.len()
+        s.done, args.tasks, s.lost_count
     ))
 }
 

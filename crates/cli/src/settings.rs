@@ -25,6 +25,18 @@ pub fn conf_from_args(pairs: &[String]) -> anyhow::Result<RpcConf> {
     Ok(conf)
 }
 
+/// The application setting `key` as a whole number, or `default` when unset; a bad value is refused
+/// naming the key.
+pub fn app_u64(conf: &RpcConf, key: &str, default: u64) -> anyhow::Result<u64> {
+    match conf.get(key) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("--conf {key}={v}: expected a whole number")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +61,14 @@ mod tests {
         assert!(format!("{e:#}").contains("rpc.askTimeout"), "{e:#}");
         let e = conf_from_args(&["rpc.askTimeout".into()]).unwrap_err();
         assert!(format!("{e:#}").contains("KEY=VALUE"), "{e:#}");
+    }
+
+    #[test]
+    fn app_numbers_default_parse_and_name_the_key_when_bad() {
+        let conf = conf_from_args(&["app.n=12".into(), "app.bad=x".into()]).unwrap();
+        assert_eq!(app_u64(&conf, "app.n", 5).unwrap(), 12);
+        assert_eq!(app_u64(&conf, "app.unset", 5).unwrap(), 5);
+        let e = app_u64(&conf, "app.bad", 5).unwrap_err();
+        assert!(format!("{e:#}").contains("app.bad"), "{e:#}");
     }
 }

@@ -1,96 +1,26 @@
-//! The `rpcenv` command, run as a user runs it: the demo, master + worker + ping across
-//! processes, and the errors a user gets for bad input.
+//! The `rpcenv` command, run as a user runs it: master + workers + ping + submit across
+//! processes, ports and hosts, and the errors a user gets for bad input.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-fn rpcenv() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rpcenv"))
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// A child killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `rpcenv ARGS` and returns it with its first stdout line.
-fn start(args: &[&str]) -> (Proc, String) {
-    let mut child = rpcenv()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("rpcenv {args:?} printed nothing within 30 s"));
-    (Proc(child), line)
-}
-
-#[test]
-fn demo_completes_every_task_exactly_once_and_detects_the_lost_worker() {
-    let started = Instant::now();
-    let out = rpcenv().arg("demo").stdin(Stdio::null()).output().unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
-    let last = stdout.lines().last().unwrap_or_default();
-    let rest = last
-        .strip_prefix("demo OK: 200/200 tasks completed exactly once, ")
-        .unwrap_or_else(|| panic!("unexpected last line {last:?}\n{stdout}"));
-    let lost: u32 = rest
-        .strip_suffix(" lost worker(s) detected")
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(lost >= 1, "{last}");
-    assert!(stdout.contains("worker-1"), "{stdout}");
-    assert!(stdout.contains("lost: worker-1"), "{stdout}");
-    // Generous: the demo's own goal is under 30 s on an idle machine.
-    assert!(started.elapsed() < Duration::from_secs(90));
-}
+use common::{free_port, master, run, worker, Proc};
 
 #[test]
 fn master_worker_and_ping_across_processes() {
-    let (_master, line) = start(&["master", "--port", "0"]);
-    let uri = line
-        .strip_prefix("master listening on ")
-        .unwrap_or_else(|| panic!("first line {line:?}"))
-        .to_string();
+    let (_master, uri) = master(&[]);
     assert!(uri.starts_with("rpc://master@127.0.0.1:"), "{uri}");
-    let (_worker, line) = start(&["worker", "--master", &uri, "--id", "w1"]);
-    assert!(line.starts_with("worker w1 registered with"), "{line}");
-    let (_client_worker, line) =
-        start(&["worker", "--master", &uri, "--id", "w2", "--client-mode"]);
-    assert!(line.contains("client mode"), "{line}");
+    let _worker = worker(&uri, "w1", &[]);
+    let mut client_worker =
+        Proc::start(&["worker", "--master", &uri, "--id", "w2", "--client-mode"]);
+    let line = client_worker.out.expect("the registration line", |l| {
+        l.starts_with("worker w2 registered with")
+    });
+    assert!(line.ends_with("(2 cores, client mode)"), "{line}");
 
-    let out = rpcenv()
-        .args(["ping", &uri, "--count", "3", "--interval", "10ms"])
-        .output()
-        .unwrap();
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let (ok, stdout, stderr) = run(&["ping", &uri, "--count", "3", "--interval", "10ms"]);
+    assert!(ok, "{stdout}\n{stderr}");
     assert_eq!(
         stdout
             .lines()
@@ -106,12 +36,116 @@ fn master_worker_and_ping_across_processes() {
 }
 
 #[test]
+fn submit_wait_prints_that_every_task_completed_exactly_once() {
+    let (_master, uri) = master(&[]);
+    let _w1 = worker(&uri, "w1", &[]);
+    let _w2 = worker(&uri, "w2", &["--client-mode"]);
+    for _ in 0..2 {
+        let (ok, stdout, stderr) = run(&["submit", &uri, "--tasks", "60", "--wait"]);
+        assert!(ok, "{stdout}\n{stderr}");
+        assert_eq!(
+            stdout.lines().last(),
+            Some("submitted 60 tasks: 60 completed exactly once"),
+            "{stdout}"
+        );
+    }
+    // Without --wait: queued, and said so.
+    let (ok, stdout, _) = run(&["submit", &uri, "--tasks", "3"]);
+    assert!(ok);
+    assert_eq!(stdout.trim(), "submitted 3 tasks (tasks 120 to 122)");
+}
+
+#[test]
+fn submit_wait_reports_a_shortfall_with_a_non_zero_exit() {
+    // No worker: nothing completes.
+    let (_master, uri) = master(&[]);
+    let (ok, stdout, _) = run(&[
+        "submit",
+        &uri,
+        "--tasks",
+        "5",
+        "--wait",
+        "--timeout",
+        "300ms",
+    ]);
+    assert!(!ok, "{stdout}");
+    assert_eq!(
+        stdout.lines().last(),
+        Some("submitted 5 tasks: 0 completed exactly once, 5 not completed (gave up after 300ms)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn submit_refuses_zero_and_too_many_tasks_naming_the_cap() {
+    let (_master, uri) = master(&["--conf", "app.maxTasksPerSubmit=1000"]);
+    for (tasks, needle) in [
+        ("0", "at least one task"),
+        ("1001", "exceeds app.maxTasksPerSubmit = 1000"),
+        ("1099511627776", "exceeds app.maxTasksPerSubmit"),
+        ("18446744073709551615", "exceeds app.maxTasksPerSubmit"),
+    ] {
+        let (ok, stdout, stderr) = run(&["submit", &uri, "--tasks", tasks]);
+        assert!(!ok, "{tasks}: {stdout}");
+        assert!(stderr.contains(needle), "{tasks}: {stderr}");
+    }
+    let (ok, stdout, stderr) = run(&["submit", &uri, "--tasks", "1000"]);
+    assert!(ok, "{stdout}{stderr}");
+}
+
+#[test]
+fn a_taken_port_fails_the_master_naming_the_port_unless_retries_are_allowed() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (ok, stdout, stderr) = run(&["master", "--port", &port]);
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains(&format!("port {port}")), "{stderr}");
+    assert!(stderr.contains("--port-retries"), "{stderr}");
+
+    let mut m = Proc::start(&["master", "--port", &port, "--port-retries", "8"]);
+    let line = m
+        .out
+        .expect("the first line", |l| l.starts_with("master listening on"));
+    assert!(
+        line.starts_with("master listening on rpc://master@127.0.0.1:"),
+        "{line}"
+    );
+    assert!(!line.ends_with(&format!(":{port}")), "{line}");
+    drop(taken);
+}
+
+#[test]
+fn the_advertised_host_names_every_uri_and_ref() {
+    // Bound on 127.0.0.1, advertised as localhost: the URI, the worker's ref and the master's ref
+    // handed to workers all use the name, and the cluster works through it.
+    let (_master, uri) = master(&["--bind-host", "127.0.0.1", "--advertise-host", "localhost"]);
+    assert!(uri.starts_with("rpc://master@localhost:"), "{uri}");
+    let mut w = Proc::start(&[
+        "worker",
+        "--master",
+        &uri,
+        "--id",
+        "named",
+        "--host",
+        "localhost",
+        "--task-time",
+        "1ms",
+    ]);
+    let line = w.out.expect("the registration line", |l| {
+        l.starts_with("worker named registered")
+    });
+    assert!(line.contains("reachable at localhost:"), "{line}");
+    let (ok, stdout, stderr) = run(&["submit", &uri, "--tasks", "20", "--wait"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.ends_with("submitted 20 tasks: 20 completed exactly once\n"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn an_unreachable_master_fails_naming_the_uri() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let uri = format!("rpc://master@127.0.0.1:{port}");
     for args in [
         vec!["ping", uri.as_str(), "--conf", "rpc.lookupTimeout=3s"],
@@ -122,11 +156,18 @@ fn an_unreachable_master_fails_naming_the_uri() {
             "--conf",
             "rpc.lookupTimeout=3s",
         ],
+        vec![
+            "submit",
+            uri.as_str(),
+            "--tasks",
+            "1",
+            "--conf",
+            "rpc.lookupTimeout=3s",
+        ],
     ] {
         let started = Instant::now();
-        let out = rpcenv().args(&args).stdin(Stdio::null()).output().unwrap();
-        let (stdout, stderr) = text(&out);
-        assert!(!out.status.success(), "{args:?}: {stdout}");
+        let (ok, stdout, stderr) = run(&args);
+        assert!(!ok, "{args:?}: {stdout}");
         assert!(
             stderr.contains(&format!("127.0.0.1:{port}")),
             "{args:?}: {stderr}"
@@ -137,7 +178,7 @@ fn an_unreachable_master_fails_naming_the_uri() {
 
 #[test]
 fn bad_input_fails_at_once_naming_the_problem() {
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (&["ping", "rpc://master-at-nowhere"], "rpc://name@host:port"),
         (
             &[
@@ -158,11 +199,20 @@ fn bad_input_fails_at_once_naming_the_problem() {
             "rpc.askTimout",
         ),
         (&["master", "--conf", "noequals"], "KEY=VALUE"),
+        (
+            &[
+                "master",
+                "--port",
+                "0",
+                "--conf",
+                "app.maxTasksPerSubmit=many",
+            ],
+            "app.maxTasksPerSubmit",
+        ),
     ];
     for (args, needle) in cases {
-        let out = rpcenv().args(args).stdin(Stdio::null()).output().unwrap();
-        let (stdout, stderr) = text(&out);
-        assert!(!out.status.success(), "{args:?} succeeded: {stdout}");
+        let (ok, stdout, stderr) = run(args);
+        assert!(!ok, "{args:?} succeeded: {stdout}");
         assert!(
             stderr.contains(needle),
             "{args:?}: {stderr:?} should name {needle}"
@@ -172,54 +222,64 @@ fn bad_input_fails_at_once_naming_the_problem() {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["demo", "master", "worker", "ping", "bench"] {
-        let out = rpcenv().args([sub, "--help"]).output().unwrap();
-        assert!(out.status.success(), "{sub} --help");
-        assert!(
-            String::from_utf8_lossy(&out.stdout).contains("Usage: rpcenv"),
-            "{sub}"
-        );
+    for sub in ["demo", "master", "worker", "submit", "ping", "bench"] {
+        let (ok, stdout, _) = run(&[sub, "--help"]);
+        assert!(ok, "{sub} --help");
+        assert!(stdout.contains("Usage: rpcenv"), "{sub}");
+    }
+    let (_, stdout, _) = run(&["master", "--help"]);
+    for flag in [
+        "--bind-host",
+        "--advertise-host",
+        "--host",
+        "--port-retries",
+    ] {
+        assert!(stdout.contains(flag), "master --help lacks {flag}");
     }
 }
 
-/// Processes whose command line contains `marker` (scanning /proc).
-fn processes_with(marker: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            if String::from_utf8_lossy(&cmdline).contains(marker) && pid != std::process::id() {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
-}
+/// A file removed when dropped.
+struct TempFile(std::path::PathBuf);
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
 #[test]
-fn killing_the_demo_leaves_no_process_behind() {
-    let marker = format!(
-        "app.test.marker=kill-{}-{}",
+fn an_authenticated_cluster_refuses_a_submitter_without_the_secret() {
+    let secret = TempFile(std::env::temp_dir().join(format!(
+        "rpcenv-cli-test-{}-{:?}.secret",
         std::process::id(),
-        Instant::now().elapsed().as_nanos()
+        std::time::SystemTime::now()
+    )));
+    std::fs::write(&secret.0, b"a secret the test shares").unwrap();
+    let file = format!("authenticate.secret.file={}", secret.0.display());
+    let auth = ["--conf", "authenticate=true", "--conf", &file];
+    let (_master, uri) = master(&auth);
+    let mut worker_args = vec!["--client-mode"];
+    worker_args.extend_from_slice(&auth);
+    let _w = worker(&uri, "w1", &worker_args);
+
+    let (ok, stdout, stderr) = run(&[
+        "submit",
+        &uri,
+        "--tasks",
+        "5",
+        "--conf",
+        "rpc.lookupTimeout=5s",
+    ]);
+    assert!(!ok, "a submitter without the secret was served: {stdout}");
+    assert!(stderr.contains(&uri), "{stderr}");
+    let mut args = vec!["submit", &uri, "--tasks", "5", "--wait"];
+    args.extend_from_slice(&auth);
+    let (ok, stdout, stderr) = run(&args);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.ends_with("submitted 5 tasks: 5 completed exactly once\n"),
+        "{stdout}"
     );
-    let (mut demo, line) = start(&["demo", "--conf", &marker]);
-    assert!(line.starts_with("started master at"), "{line}");
-    // The master and at least one worker are running (children carry the marker too).
-    wait_until("children to start", || processes_with(&marker).len() >= 3);
-    let _ = demo.0.kill(); // SIGKILL: no chance to clean up
-    let _ = demo.0.wait();
-    wait_until("every child to exit", || processes_with(&marker).is_empty());
 }
 
 /// The SASL settings from the command line: a master that authenticates with SASL and SASL

@@ -82,11 +82,11 @@ struct Payload(#[serde(with = "serde_bytes_compat")] Vec<u8>);
 
 /// `Vec<u8>` as a byte string (as `bytes::Bytes` or `serde_bytes` would write it).
 mod serde_bytes_compat {
-    pub fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: serde::Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(v)
     }
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         struct V;
         impl serde::de::Visitor<'_> for V {
             type Value = Vec<u8>;

@@ -286,7 +286,7 @@ fn normalize_host(host: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    //! Spark's NettyRpcAddressSuite and RpcAddressSuite (catalog tests 52-63), with our scheme.
+    //! Spark's NettyRpcAddressSuite and RpcAddressSuite, with our scheme.
     use super::*;
 
     #[test]

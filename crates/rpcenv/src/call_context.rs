@@ -1,6 +1,7 @@
 //! [`RpcCallContext`]: the asker's side of an ask, handed to `receive_and_reply`.
 
 use std::cell::RefCell;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::address::RpcAddress;
@@ -77,6 +78,7 @@ impl ReplyTarget {
 pub struct RpcCallContext {
     target: Option<ReplyTarget>,
     sender: Option<RpcAddress>,
+    connection: Option<SocketAddr>,
     endpoint: Arc<str>,
 }
 
@@ -85,8 +87,15 @@ impl RpcCallContext {
         RpcCallContext {
             target: Some(target),
             sender,
+            connection: None,
             endpoint,
         }
+    }
+
+    /// The same context, for an ask that arrived over the connection whose peer is `peer`.
+    pub(crate) fn with_connection(mut self, peer: SocketAddr) -> Self {
+        self.connection = Some(peer);
+        self
     }
 
     /// Answers the ask with `value`.
@@ -110,6 +119,17 @@ impl RpcCallContext {
     /// this process).
     pub fn sender_address(&self) -> Option<&RpcAddress> {
         self.sender.as_ref()
+    }
+
+    /// The socket address of the peer of the connection the ask arrived over (`None` for an ask
+    /// from this process).
+    ///
+    /// Unlike [`sender_address`](Self::sender_address), which a server-mode peer announces about
+    /// itself, this is what the socket says, so it identifies the connection: when that connection
+    /// closes, `on_disconnected` is called with this address (as an [`RpcAddress`]). An endpoint
+    /// that must not let one peer speak for another keys its peers by it.
+    pub fn connection_address(&self) -> Option<SocketAddr> {
+        self.connection
     }
 
     pub(crate) fn target(&self) -> Option<&ReplyTarget> {
@@ -168,7 +188,10 @@ impl std::fmt::Debug for RpcCallContext {
 type Dropped = Vec<(ReplyTarget, Arc<str>)>;
 
 thread_local! {
-    /// While a handler runs on this thread: the call contexts it dropped unanswered.
+    /// The "inside a handler" flag of this thread (`Some` while a handler runs), with the call
+    /// contexts the handler dropped unanswered. A thread-identity flag, not a parameter: a
+    /// context's `Drop` has no other way to learn that it runs inside a handler call, whose
+    /// outcome (its error, if it returns one) should answer the ask.
     static HANDLER_SCOPE: RefCell<Option<Dropped>> = const { RefCell::new(None) };
 }
 

@@ -1,6 +1,6 @@
 //! What travels inside the transport's `RpcRequest` / `OneWayMessage` / `RpcResponse` bodies.
 //!
-//! The request envelope keeps Spark's `RequestMessage` layout (catalog §5.2):
+//! The request envelope keeps the layout of Spark's `RequestMessage` (`NettyRpcEnv.scala`):
 //!
 //! ```text
 //! sender address   : u8 0/1, then [u16 length + UTF-8 host, i32 port]
@@ -13,13 +13,12 @@
 //! without NUL or characters outside the BMP; endpoint names and hosts are such strings.)
 //!
 //! A reply body starts with a status byte: `0` then the codec tag and the value, or `1` then an
-//! encoded [`WireError`] (a failure or a delivery error, typed so the asker can act on it).
+//! encoded `WireError` (a failure or a delivery error, typed so the asker can act on it).
 //!
 //! The content codec is chosen by its tag byte, so formats can evolve without breaking peers: the
 //! default, and today the only one, is [postcard](https://docs.rs/postcard) (compact, no schema,
 //! well kept). A new format is a new [`ContentCodec`] variant.
 
-use std::cell::RefCell;
 use std::fmt;
 use std::ops::Deref;
 
@@ -28,6 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::address::RpcAddress;
+use crate::decode_scope::shared_from_source;
 use crate::error::{Failure, FailureKind, RpcError};
 
 /// The serialization formats of message content.
@@ -208,32 +208,11 @@ impl<'de> Deserialize<'de> for Blob {
     }
 }
 
-thread_local! {
-    /// The received frame a decode on this thread reads from, for [`Blob`]s to share.
-    static SOURCE: RefCell<Option<Bytes>> = const { RefCell::new(None) };
-}
-
-/// Runs `f` (a decode of content that lies inside `source`) letting [`Blob`]s share `source`.
-pub(crate) fn with_source<T>(source: &Bytes, f: impl FnOnce() -> T) -> T {
-    let previous = SOURCE.with(|s| s.replace(Some(source.clone())));
-    let result = f();
-    SOURCE.with(|s| *s.borrow_mut() = previous);
-    result
-}
-
 /// `bytes` as a handle into the frame being decoded when it lies inside it and is large enough,
 /// else a copy.
 fn shared_or_copied(bytes: &[u8]) -> Bytes {
     if bytes.len() >= Blob::SHARE_MIN {
-        let shared = SOURCE.with(|s| {
-            s.borrow().as_ref().and_then(|source| {
-                let start = source.as_ptr() as usize;
-                let at = bytes.as_ptr() as usize;
-                (at >= start && at + bytes.len() <= start + source.len())
-                    .then(|| source.slice_ref(bytes))
-            })
-        });
-        if let Some(shared) = shared {
+        if let Some(shared) = shared_from_source(bytes) {
             return shared;
         }
     }
@@ -503,7 +482,7 @@ pub mod bench {
 mod tests {
     use super::*;
 
-    /// Catalog test 39: "RequestMessage serialization".
+    /// Spark: NettyRpcEnvSuite "RequestMessage serialization".
     #[test]
     fn request_message_serialization() {
         let sender = RpcAddress::new("localhost", 12345);
@@ -574,7 +553,10 @@ mod tests {
         let body = encode_request(None, None, "ep", &(big.clone(), small.clone())).unwrap();
         let env = decode_request(&body).unwrap();
         let content = Bytes::copy_from_slice(env.content);
-        let (b, s): (Blob, Blob) = with_source(&content, || decode_content(&content)).unwrap();
+        let (b, s): (Blob, Blob) = crate::decode_scope::detached(content.clone())
+            .run(|| decode_content(&content))
+            .0
+            .unwrap();
         assert_eq!((&b, &s), (&big, &small));
         let inside = |blob: &Blob| {
             let (start, at) = (content.as_ptr() as usize, blob.as_ptr() as usize);

@@ -149,6 +149,24 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
         doc: "After a failed connect, new connects to that peer fail fast for 95% of this window.",
     },
     KnownKey {
+        key: "rpc.io.maxQueuedBytesPerConnection",
+        kind: ValueKind::Size(1),
+        default: Some("16m"),
+        doc: "Byte budget of one connection: frames queued towards the peer plus requests read from it and not yet answered (and unread stream pieces). Over it the connection stops reading from the peer until under half.",
+    },
+    KnownKey {
+        key: "rpc.io.handshakeTimeout",
+        kind: ValueKind::Duration(TimeUnit::Seconds),
+        default: Some("10s"),
+        doc: "An accepted connection that has not completed its first frame (or its authentication handshake) within this is closed (0 = no limit).",
+    },
+    KnownKey {
+        key: "rpc.io.maxInboundConnections",
+        kind: ValueKind::Int(0, 1 << 24),
+        default: Some("0"),
+        doc: "Most connections a server keeps open (0 = no cap). At the cap, or out of file descriptors, it closes the connection stalled longest without a complete frame, else waits before accepting.",
+    },
+    KnownKey {
         key: "rpc.message.maxSize",
         kind: ValueKind::Size(MIB),
         default: Some("128m"),
@@ -159,6 +177,12 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
         kind: ValueKind::Size(1),
         default: Some("64m"),
         doc: "Bytes that may wait to be sent to one remote address; past it `send` fails with QueueFull at once and `send_async` waits.",
+    },
+    KnownKey {
+        key: "rpc.messageLoop.spinMicros",
+        kind: ValueKind::Int(0, 10_000),
+        default: Some("50"),
+        doc: "Microseconds a message-loop thread (or a caller blocked in ask_sync) may stay awake waiting for the next message, used only while messages have recently been arriving that closely; 0 turns spinning off.",
     },
     KnownKey {
         key: "rpc.inbox.capacity",
@@ -458,22 +482,6 @@ impl RpcConf {
             .unwrap_or(Duration::from_secs(120))
     }
 
-    /// The default ask timeout: `rpc.askTimeout`, else `network.timeout`, else 120 s; the timeout
-    /// names the first of those keys that is set.
-    pub fn ask_timeout(&self) -> crate::RpcTimeout {
-        self.timeout_with_fallback("rpc.askTimeout")
-    }
-
-    /// The lookup timeout: `rpc.lookupTimeout`, else `network.timeout`, else 120 s.
-    pub fn lookup_timeout(&self) -> crate::RpcTimeout {
-        self.timeout_with_fallback("rpc.lookupTimeout")
-    }
-
-    fn timeout_with_fallback(&self, key: &'static str) -> crate::RpcTimeout {
-        crate::RpcTimeout::from_conf_keys(self, &[key, "network.timeout"], "120s")
-            .unwrap_or_else(|_| crate::RpcTimeout::new(Duration::from_secs(120), key))
-    }
-
     /// `rpc.numRetries` (3).
     pub fn num_retries(&self) -> u32 {
         self.known_int("rpc.numRetries", 3) as u32
@@ -520,6 +528,25 @@ impl RpcConf {
             .unwrap_or(Duration::from_secs(5))
     }
 
+    /// `rpc.io.maxQueuedBytesPerConnection` in bytes (16 MiB).
+    pub fn max_queued_bytes_per_connection(&self) -> u64 {
+        self.get_size("rpc.io.maxQueuedBytesPerConnection")
+            .ok()
+            .flatten()
+            .unwrap_or(16 * MIB)
+    }
+
+    /// `rpc.io.handshakeTimeout` (10 s; zero = no limit).
+    pub fn handshake_timeout(&self) -> Duration {
+        self.known_duration("rpc.io.handshakeTimeout")
+            .unwrap_or(Duration::from_secs(10))
+    }
+
+    /// `rpc.io.maxInboundConnections` (0 = no cap).
+    pub fn max_inbound_connections(&self) -> usize {
+        self.known_int("rpc.io.maxInboundConnections", 0) as usize
+    }
+
     /// `rpc.message.maxSize` in bytes (128 MiB).
     pub fn max_message_size(&self) -> u64 {
         self.get_size("rpc.message.maxSize")
@@ -534,6 +561,12 @@ impl RpcConf {
             .ok()
             .flatten()
             .unwrap_or(64 * MIB)
+    }
+
+    /// `rpc.messageLoop.spinMicros` (50 µs): how long a waiter may spin while messages come that
+    /// closely.
+    pub fn spin_window(&self) -> Duration {
+        Duration::from_micros(self.known_int("rpc.messageLoop.spinMicros", 50) as u64)
     }
 
     /// `rpc.inbox.capacity` (65536 messages).

@@ -4,26 +4,31 @@
 //! Normal endpoints share one loop of `rpc.netty.dispatcher.numThreads` threads
 //! (`dispatcher-event-loop-N`); an isolated endpoint gets a loop of its own (`dispatcher-<name>`),
 //! so a busy shared pool cannot starve it and it cannot starve the others.
+//!
+//! The dispatcher also makes the refs of its endpoints (sharing the env's `RefDefaults`) and
+//! answers typed lookups by name: what `RpcEnv::endpoint_ref` and the rebinding of a received
+//! ref (`ref_codec`) both use.
 
 use std::any::Any;
 use std::borrow::Cow;
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 
-use crate::address::RpcAddress;
-use crate::call_context::RpcCallContext;
-use crate::codec::decode_content;
+use crate::address::RpcEndpointAddress;
 use crate::endpoint::EndpointCtx;
-use crate::endpoint_ref::{Mailbox, RpcEndpointRef};
-use crate::env::DecodeScope;
+use crate::endpoint_ref::{RefDefaults, Route, RpcEndpointRef};
 use crate::error::RpcError;
-use crate::inbox::{Behaviour, Inbox, InboxMessage, Job, Scheduler, TerminationListener};
+use crate::flavour::Behaviour;
+use crate::inbox::{Inbox, Job, Scheduler, TerminationListener};
+use crate::mailbox::{Event, InboxControl};
 use crate::message::RpcMessage;
 
 thread_local! {
+    /// A thread-identity flag, not a parameter: set once on each message loop thread, so that
+    /// blocking operations (shutdown) can tell they must not wait for the loops from one of them.
     static ON_MESSAGE_LOOP: Cell<bool> = const { Cell::new(false) };
 }
 
@@ -94,76 +99,6 @@ impl MessageLoop {
     }
 }
 
-/// A network event every endpoint hears about.
-pub(crate) enum Event {
-    Connected(RpcAddress),
-    Disconnected(RpcAddress),
-    NetworkError(Arc<RpcError>, RpcAddress),
-}
-
-/// What the dispatcher needs of an inbox whatever its message type.
-pub(crate) trait InboxControl: Send + Sync {
-    fn stop(&self) -> bool;
-    fn post_event(&self, event: &Event);
-    /// The endpoint's name (shared, so contexts of remote asks need not copy it).
-    fn endpoint_name(&self) -> Arc<str>;
-    /// Decodes a message that came over the network (refs in it are rebound through `scope`)
-    /// and queues it; an ask whose message cannot be decoded or delivered fails.
-    fn post_remote(&self, content: &[u8], reply: Option<RpcCallContext>, scope: &DecodeScope);
-}
-
-impl<B: Behaviour> InboxControl for Inbox<B> {
-    fn stop(&self) -> bool {
-        Inbox::stop(self)
-    }
-
-    fn post_event(&self, event: &Event) {
-        let message = match event {
-            Event::Connected(a) => InboxMessage::Connected(a.clone()),
-            Event::Disconnected(a) => InboxMessage::Disconnected(a.clone()),
-            Event::NetworkError(e, a) => InboxMessage::NetworkError(e.clone(), a.clone()),
-        };
-        // A stopped endpoint no longer hears network events.
-        let _ = self.post(message);
-    }
-
-    fn endpoint_name(&self) -> Arc<str> {
-        self.name_arc()
-    }
-
-    fn post_remote(&self, content: &[u8], reply: Option<RpcCallContext>, scope: &DecodeScope) {
-        let message = match scope.run(|| decode_content::<B::Message>(content)) {
-            Ok(m) => m,
-            Err(e) => {
-                let error = RpcError::BadRequest {
-                    peer: scope.peer(),
-                    message: format!(
-                        "endpoint {} cannot decode the message: {}",
-                        self.name(),
-                        e.reason
-                    ),
-                };
-                tracing::warn!(endpoint = %self.name(), error = %error, "undecodable message");
-                if let Some(ctx) = reply {
-                    ctx.fail(error);
-                }
-                return;
-            }
-        };
-        let message = match reply {
-            Some(ctx) => InboxMessage::Rpc(message, Box::new(ctx)),
-            None => InboxMessage::OneWay(message),
-        };
-        if let Err(refused) = self.post_from(message, scope.client()) {
-            let error = self.refusal();
-            if matches!(refused, InboxMessage::OneWay(_)) {
-                tracing::warn!(endpoint = %self.name(), error = %error, "remote one-way message refused");
-            }
-            refused.reject(error);
-        }
-    }
-}
-
 struct Registration {
     control: Arc<dyn InboxControl>,
     /// The endpoint's `RpcEndpointRef<M>`, for typed lookups.
@@ -201,16 +136,11 @@ impl TerminationListener for DedicatedTermination {
     }
 }
 
-/// A failed typed lookup.
-pub(crate) enum LookupError {
-    NotFound,
-    WrongType { actual: Cow<'static, str> },
-}
-
 /// The registry of endpoints and the loops that run them.
 pub(crate) struct Dispatcher {
     endpoints: RwLock<HashMap<Arc<str>, Registration>>,
-    stopped: Arc<AtomicBool>,
+    /// What the refs of this env share; its `env_stopped` flag is the dispatcher's own.
+    defaults: Arc<RefDefaults>,
     shared_loop: Arc<MessageLoop>,
     dedicated: Mutex<Vec<Arc<MessageLoop>>>,
     live: Arc<Live>,
@@ -218,12 +148,21 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub(crate) fn new(threads: usize, inbox_capacity: usize) -> std::io::Result<Self> {
-        let shared_loop =
-            MessageLoop::start(|i| format!("dispatcher-event-loop-{i}"), threads.max(1))?;
-        Ok(Dispatcher {
+    /// Starts the shared message loop of `threads` threads (`dispatcher-event-loop-N`).
+    pub(crate) fn start_shared_loop(threads: usize) -> std::io::Result<Arc<MessageLoop>> {
+        MessageLoop::start(|i| format!("dispatcher-event-loop-{i}"), threads.max(1))
+    }
+
+    /// A dispatcher whose endpoints run on `shared_loop` unless isolated, and whose refs share
+    /// `defaults`.
+    pub(crate) fn new(
+        shared_loop: Arc<MessageLoop>,
+        inbox_capacity: usize,
+        defaults: Arc<RefDefaults>,
+    ) -> Self {
+        Dispatcher {
             endpoints: RwLock::new(HashMap::new()),
-            stopped: Arc::new(AtomicBool::new(false)),
+            defaults,
             shared_loop,
             dedicated: Mutex::new(Vec::new()),
             live: Arc::new(Live {
@@ -231,11 +170,21 @@ impl Dispatcher {
                 cond: Condvar::new(),
             }),
             inbox_capacity,
-        })
+        }
     }
 
     pub(crate) fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Acquire)
+        self.defaults.env_stopped.load(Ordering::Acquire)
+    }
+
+    /// What the refs of this env share.
+    pub(crate) fn defaults(&self) -> &Arc<RefDefaults> {
+        &self.defaults
+    }
+
+    /// The full address of the endpoint `name` of this env, for error messages.
+    pub(crate) fn endpoint_address(&self, name: &str) -> RpcEndpointAddress {
+        RpcEndpointAddress::new(self.defaults.sender.clone(), name)
     }
 
     /// Registers an endpoint under `name` and schedules its `on_start`.
@@ -244,7 +193,6 @@ impl Dispatcher {
         name: &str,
         behaviour: B,
         dedicated_threads: usize,
-        make_ref: impl FnOnce(Arc<dyn Mailbox<B::Message>>) -> RpcEndpointRef<B::Message>,
         make_ctx: impl FnOnce(RpcEndpointRef<B::Message>) -> EndpointCtx<B::Message>,
     ) -> Result<RpcEndpointRef<B::Message>, RpcError> {
         let mut endpoints = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
@@ -286,10 +234,15 @@ impl Dispatcher {
             scheduler,
             max_threads,
             self.inbox_capacity,
-            self.stopped.clone(),
+            self.defaults.waits.pace.window(),
+            self.defaults.env_stopped.clone(),
             Some(listener),
         );
-        let endpoint_ref = make_ref(inbox.clone());
+        let endpoint_ref = RpcEndpointRef::new(
+            self.endpoint_address(&name),
+            Route::Local(inbox.clone()),
+            self.defaults.clone(),
+        );
         let ctx = make_ctx(endpoint_ref.clone());
         *self.live.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         endpoints.insert(
@@ -305,18 +258,22 @@ impl Dispatcher {
         Ok(endpoint_ref)
     }
 
-    /// The ref of a registered endpoint, if its message type is `M`.
-    pub(crate) fn lookup<M: RpcMessage>(
-        &self,
-        name: &str,
-    ) -> Result<RpcEndpointRef<M>, LookupError> {
+    /// The ref of a registered endpoint. Fails with [`RpcError::EndpointNotFound`], or
+    /// [`RpcError::MessageTypeMismatch`] naming both types when `M` is not its message type.
+    pub(crate) fn lookup<M: RpcMessage>(&self, name: &str) -> Result<RpcEndpointRef<M>, RpcError> {
         let endpoints = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
-        let reg = endpoints.get(name).ok_or(LookupError::NotFound)?;
+        let reg = endpoints
+            .get(name)
+            .ok_or_else(|| RpcError::EndpointNotFound {
+                uri: self.endpoint_address(name).to_string(),
+            })?;
         reg.endpoint_ref
             .downcast_ref::<RpcEndpointRef<M>>()
             .cloned()
-            .ok_or_else(|| LookupError::WrongType {
-                actual: reg.protocol.clone(),
+            .ok_or_else(|| RpcError::MessageTypeMismatch {
+                uri: self.endpoint_address(name).to_string(),
+                expected: M::protocol_name().into_owned(),
+                actual: reg.protocol.clone().into_owned(),
             })
     }
 
@@ -360,7 +317,7 @@ impl Dispatcher {
     pub(crate) fn shutdown(&self) {
         let registrations: Vec<Registration> = {
             let mut endpoints = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
-            self.stopped.store(true, Ordering::Release);
+            self.defaults.env_stopped.store(true, Ordering::Release);
             endpoints.drain().map(|(_, r)| r).collect()
         };
         for reg in &registrations {

@@ -2,13 +2,13 @@
 //! [`ConcurrentRpcEndpoint`] (`&self`, may run on several loop threads at once), and
 //! [`EndpointCtx`], what every callback is handed.
 
+use std::any::Any;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Weak;
 
 use crate::address::RpcAddress;
 use crate::call_context::RpcCallContext;
 use crate::endpoint_ref::RpcEndpointRef;
-use crate::env::{EnvInner, RpcEnv};
 use crate::error::{HandlerResult, RpcError};
 use crate::message::RpcMessage;
 
@@ -228,17 +228,30 @@ fn log_error<M>(ctx: &EndpointCtx<M>, error: &RpcError) {
 }
 
 /// What every callback of an endpoint is handed: its name, its own ref, and its env.
+///
+/// Its [`env`](Self::env) and [`stop`](Self::stop) reach the env, which sits in the layer above
+/// this one: they are defined with the env (`env/api.rs`), and the env is held here type-erased.
 pub struct EndpointCtx<M> {
     self_ref: RpcEndpointRef<M>,
-    env: Weak<EnvInner>,
+    /// The env (its shared state), type-erased: this layer does not name it.
+    env: Weak<dyn Any + Send + Sync>,
     runtime: tokio::runtime::Handle,
     stopping: AtomicBool,
+}
+
+impl<M> std::fmt::Debug for EndpointCtx<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointCtx")
+            .field("endpoint", &self.self_ref)
+            .field("stopping", &self.is_stopping())
+            .finish()
+    }
 }
 
 impl<M: RpcMessage> EndpointCtx<M> {
     pub(crate) fn new(
         self_ref: RpcEndpointRef<M>,
-        env: Weak<EnvInner>,
+        env: Weak<dyn Any + Send + Sync>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
         EndpointCtx {
@@ -258,13 +271,6 @@ impl<M: RpcMessage> EndpointCtx<M> {
             Some(&self.self_ref)
         }
     }
-
-    /// Stops this endpoint: `on_stop` runs after the messages already queued.
-    pub fn stop(&self) {
-        if let Some(env) = self.env() {
-            env.stop(&self.self_ref);
-        }
-    }
 }
 
 impl<M> EndpointCtx<M> {
@@ -273,9 +279,14 @@ impl<M> EndpointCtx<M> {
         self.self_ref.name()
     }
 
-    /// The env, unless it has been dropped.
-    pub fn env(&self) -> Option<RpcEnv> {
-        self.env.upgrade().map(RpcEnv::from_inner)
+    /// The env's shared state, type-erased (see [`env`](Self::env)).
+    pub(crate) fn env_handle(&self) -> &Weak<dyn Any + Send + Sync> {
+        &self.env
+    }
+
+    /// The endpoint's own ref, even while it stops.
+    pub(crate) fn own_ref(&self) -> &RpcEndpointRef<M> {
+        &self.self_ref
     }
 
     /// The env's tokio runtime, for async work started from a handler (asks to other endpoints,
@@ -291,126 +302,5 @@ impl<M> EndpointCtx<M> {
 
     pub(crate) fn mark_stopping(&self) {
         self.stopping.store(true, Ordering::Release);
-    }
-}
-
-/// The callbacks of either endpoint flavour, behind one interface for the inbox.
-pub(crate) trait Callbacks<M> {
-    fn on_start(&mut self, ctx: &EndpointCtx<M>) -> HandlerResult;
-    fn receive(&mut self, ctx: &EndpointCtx<M>, message: M) -> HandlerResult;
-    fn receive_and_reply(
-        &mut self,
-        ctx: &EndpointCtx<M>,
-        message: M,
-        reply: RpcCallContext,
-    ) -> HandlerResult;
-    fn on_error(&mut self, ctx: &EndpointCtx<M>, error: RpcError) -> HandlerResult;
-    fn on_connected(&mut self, ctx: &EndpointCtx<M>, remote: &RpcAddress) -> HandlerResult;
-    fn on_disconnected(&mut self, ctx: &EndpointCtx<M>, remote: &RpcAddress) -> HandlerResult;
-    fn on_network_error(
-        &mut self,
-        ctx: &EndpointCtx<M>,
-        error: &RpcError,
-        remote: &RpcAddress,
-    ) -> HandlerResult;
-    fn on_stop(&mut self, ctx: &EndpointCtx<M>) -> HandlerResult;
-}
-
-macro_rules! forward_callbacks {
-    () => {
-        fn on_start(&mut self, ctx: &EndpointCtx<E::Message>) -> HandlerResult {
-            E::on_start(self, ctx)
-        }
-        fn receive(&mut self, ctx: &EndpointCtx<E::Message>, message: E::Message) -> HandlerResult {
-            E::receive(self, ctx, message)
-        }
-        fn receive_and_reply(
-            &mut self,
-            ctx: &EndpointCtx<E::Message>,
-            message: E::Message,
-            reply: RpcCallContext,
-        ) -> HandlerResult {
-            E::receive_and_reply(self, ctx, message, reply)
-        }
-        fn on_error(&mut self, ctx: &EndpointCtx<E::Message>, error: RpcError) -> HandlerResult {
-            E::on_error(self, ctx, error)
-        }
-        fn on_connected(
-            &mut self,
-            ctx: &EndpointCtx<E::Message>,
-            remote: &RpcAddress,
-        ) -> HandlerResult {
-            E::on_connected(self, ctx, remote)
-        }
-        fn on_disconnected(
-            &mut self,
-            ctx: &EndpointCtx<E::Message>,
-            remote: &RpcAddress,
-        ) -> HandlerResult {
-            E::on_disconnected(self, ctx, remote)
-        }
-        fn on_network_error(
-            &mut self,
-            ctx: &EndpointCtx<E::Message>,
-            error: &RpcError,
-            remote: &RpcAddress,
-        ) -> HandlerResult {
-            E::on_network_error(self, ctx, error, remote)
-        }
-        fn on_stop(&mut self, ctx: &EndpointCtx<E::Message>) -> HandlerResult {
-            E::on_stop(self, ctx)
-        }
-    };
-}
-
-impl<E: RpcEndpoint> Callbacks<E::Message> for E {
-    forward_callbacks!();
-}
-
-/// A concurrent endpoint seen through a shared reference.
-pub(crate) struct Shared<'a, E>(pub(crate) &'a E);
-
-impl<E: ConcurrentRpcEndpoint> Callbacks<E::Message> for Shared<'_, E> {
-    fn on_start(&mut self, ctx: &EndpointCtx<E::Message>) -> HandlerResult {
-        self.0.on_start(ctx)
-    }
-    fn receive(&mut self, ctx: &EndpointCtx<E::Message>, message: E::Message) -> HandlerResult {
-        self.0.receive(ctx, message)
-    }
-    fn receive_and_reply(
-        &mut self,
-        ctx: &EndpointCtx<E::Message>,
-        message: E::Message,
-        reply: RpcCallContext,
-    ) -> HandlerResult {
-        self.0.receive_and_reply(ctx, message, reply)
-    }
-    fn on_error(&mut self, ctx: &EndpointCtx<E::Message>, error: RpcError) -> HandlerResult {
-        self.0.on_error(ctx, error)
-    }
-    fn on_connected(
-        &mut self,
-        ctx: &EndpointCtx<E::Message>,
-        remote: &RpcAddress,
-    ) -> HandlerResult {
-        self.0.on_connected(ctx, remote)
-    }
-    fn on_disconnected(
-        &mut self,
-        ctx: &EndpointCtx<E::Message>,
-        remote: &RpcAddress,
-    ) -> HandlerResult {
-        self.0.on_disconnected(ctx, remote)
-    }
-    fn on_network_error(
-        &mut self,
-        ctx: &EndpointCtx<E::Message>,
-        error: &RpcError,
-        remote: &RpcAddress,
-    ) -> HandlerResult {
-        self.0.on_network_error(ctx, error, remote)
-    }
-    fn on_stop(&mut self, ctx: &EndpointCtx<E::Message>) -> HandlerResult {
-        self.0.on_stop(ctx)
     }
 }

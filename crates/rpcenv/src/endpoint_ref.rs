@@ -1,69 +1,96 @@
 //! [`RpcEndpointRef`]: a typed handle to an endpoint, local or remote, through which messages are
 //! sent and asks made.
+//!
+//! A ref's [`Route`] says where its messages go: into a local inbox, to the outbox of another
+//! env's address, or over the connection a client-mode env opened. The remote routes go through
+//! [`RefNetwork`], the network as refs see it, which the remote layer implements: refs are handed
+//! to endpoints by this (local) layer, and it does not import the layer above.
 
 use std::fmt;
+use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rpcenv_transport::{TransportClient, TransportError};
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use rpcenv_transport::TransportClient;
 
 use crate::address::{RpcAddress, RpcEndpointAddress};
 use crate::call_context::{ReplyTarget, RpcCallContext};
 use crate::codec::encode_request;
-use crate::dispatcher::InboxControl;
-use crate::env::EnvInner;
 use crate::error::RpcError;
-use crate::inbox::{Behaviour, Inbox, InboxMessage};
+use crate::mailbox::{InboxControl, InboxMessage, Mailbox};
 use crate::message::{RpcMessage, RpcReply};
-use crate::net::Network;
-use crate::outbox::{dispatch, OutboxMessage};
-use crate::reply::{Ask, ReplySlot};
+use crate::reply::{Ask, ReplySlot, Waits};
 use crate::timeout::{ensure_blocking_allowed, RpcTimeout};
 
-/// An inbox seen through its message type.
-pub(crate) trait Mailbox<M>: Send + Sync {
-    fn post(&self, message: InboxMessage<M>) -> Result<(), InboxMessage<M>>;
-    fn refusal(&self) -> RpcError;
-    fn control(&self) -> &dyn InboxControl;
+/// A serialized message on its way to another process.
+pub(crate) enum OutboxMessage {
+    OneWay(Bytes),
+    Rpc(Bytes, Arc<ReplySlot>),
 }
 
-impl<B: Behaviour> Mailbox<B::Message> for Inbox<B> {
-    fn post(&self, message: InboxMessage<B::Message>) -> Result<(), InboxMessage<B::Message>> {
-        Inbox::post(self, message)
-    }
-
-    fn refusal(&self) -> RpcError {
-        Inbox::refusal(self)
-    }
-
-    fn control(&self) -> &dyn InboxControl {
-        self
+impl OutboxMessage {
+    /// The bytes it counts for against `rpc.outbox.maxBytes`.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            OutboxMessage::OneWay(b) | OutboxMessage::Rpc(b, _) => b.len(),
+        }
     }
 }
 
-/// What the refs of one env share: defaults and the runtime.
+/// Why the network did not take a message.
+pub(crate) enum Refused {
+    /// `rpc.outbox.maxBytes` would be exceeded: the message back, and the bytes already waiting.
+    Full(OutboxMessage, usize),
+    /// The route cannot carry it (its connection is closed).
+    Failed(RpcError),
+}
+
+/// A future the network hands back (object-safe form of an `async fn`).
+pub(crate) type Waiting<'a> = Pin<Box<dyn Future<Output = Result<(), RpcError>> + Send + 'a>>;
+
+/// The network of an env, as its refs see it: implemented by the remote layer's `Network`.
+pub(crate) trait RefNetwork: Send + Sync {
+    /// Checks a serialized message against `rpc.message.maxSize` before anything is written.
+    fn check_size(&self, body: &Bytes) -> Result<(), RpcError>;
+    /// `rpc.outbox.maxBytes`.
+    fn outbox_max_bytes(&self) -> usize;
+    /// Hands a message to the outbox of `address` (opened on first use); never blocks.
+    fn post_to(&self, address: &RpcAddress, message: OutboxMessage) -> Result<(), Refused>;
+    /// Hands a message to the connection `client` (a client-mode endpoint's route).
+    fn post_over(&self, client: &TransportClient, message: OutboxMessage) -> Result<(), Refused>;
+    /// Completes when `need` more bytes fit in the outbox of `address`.
+    fn room_at<'a>(&'a self, address: &'a RpcAddress, need: usize) -> Waiting<'a>;
+    /// Completes when `need` more bytes fit in the queue of `client`.
+    fn room_over<'a>(&'a self, client: &'a TransportClient, need: usize) -> Waiting<'a>;
+}
+
+/// What the refs of one env share: defaults, the runtime and the network.
 pub(crate) struct RefDefaults {
     pub(crate) ask_timeout: RpcTimeout,
     pub(crate) num_retries: u32,
     pub(crate) retry_wait: Duration,
-    pub(crate) runtime: tokio::runtime::Handle,
+    /// The runtime the asks' timers run on, and the pace of callers blocked on replies.
+    pub(crate) waits: Arc<Waits>,
     /// The address of the env the refs belong to (the sender of their messages).
     pub(crate) sender: Option<RpcAddress>,
-    /// The env, for its network.
-    pub(crate) env: Weak<EnvInner>,
+    /// The env's network, for remote routes.
+    pub(crate) network: Weak<dyn RefNetwork>,
+    /// Set when the env begins to shut down: remote sends are refused from then on.
+    pub(crate) env_stopped: Arc<AtomicBool>,
 }
 
-pub(crate) enum Target<M> {
+/// Where a ref's messages go.
+pub(crate) enum Route<M> {
+    /// Into an inbox of this env: the message is moved, not serialized.
     Local(Arc<dyn Mailbox<M>>),
-    /// Another env's endpoint: through the outbox of its address, or, for an endpoint of a
-    /// client-mode env, over the connection that env opened.
-    Remote {
-        client: Option<TransportClient>,
-    },
+    /// Another env's endpoint: through the outbox of its address.
+    Outbox(RpcAddress),
+    /// An endpoint of a client-mode env: over the connection that env opened.
+    Connection(TransportClient),
 }
 
 struct RefInner<M> {
@@ -71,7 +98,7 @@ struct RefInner<M> {
     /// What timeout errors name: the address, or for a ref bound to a connection, the peer.
     described: Arc<RpcEndpointAddress>,
     name: Arc<str>,
-    target: Target<M>,
+    route: Route<M>,
     defaults: Arc<RefDefaults>,
 }
 
@@ -113,32 +140,15 @@ impl<M> Clone for RpcEndpointRef<M> {
 }
 
 impl<M: RpcMessage> RpcEndpointRef<M> {
-    pub(crate) fn local(
+    /// A ref to `address` over `route`.
+    pub(crate) fn new(
         address: RpcEndpointAddress,
-        mailbox: Arc<dyn Mailbox<M>>,
+        route: Route<M>,
         defaults: Arc<RefDefaults>,
     ) -> Self {
         let name: Arc<str> = address.name().into();
-        let address = Arc::new(address);
-        RpcEndpointRef {
-            inner: Arc::new(RefInner {
-                described: address.clone(),
-                address,
-                name,
-                target: Target::Local(mailbox),
-                defaults,
-            }),
-        }
-    }
-
-    pub(crate) fn remote(
-        address: RpcEndpointAddress,
-        client: Option<TransportClient>,
-        defaults: Arc<RefDefaults>,
-    ) -> Self {
-        let name: Arc<str> = address.name().into();
-        let described = match (&client, address.address()) {
-            (Some(c), None) => Arc::new(RpcEndpointAddress::new(
+        let described = match (&route, address.address()) {
+            (Route::Connection(c), None) => Arc::new(RpcEndpointAddress::new(
                 Some(RpcAddress::from_socket_addr(c.remote_addr())),
                 address.name(),
             )),
@@ -149,25 +159,23 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
                 address: Arc::new(address),
                 described,
                 name,
-                target: Target::Remote { client },
+                route,
                 defaults,
             }),
         }
     }
 
     /// The network of the ref's env, or why there is none.
-    fn network(&self) -> Result<Arc<Network>, RpcError> {
-        self.inner
-            .defaults
-            .env
-            .upgrade()
-            .filter(|env| !env.is_stopped())
-            .map(|env| env.network().clone())
-            .ok_or(RpcError::EnvStopped)
+    fn network(&self) -> Result<Arc<dyn RefNetwork>, RpcError> {
+        let defaults = &self.inner.defaults;
+        if defaults.env_stopped.load(Ordering::Acquire) {
+            return Err(RpcError::EnvStopped);
+        }
+        defaults.network.upgrade().ok_or(RpcError::EnvStopped)
     }
 
     /// Serializes `message` in an envelope for the remote endpoint.
-    fn envelope(&self, message: &M, net: &Network) -> Result<Bytes, RpcError> {
+    fn envelope(&self, message: &M, net: &dyn RefNetwork) -> Result<Bytes, RpcError> {
         let body = encode_request(
             self.inner.defaults.sender.as_ref(),
             self.inner.address.address(),
@@ -182,52 +190,38 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
         Ok(body)
     }
 
-    /// Hands a serialized message to its route: the connection a client-mode endpoint is reached
-    /// over, or the outbox of the endpoint's address. A message that does not fit under
+    /// Hands a serialized message to the remote route. A message that does not fit under
     /// `rpc.outbox.maxBytes` is handed back with the bytes already waiting.
-    fn post(
-        &self,
-        client: Option<&TransportClient>,
-        message: OutboxMessage,
-        net: &Arc<Network>,
-    ) -> Result<Result<(), (OutboxMessage, usize)>, RpcError> {
-        match (client, self.inner.address.address()) {
-            (Some(c), _) => {
-                if !c.is_active() {
-                    return Err(RpcError::Connection {
-                        peer: c.remote_addr().to_string(),
-                        source: TransportError::ConnectionClosed {
-                            peer: c.remote_addr(),
-                        },
-                    });
-                }
-                let queued = c.queued_bytes();
-                if queued > 0 && queued + message_len(&message) > net.outbox_max_bytes() {
-                    return Ok(Err((message, queued)));
-                }
-                dispatch(c, message, net);
-                Ok(Ok(()))
-            }
-            (None, Some(address)) => Ok(net.post(address, message)),
-            (None, None) => Err(RpcError::ClientEndpointUnreachable {
-                uri: self.inner.address.to_string(),
-            }),
+    fn post_remote(&self, net: &dyn RefNetwork, message: OutboxMessage) -> Result<(), Refused> {
+        match &self.inner.route {
+            Route::Outbox(address) => net.post_to(address, message),
+            Route::Connection(client) => net.post_over(client, message),
+            Route::Local(_) => unreachable!("a local ref posts to its inbox"),
         }
     }
 
-    fn queue_full(
-        &self,
-        client: Option<&TransportClient>,
-        queued: usize,
-        net: &Network,
-    ) -> RpcError {
-        RpcError::QueueFull {
-            peer: client.map_or_else(
-                || self.inner.address.to_string(),
-                |c| c.remote_addr().to_string(),
-            ),
-            queued,
-            max: net.outbox_max_bytes(),
+    /// Waits until `need` more bytes fit on the remote route; fails with the failure of the
+    /// connection if it ends meanwhile.
+    async fn room(&self, net: &dyn RefNetwork, need: usize) -> Result<(), RpcError> {
+        match &self.inner.route {
+            Route::Outbox(address) => net.room_at(address, need).await,
+            Route::Connection(client) => net.room_over(client, need).await,
+            Route::Local(_) => Ok(()),
+        }
+    }
+
+    /// [`Refused`] as the error a caller gets.
+    fn refusal(&self, refused: Refused, net: &dyn RefNetwork) -> RpcError {
+        match refused {
+            Refused::Failed(e) => e,
+            Refused::Full(_, queued) => RpcError::QueueFull {
+                peer: match &self.inner.route {
+                    Route::Connection(c) => c.remote_addr().to_string(),
+                    _ => self.inner.address.to_string(),
+                },
+                queued,
+                max: net.outbox_max_bytes(),
+            },
         }
     }
 
@@ -235,30 +229,19 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
     /// to the endpoint instead of failing with [`RpcError::QueueFull`]. For a local endpoint it
     /// is [`send`](Self::send).
     pub async fn send_async(&self, message: M) -> Result<(), RpcError> {
-        let Target::Remote { client } = &self.inner.target else {
+        if let Route::Local(_) = &self.inner.route {
             return self.send(message);
-        };
+        }
         let net = self.network()?;
-        let mut pending = OutboxMessage::OneWay(self.envelope(&message, &net)?);
+        let mut pending = OutboxMessage::OneWay(self.envelope(&message, &*net)?);
         loop {
-            match self.post(client.as_ref(), pending, &net)? {
+            match self.post_remote(&*net, pending) {
                 Ok(()) => return Ok(()),
-                Err((back, _)) => {
-                    let need = message_len(&back);
-                    match (client, self.inner.address.address()) {
-                        (Some(c), _) => {
-                            let room = net.outbox_max_bytes().saturating_sub(need);
-                            c.wait_queued_at_most(room).await
-                        }
-                        (None, Some(address)) => net.wait_for_room(address, need).await,
-                        (None, None) => {
-                            return Err(RpcError::ClientEndpointUnreachable {
-                                uri: self.inner.address.to_string(),
-                            })
-                        }
-                    }
+                Err(Refused::Full(back, _)) => {
+                    self.room(&*net, back.len()).await?;
                     pending = back;
                 }
+                Err(refused) => return Err(self.refusal(refused, &*net)),
             }
         }
     }
@@ -269,11 +252,19 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
             ask_timeout: RpcTimeout::new(Duration::from_secs(120), "rpc.askTimeout"),
             num_retries: 3,
             retry_wait: Duration::from_secs(3),
-            runtime: crate::runtime::shared_runtime(1),
+            waits: Arc::new(Waits {
+                runtime: crate::runtime::shared_runtime(1),
+                pace: crate::pace::Pace::new(Duration::ZERO),
+            }),
             sender: None,
-            env: Weak::new(),
+            network: Weak::<NoNetwork>::new(),
+            env_stopped: Arc::new(AtomicBool::new(false)),
         });
-        Self::local(RpcEndpointAddress::new(None, "test"), mailbox, defaults)
+        Self::new(
+            RpcEndpointAddress::new(None, "test"),
+            Route::Local(mailbox),
+            defaults,
+        )
     }
 
     /// Sends a one-way message. Returns once it is queued; the endpoint's `receive` handles it.
@@ -284,19 +275,15 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
     /// `rpc.outbox.maxBytes` wait to be sent to the endpoint's address ([`RpcError::QueueFull`];
     /// [`send_async`](Self::send_async) waits for room instead). Never blocks on the network.
     pub fn send(&self, message: M) -> Result<(), RpcError> {
-        match &self.inner.target {
-            Target::Local(mailbox) => mailbox
+        if let Route::Local(mailbox) = &self.inner.route {
+            return mailbox
                 .post(InboxMessage::OneWay(message))
-                .map_err(|_| mailbox.refusal()),
-            Target::Remote { client } => {
-                let net = self.network()?;
-                let body = self.envelope(&message, &net)?;
-                match self.post(client.as_ref(), OutboxMessage::OneWay(body), &net)? {
-                    Ok(()) => Ok(()),
-                    Err((_, queued)) => Err(self.queue_full(client.as_ref(), queued, &net)),
-                }
-            }
+                .map_err(|_| mailbox.refusal());
         }
+        let net = self.network()?;
+        let body = self.envelope(&message, &*net)?;
+        self.post_remote(&*net, OutboxMessage::OneWay(body))
+            .map_err(|refused| self.refusal(refused, &*net))
     }
 
     /// Asks: sends `message` to `receive_and_reply` and returns the pending reply, bounded by the
@@ -309,36 +296,30 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
     /// [`ask`](Self::ask) with an explicit timeout.
     pub fn ask_with_timeout<R: RpcReply>(&self, message: M, timeout: RpcTimeout) -> Ask<R> {
         let slot = ReplySlot::new();
-        match &self.inner.target {
-            Target::Local(mailbox) => {
-                let ctx = RpcCallContext::new(
-                    ReplyTarget::Local(slot.clone()),
-                    self.inner.defaults.sender.clone(),
-                    self.inner.name.clone(),
-                );
-                if let Err(refused) = mailbox.post(InboxMessage::Rpc(message, Box::new(ctx))) {
-                    refused.reject(mailbox.refusal());
-                }
+        if let Route::Local(mailbox) = &self.inner.route {
+            let ctx = RpcCallContext::new(
+                ReplyTarget::Local(slot.clone()),
+                self.inner.defaults.sender.clone(),
+                self.inner.name.clone(),
+            );
+            if let Err(refused) = mailbox.post(InboxMessage::Rpc(message, Box::new(ctx))) {
+                refused.reject(mailbox.refusal());
             }
-            Target::Remote { client } => {
-                let sent = self.network().and_then(|net| {
-                    let body = self.envelope(&message, &net)?;
-                    let message = OutboxMessage::Rpc(body, slot.clone());
-                    match self.post(client.as_ref(), message, &net)? {
-                        Ok(()) => Ok(()),
-                        Err((_, queued)) => Err(self.queue_full(client.as_ref(), queued, &net)),
-                    }
-                });
-                if let Err(e) = sent {
-                    slot.complete(Err(e));
-                }
+        } else {
+            let sent = self.network().and_then(|net| {
+                let body = self.envelope(&message, &*net)?;
+                self.post_remote(&*net, OutboxMessage::Rpc(body, slot.clone()))
+                    .map_err(|refused| self.refusal(refused, &*net))
+            });
+            if let Err(e) = sent {
+                slot.complete(Err(e));
             }
         }
         Ask::new(
             slot,
             self.inner.described.clone(),
             timeout,
-            self.inner.defaults.runtime.clone(),
+            self.inner.defaults.waits.clone(),
         )
     }
 
@@ -405,9 +386,9 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
 
     /// The inbox behind a local ref.
     pub(crate) fn control(&self) -> Option<&dyn InboxControl> {
-        match &self.inner.target {
-            Target::Local(mailbox) => Some(mailbox.control()),
-            Target::Remote { .. } => None,
+        match &self.inner.route {
+            Route::Local(mailbox) => Some(mailbox.control()),
+            Route::Outbox(_) | Route::Connection(_) => None,
         }
     }
 }
@@ -455,43 +436,28 @@ impl<M> fmt::Debug for RpcEndpointRef<M> {
     }
 }
 
-fn message_len(message: &OutboxMessage) -> usize {
-    match message {
-        OutboxMessage::OneWay(b) | OutboxMessage::Rpc(b, _) => b.len(),
+/// A network that never exists, for refs built in unit tests.
+#[cfg(test)]
+struct NoNetwork;
+
+#[cfg(test)]
+impl RefNetwork for NoNetwork {
+    fn check_size(&self, _: &Bytes) -> Result<(), RpcError> {
+        Ok(())
     }
-}
-
-/// How a ref travels: its endpoint address and the protocol name of its message type.
-#[derive(Serialize, Deserialize)]
-struct WireRef<'a> {
-    address: RpcEndpointAddress,
-    #[serde(borrow)]
-    protocol: std::borrow::Cow<'a, str>,
-}
-
-impl<M: RpcMessage> Serialize for RpcEndpointRef<M> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        WireRef {
-            address: (*self.inner.address).clone(),
-            protocol: M::protocol_name(),
-        }
-        .serialize(serializer)
+    fn outbox_max_bytes(&self) -> usize {
+        0
     }
-}
-
-impl<'de, M: RpcMessage> Deserialize<'de> for RpcEndpointRef<M> {
-    /// Rebinds the ref to the env that is deserializing it: possible only while an env decodes
-    /// an incoming message.
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let wire = WireRef::deserialize(deserializer)?;
-        if wire.protocol != M::protocol_name() {
-            return Err(serde::de::Error::custom(format!(
-                "ref to {} speaks {} but {} was expected",
-                wire.address,
-                wire.protocol,
-                M::protocol_name()
-            )));
-        }
-        crate::env::rebind_ref::<M>(wire.address).map_err(serde::de::Error::custom)
+    fn post_to(&self, _: &RpcAddress, _: OutboxMessage) -> Result<(), Refused> {
+        Err(Refused::Failed(RpcError::EnvStopped))
+    }
+    fn post_over(&self, _: &TransportClient, _: OutboxMessage) -> Result<(), Refused> {
+        Err(Refused::Failed(RpcError::EnvStopped))
+    }
+    fn room_at<'a>(&'a self, _: &'a RpcAddress, _: usize) -> Waiting<'a> {
+        Box::pin(async { Ok(()) })
+    }
+    fn room_over<'a>(&'a self, _: &'a TransportClient, _: usize) -> Waiting<'a> {
+        Box::pin(async { Ok(()) })
     }
 }

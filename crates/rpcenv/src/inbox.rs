@@ -23,33 +23,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use crate::address::RpcAddress;
 use crate::call_context::{with_handler_scope, CallOutcome, RpcCallContext};
-use crate::endpoint::{Callbacks, ConcurrentRpcEndpoint, EndpointCtx, RpcEndpoint, Shared};
+use crate::codec::decode_content;
+use crate::decode_scope::DecodeScope;
+use crate::endpoint::EndpointCtx;
 use crate::error::{panic_message, Failure, FailureKind, HandlerResult, RpcError, SharedError};
-use crate::message::RpcMessage;
+use crate::flavour::{Behaviour, Callbacks};
+use crate::mailbox::{Event, InboxControl, InboxMessage, Mailbox};
+use crate::pace::{spin_until, Pace};
 use rpcenv_transport::TransportClient;
-
-/// A message in an inbox.
-pub(crate) enum InboxMessage<M> {
-    OnStart,
-    OnStop,
-    OneWay(M),
-    /// Boxed: an inbox holds many messages, and the context would double the size of each.
-    Rpc(M, Box<RpcCallContext>),
-    Connected(RpcAddress),
-    Disconnected(RpcAddress),
-    NetworkError(Arc<RpcError>, RpcAddress),
-}
-
-impl<M> InboxMessage<M> {
-    /// Reports a message that could not be delivered: an ask fails with `error`.
-    pub(crate) fn reject(self, error: RpcError) {
-        if let InboxMessage::Rpc(_, ctx) = self {
-            (*ctx).fail(error);
-        }
-    }
-}
 
 /// Something a message loop thread can run.
 pub(crate) trait Runnable: Send + Sync {
@@ -95,51 +77,6 @@ impl Scheduler {
     }
 }
 
-/// How an endpoint flavour is stored and called.
-pub(crate) trait Behaviour: Send + Sync + 'static {
-    type Message: RpcMessage;
-    /// Whether messages may be processed by several threads at once after `on_start`.
-    const CONCURRENT: bool;
-    /// Calls `f` with the endpoint's callbacks (a one-at-a-time endpoint is locked meanwhile).
-    fn with<T>(&self, f: impl FnOnce(&mut dyn Callbacks<Self::Message>) -> T) -> T;
-}
-
-/// A one-at-a-time endpoint. The lock is never contended: the inbox lets one thread in at a time.
-pub(crate) struct Sequential<E>(Mutex<E>);
-
-impl<E: RpcEndpoint> Sequential<E> {
-    pub(crate) fn new(endpoint: E) -> Self {
-        Sequential(Mutex::new(endpoint))
-    }
-}
-
-impl<E: RpcEndpoint> Behaviour for Sequential<E> {
-    type Message = E::Message;
-    const CONCURRENT: bool = false;
-    fn with<T>(&self, f: impl FnOnce(&mut dyn Callbacks<E::Message>) -> T) -> T {
-        // Handlers run under catch_unwind, so the lock is not poisoned by them.
-        let mut guard = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut *guard)
-    }
-}
-
-/// A concurrent endpoint.
-pub(crate) struct Concurrent<E>(E);
-
-impl<E: ConcurrentRpcEndpoint> Concurrent<E> {
-    pub(crate) fn new(endpoint: E) -> Self {
-        Concurrent(endpoint)
-    }
-}
-
-impl<E: ConcurrentRpcEndpoint> Behaviour for Concurrent<E> {
-    type Message = E::Message;
-    const CONCURRENT: bool = true;
-    fn with<T>(&self, f: impl FnOnce(&mut dyn Callbacks<E::Message>) -> T) -> T {
-        f(&mut Shared(&self.0))
-    }
-}
-
 /// The endpoint and its context, dropped once `on_stop` has run.
 struct Core<B: Behaviour> {
     behaviour: B,
@@ -163,6 +100,8 @@ struct State<M, C> {
     paused: Vec<TransportClient>,
     /// Messages posted so far (wrapping), mirrored in `Inbox::posted`.
     posted: usize,
+    /// When the last batch was taken (what the inbox's pace learns from).
+    last_batch: Option<Instant>,
 }
 
 /// Told when an inbox has terminated (`on_stop` ran), so shutdown can wait for all of them.
@@ -178,6 +117,8 @@ pub(crate) struct Inbox<B: Behaviour> {
     /// Messages posted so far (wrapping): read without the lock by a processor that waits for a
     /// batch to fill.
     posted: AtomicUsize,
+    /// How closely messages follow each other: whether a processor stays awake for the next.
+    pace: Pace,
     scheduler: Scheduler,
     max_threads: usize,
     /// Messages from the network beyond this pause the connections they come from.
@@ -189,24 +130,20 @@ pub(crate) struct Inbox<B: Behaviour> {
 /// Batches a processor runs before it yields its thread to other inboxes waiting for one.
 const ROUNDS_BEFORE_YIELD: usize = 8;
 
-/// How long a processor whose queue ran empty keeps looking at it (yielding its CPU between looks)
-/// before giving its thread back. A sender that is still going then finds the processor awake: no
-/// thread is scheduled and woken for each message, and the next request of a caller that waits
-/// for each reply meets a running thread (a wake-up on an idle core costs tens of µs).
-const LINGER: Duration = Duration::from_micros(50);
-
 /// When a small batch (fewer messages than this) is followed by another small one, the processor
-/// waits while the sender keeps posting (at most [`GATHER_MAX`]), so that a fast sender fills a
+/// waits while the sender keeps posting (within the spin window), so that a fast sender fills a
 /// larger batch instead of contending for the queue's lock with every message.
 const SMALL_BATCH: usize = 16;
 
-/// The longest such wait.
-const GATHER_MAX: Duration = Duration::from_micros(50);
-
-/// The processor's waiting policy between batches (see [`LINGER`], [`SMALL_BATCH`]).
+/// The processor's waiting policy between batches. Whether it may stay awake at all is the
+/// inbox's [`Pace`]: only while batches have been following each other within the spin window
+/// (`rpc.messageLoop.spinMicros`). Then a processor whose queue ran empty keeps looking at it for
+/// up to the window before giving its thread back, so that the next request of a caller that
+/// waits for each reply meets a running thread instead of waking one (tens of µs on an idle
+/// core); and after a small batch it lets a fast sender fill the next one. At a light load
+/// (heartbeats, status asks) it gives the thread back at once and costs no CPU while it waits.
 struct Linger {
     enabled: bool,
-    idle_since: Option<Instant>,
     last_small: bool,
 }
 
@@ -214,14 +151,12 @@ impl Linger {
     fn new(manual: bool) -> Self {
         Linger {
             enabled: !manual,
-            idle_since: None,
             last_small: false,
         }
     }
 
     /// A batch of `n` messages was handled.
     fn handled(&mut self, n: usize) {
-        self.idle_since = None;
         self.last_small = n < SMALL_BATCH;
     }
 
@@ -231,49 +166,35 @@ impl Linger {
         self.enabled && self.last_small && queued > 0 && queued < SMALL_BATCH
     }
 
-    /// Waits while `posted` keeps rising, at most [`GATHER_MAX`].
-    fn gather(&mut self, posted: &AtomicUsize) {
+    /// Waits while `posted` keeps rising, at most the pace's budget.
+    fn gather(&mut self, pace: &Pace, posted: &AtomicUsize) {
         self.last_small = false;
-        let start = Instant::now();
         let mut seen = posted.load(Ordering::Relaxed);
-        loop {
-            for _ in 0..32 {
-                std::hint::spin_loop();
-            }
+        spin_until(pace.spin_budget(), || {
             let now = posted.load(Ordering::Relaxed);
-            if now == seen || start.elapsed() >= GATHER_MAX {
-                return;
-            }
-            seen = now;
-        }
+            std::mem::replace(&mut seen, now) == now
+        });
     }
 
     /// The queue was empty when `posted` read `seen`: waits until a message is posted (true: look
-    /// again) or [`LINGER`] has passed or other inboxes wait for the thread (false: leave). It
-    /// watches `posted` without the queue's lock, spinning briefly and yielding its CPU every few
-    /// µs to whatever else is runnable on it.
-    fn idle(&mut self, scheduler: &Scheduler, posted: &AtomicUsize, seen: usize) -> bool {
+    /// again), or the pace's budget has passed or other inboxes wait for the thread (false:
+    /// leave). It watches `posted` without the queue's lock.
+    fn idle(
+        &mut self,
+        pace: &Pace,
+        scheduler: &Scheduler,
+        posted: &AtomicUsize,
+        seen: usize,
+    ) -> bool {
         if !self.enabled {
             return false;
         }
-        let since = *self.idle_since.get_or_insert_with(Instant::now);
-        let mut looks = 0u32;
-        loop {
-            if posted.load(Ordering::Relaxed) != seen {
-                return true;
-            }
-            if scheduler.others_waiting() || since.elapsed() >= LINGER {
-                return false;
-            }
-            looks += 1;
-            if looks % 4 == 0 {
-                std::thread::yield_now();
-            } else {
-                for _ in 0..32 {
-                    std::hint::spin_loop();
-                }
-            }
-        }
+        let mut others = false;
+        let posted_again = spin_until(pace.spin_budget(), || {
+            others = scheduler.others_waiting();
+            others || posted.load(Ordering::Relaxed) != seen
+        });
+        posted_again && !others
     }
 }
 
@@ -284,11 +205,12 @@ impl<B: Behaviour> Inbox<B> {
         scheduler: Scheduler,
         max_threads: usize,
         capacity: usize,
+        spin: Duration,
         env_stopped: Arc<AtomicBool>,
         listener: Option<Arc<dyn TerminationListener>>,
     ) -> Arc<Self> {
         let mut queue = VecDeque::new();
-        queue.push_back(InboxMessage::OnStart);
+        queue.push_back(InboxMessage::Event(Event::OnStart));
         Arc::new_cyclic(|me| Inbox {
             name,
             me: me.clone(),
@@ -302,8 +224,10 @@ impl<B: Behaviour> Inbox<B> {
                 core: None,
                 paused: Vec::new(),
                 posted: 0,
+                last_batch: None,
             }),
             posted: AtomicUsize::new(0),
+            pace: Pace::new(spin),
             scheduler,
             max_threads: max_threads.max(1),
             capacity: capacity.max(1),
@@ -346,10 +270,6 @@ impl<B: Behaviour> Inbox<B> {
 
     pub(crate) fn name(&self) -> &str {
         &self.name
-    }
-
-    pub(crate) fn name_arc(&self) -> Arc<str> {
-        self.name.clone()
     }
 
     /// Queues a message; a refused message (the endpoint is stopped) is handed back.
@@ -411,7 +331,7 @@ impl<B: Behaviour> Inbox<B> {
             }
             st.stopped = true;
             st.concurrent = false;
-            st.queue.push_back(InboxMessage::OnStop);
+            st.queue.push_back(InboxMessage::Event(Event::OnStop));
             st.posted = st.posted.wrapping_add(1);
             self.posted.store(st.posted, Ordering::Relaxed);
             self.claim_thread(&mut st)
@@ -460,7 +380,7 @@ impl<B: Behaviour> Inbox<B> {
                 let alone = st.concurrent || st.active <= 1;
                 if alone && linger.should_gather(st.queue.len()) {
                     drop(st);
-                    linger.gather(&self.posted);
+                    linger.gather(&self.pace, &self.posted);
                     st = self.lock();
                 }
                 if alone && st.queue.is_empty() && st.core.is_some() && !st.stopped {
@@ -468,7 +388,7 @@ impl<B: Behaviour> Inbox<B> {
                     // back, unless other inboxes wait for it.
                     let seen = st.posted;
                     drop(st);
-                    if linger.idle(&self.scheduler, &self.posted, seen) {
+                    if linger.idle(&self.pace, &self.scheduler, &self.posted, seen) {
                         continue;
                     }
                     st = self.lock();
@@ -483,6 +403,11 @@ impl<B: Behaviour> Inbox<B> {
                     drop(st);
                     self.schedule();
                     return;
+                }
+                // The interval between batches is what the pace learns from.
+                let now = Instant::now();
+                if let Some(last) = st.last_batch.replace(now) {
+                    self.pace.observe(now - last);
                 }
                 if B::CONCURRENT {
                     // One at a time, so that other threads can take the rest once on_start ran.
@@ -542,26 +467,37 @@ impl<B: Behaviour> Inbox<B> {
                 );
                 self.report(cb, ctx, r);
             }
-            InboxMessage::OnStart => {
+            InboxMessage::Event(event) => self.deliver_event(cb, ctx, event),
+        }
+    }
+
+    fn deliver_event(
+        &self,
+        cb: &mut dyn Callbacks<B::Message>,
+        ctx: &EndpointCtx<B::Message>,
+        event: Event,
+    ) {
+        match event {
+            Event::OnStart => {
                 let r = guarded(|| cb.on_start(ctx));
                 self.report(cb, ctx, r);
                 self.started();
             }
-            InboxMessage::OnStop => {
+            Event::OnStop => {
                 ctx.mark_stopping();
                 let r = guarded(|| cb.on_stop(ctx));
                 self.report(cb, ctx, r);
                 self.terminate();
             }
-            InboxMessage::Connected(a) => {
+            Event::Connected(a) => {
                 let r = guarded(|| cb.on_connected(ctx, &a));
                 self.report(cb, ctx, r);
             }
-            InboxMessage::Disconnected(a) => {
+            Event::Disconnected(a) => {
                 let r = guarded(|| cb.on_disconnected(ctx, &a));
                 self.report(cb, ctx, r);
             }
-            InboxMessage::NetworkError(e, a) => {
+            Event::NetworkError(e, a) => {
                 let r = guarded(|| cb.on_network_error(ctx, &e, &a));
                 self.report(cb, ctx, r);
             }
@@ -655,6 +591,68 @@ impl<B: Behaviour> Runnable for Inbox<B> {
     }
 }
 
+impl<B: Behaviour> Mailbox<B::Message> for Inbox<B> {
+    fn post(&self, message: InboxMessage<B::Message>) -> Result<(), InboxMessage<B::Message>> {
+        Inbox::post(self, message)
+    }
+
+    fn refusal(&self) -> RpcError {
+        Inbox::refusal(self)
+    }
+
+    fn control(&self) -> &dyn InboxControl {
+        self
+    }
+}
+
+impl<B: Behaviour> InboxControl for Inbox<B> {
+    fn stop(&self) -> bool {
+        Inbox::stop(self)
+    }
+
+    fn post_event(&self, event: &Event) {
+        // A stopped endpoint no longer hears network events.
+        let _ = self.post(InboxMessage::Event(event.clone()));
+    }
+
+    fn endpoint_name(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
+    fn post_remote(&self, content: &[u8], reply: Option<RpcCallContext>, scope: DecodeScope) {
+        let (decoded, scope) = scope.run(|| decode_content::<B::Message>(content));
+        let message = match decoded {
+            Ok(m) => m,
+            Err(e) => {
+                let error = RpcError::BadRequest {
+                    peer: scope.peer(),
+                    message: format!(
+                        "endpoint {} cannot decode the message: {}",
+                        self.name(),
+                        e.reason
+                    ),
+                };
+                tracing::warn!(endpoint = %self.name(), error = %error, "undecodable message");
+                if let Some(ctx) = reply {
+                    ctx.fail(error);
+                }
+                return;
+            }
+        };
+        let message = match reply {
+            Some(ctx) => InboxMessage::Rpc(message, Box::new(ctx)),
+            None => InboxMessage::OneWay(message),
+        };
+        if let Err(refused) = self.post_from(message, scope.client()) {
+            let error = self.refusal();
+            if matches!(refused, InboxMessage::OneWay(_)) {
+                tracing::warn!(endpoint = %self.name(), error = %error, "remote one-way message refused");
+            }
+            refused.reject(error);
+        }
+    }
+}
+
 /// A failed callback: an error it returned, or a panic.
 enum Problem {
     Error(SharedError),
@@ -671,9 +669,12 @@ fn guarded(f: impl FnOnce() -> HandlerResult) -> Result<(), Problem> {
 
 #[cfg(test)]
 mod tests {
-    //! Spark's InboxSuite (catalog tests 43-49), driven by hand with a manual scheduler.
+    //! Spark's InboxSuite, driven by hand with a manual scheduler.
     use super::*;
+    use crate::address::RpcAddress;
+    use crate::endpoint::RpcEndpoint;
     use crate::endpoint_ref::RpcEndpointRef;
+    use crate::flavour::Sequential;
     use crate::reply::ReplySlot;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Weak;
@@ -762,11 +763,12 @@ mod tests {
             Scheduler::Manual,
             1,
             1024,
+            Duration::from_micros(50),
             Arc::new(AtomicBool::new(false)),
             None,
         );
         let self_ref = RpcEndpointRef::local_for_tests(inbox.clone());
-        let ctx = EndpointCtx::new(self_ref, Weak::new(), test_runtime());
+        let ctx = EndpointCtx::new(self_ref, Weak::<()>::new(), test_runtime());
         inbox.install(Sequential::new(ep), ctx);
         inbox
     }
@@ -843,7 +845,7 @@ mod tests {
         let inbox = manual_inbox(ep.clone());
         let addr = RpcAddress::new("localhost", 11111);
         inbox
-            .post(InboxMessage::Connected(addr.clone()))
+            .post(InboxMessage::Event(Event::Connected(addr.clone())))
             .ok()
             .unwrap();
         inbox.process_now();
@@ -856,7 +858,7 @@ mod tests {
         let inbox = manual_inbox(ep.clone());
         let addr = RpcAddress::new("localhost", 11111);
         inbox
-            .post(InboxMessage::Disconnected(addr.clone()))
+            .post(InboxMessage::Event(Event::Disconnected(addr.clone())))
             .ok()
             .unwrap();
         inbox.process_now();
@@ -873,7 +875,10 @@ mod tests {
             reason: "Oops".into(),
         });
         inbox
-            .post(InboxMessage::NetworkError(cause, addr.clone()))
+            .post(InboxMessage::Event(Event::NetworkError(
+                cause,
+                addr.clone(),
+            )))
             .ok()
             .unwrap();
         inbox.process_now();

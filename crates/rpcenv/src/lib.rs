@@ -23,25 +23,40 @@
 //! # Ok::<(), rpcenv::RpcError>(())
 //! ```
 //!
-//! The layers, and where each concept lives:
-//! - [`address`]: `RpcAddress`, `RpcEndpointAddress` and their URI forms.
-//! - [`conf`]: `RpcConf`, the settings.
-//! - `endpoint`, `endpoint_ref`, `call_context`, `reply`: the API an application touches.
-//! - `dispatcher` (registry + message loops) and `inbox` (per-endpoint queue and its rules).
+//! # Layers
+//!
+//! Modules import only from their own layer or the layers below, never upward, and never in a
+//! cycle (the table in the repository's `ARCHITECTURE.md` is the rule, and the `layering` test
+//! checks every `crate::` path against it). A lower layer that needs something from above holds
+//! a trait object.
+//!
+//! 1. core: [`address`], [`conf`], `error`, `message`, `timeout`, `runtime`, `backoff`,
+//!    [`codec`] (the wire formats), `decode_scope`;
+//! 2. local, everything inside one env: `reply`, `call_context`, `mailbox`, `endpoint_ref`,
+//!    `endpoint`, `flavour` (both endpoint flavours behind one interface), `inbox`,
+//!    `dispatcher` (registry and message loops), `ref_codec`;
+//! 3. remote, other processes: `outbox`, `net` (the network and the transport handler),
+//!    `verifier`, `security`;
+//! 4. `env`: the façade ([`RpcEnv`], [`RpcEnvBuilder`]) that wires them together.
 
 pub mod address;
 mod call_context;
 pub mod codec;
 pub mod conf;
+mod decode_scope;
 mod dispatcher;
 mod endpoint;
 mod endpoint_ref;
 mod env;
 mod error;
+mod flavour;
 mod inbox;
+mod mailbox;
 mod message;
 mod net;
 mod outbox;
+mod pace;
+mod ref_codec;
 mod reply;
 mod runtime;
 mod security;

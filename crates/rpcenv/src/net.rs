@@ -3,11 +3,9 @@
 //! connections into `on_connected` / `on_disconnected` / `on_network_error` events (Spark's
 //! `NettyRpcHandler`).
 
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use bytes::Bytes;
 use rpcenv_transport::{
@@ -16,123 +14,132 @@ use rpcenv_transport::{
 };
 
 use crate::address::RpcAddress;
-use crate::codec::WireAddress;
-use crate::dispatcher::Event;
-use crate::env::{DecodeScope, EnvInner};
+use crate::call_context::{ReplyTarget, RpcCallContext};
+use crate::codec::{decode_request, encode_reply_error, WireAddress, WireError};
+use crate::decode_scope::DecodeScope;
+use crate::dispatcher::Dispatcher;
+use crate::endpoint_ref::{OutboxMessage, RefNetwork, Refused, Waiting};
 use crate::error::RpcError;
-use crate::outbox::{Outbox, OutboxMessage, Posted};
-use crate::reply::{ReplySlot, ReplyValue};
-
-thread_local! {
-    /// The last listening address [`Network::known_listen_address`] found: the network, the
-    /// connection id, the map's generation then, and the address.
-    static LAST_LISTEN: RefCell<Option<(usize, u64, u64, RpcAddress)>> = const { RefCell::new(None) };
-}
+use crate::mailbox::Event;
+use crate::outbox::{admits, dispatch, Outbox, OutboxContext, Posted};
 
 /// Headroom the frame cap allows above `rpc.message.maxSize` (envelope and frame headers).
 pub(crate) const FRAME_HEADROOM: usize = 64 * 1024;
 
 /// The network of one env.
 pub(crate) struct Network {
-    runtime: tokio::runtime::Handle,
-    factory: TransportClientFactory,
+    /// This network, for the outboxes it opens to call back.
+    me: Weak<Network>,
+    /// The env's name, for logs.
+    name: String,
+    /// The env's dispatcher: where incoming messages and connection events go.
+    dispatcher: Arc<Dispatcher>,
+    cx: Arc<OutboxContext>,
     server: Mutex<Option<TransportServer>>,
     outboxes: Mutex<HashMap<RpcAddress, Arc<Outbox>>>,
-    /// Connection id -> the listening address its peer announced as sender.
-    listen_addresses: Mutex<HashMap<u64, RpcAddress>>,
-    /// Bumped whenever `listen_addresses` changes (invalidates the per-thread cache).
-    listen_generation: AtomicU64,
+    /// Connection id -> the listening address its peer announced as sender. Read for every
+    /// incoming message, written once per connection.
+    listen_addresses: RwLock<HashMap<u64, RpcAddress>>,
     max_message_size: usize,
-    outbox_max_bytes: usize,
-    env: Weak<EnvInner>,
     stopped: AtomicBool,
 }
 
+/// Longest wait of a shutdown for the server's connections to finish closing.
+const SERVER_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The parts a [`Network`] is built from.
+pub(crate) struct NetworkParts {
+    pub(crate) name: String,
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) factory: TransportClientFactory,
+    pub(crate) server: Option<TransportServer>,
+    pub(crate) dispatcher: Arc<Dispatcher>,
+    /// `rpc.message.maxSize`.
+    pub(crate) max_message_size: usize,
+    /// `rpc.outbox.maxBytes`.
+    pub(crate) outbox_max_bytes: usize,
+}
+
 impl Network {
-    pub(crate) fn new(
-        runtime: tokio::runtime::Handle,
-        factory: TransportClientFactory,
-        server: Option<TransportServer>,
-        max_message_size: usize,
-        outbox_max_bytes: usize,
-        env: Weak<EnvInner>,
-    ) -> Self {
+    /// The network; `me` is the weak handle of the `Arc` it is being built into.
+    pub(crate) fn new(parts: NetworkParts, me: Weak<Network>) -> Self {
         Network {
-            runtime,
-            factory,
-            server: Mutex::new(server),
+            me,
+            name: parts.name,
+            cx: Arc::new(OutboxContext {
+                runtime: parts.runtime,
+                factory: parts.factory,
+                max_bytes: parts.outbox_max_bytes,
+                dispatcher: Arc::downgrade(&parts.dispatcher),
+            }),
+            dispatcher: parts.dispatcher,
+            server: Mutex::new(parts.server),
             outboxes: Mutex::new(HashMap::new()),
-            listen_addresses: Mutex::new(HashMap::new()),
-            listen_generation: AtomicU64::new(0),
-            max_message_size,
-            outbox_max_bytes,
-            env,
+            listen_addresses: RwLock::new(HashMap::new()),
+            max_message_size: parts.max_message_size,
             stopped: AtomicBool::new(false),
         }
     }
 
-    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
-        &self.runtime
+    /// The env's dispatcher.
+    pub(crate) fn dispatcher(&self) -> &Arc<Dispatcher> {
+        &self.dispatcher
     }
 
-    pub(crate) fn factory(&self) -> &TransportClientFactory {
-        &self.factory
-    }
-
-    /// `rpc.outbox.maxBytes`.
-    pub(crate) fn outbox_max_bytes(&self) -> usize {
-        self.outbox_max_bytes
-    }
-
-    /// Checks a serialized message against `rpc.message.maxSize` before anything is written.
-    pub(crate) fn check_size(&self, body: &Bytes) -> Result<(), RpcError> {
-        if body.len() > self.max_message_size {
-            return Err(RpcError::MessageTooLarge {
-                size: body.len(),
-                max: self.max_message_size,
-            });
-        }
-        Ok(())
-    }
-
-    fn outbox(self: &Arc<Self>, address: &RpcAddress) -> Arc<Outbox> {
+    fn outbox(&self, address: &RpcAddress) -> Arc<Outbox> {
         let mut outboxes = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
         outboxes
             .entry(address.clone())
-            .or_insert_with(|| Outbox::open(address.clone(), self))
+            .or_insert_with(|| {
+                let net = self.me.clone();
+                Outbox::open(address.clone(), &self.cx, move |outbox| {
+                    if let Some(net) = net.upgrade() {
+                        net.remove_outbox(outbox);
+                    }
+                })
+            })
             .clone()
     }
 
     /// Sends a message to `address` through its outbox (opened on first use). A message that
     /// does not fit under `rpc.outbox.maxBytes` is handed back with the bytes already waiting.
-    pub(crate) fn post(
-        self: &Arc<Self>,
-        address: &RpcAddress,
-        mut message: OutboxMessage,
-    ) -> Result<(), (OutboxMessage, usize)> {
+    fn post(&self, address: &RpcAddress, mut message: OutboxMessage) -> Result<(), Refused> {
+        let mut failure = None;
         for _attempt in 0..2 {
             if self.stopped.load(Ordering::Acquire) {
                 break;
             }
             let outbox = self.outbox(address);
-            match outbox.post(message, self) {
+            match outbox.post(message, &self.cx) {
                 Posted::Done => return Ok(()),
-                Posted::Full(m, queued) => return Err((m, queued)),
+                Posted::Full(m, queued) => return Err(Refused::Full(m, queued)),
                 Posted::Stale(m) => {
-                    // Its connection is gone: drop the outbox so the next one reconnects.
+                    // Its connection is gone: drop the outbox so the next one reconnects,
+                    // unless it never connected: then the message fails with that cause (a
+                    // second connect would only be refused by the fast-fail window).
                     self.remove_outbox(&outbox);
                     message = m;
+                    if let Some(cause) = outbox.failure() {
+                        failure = Some(cause.clone());
+                        break;
+                    }
                 }
             }
         }
         let error = if self.stopped.load(Ordering::Acquire) {
             RpcError::EnvStopped
         } else {
+            // The cause of the last failed connect (an authentication failure, say), else what
+            // happened, naming the peer as addressed.
             RpcError::Connection {
                 peer: address.to_string(),
-                source: TransportError::ConnectionClosed {
-                    peer: SocketAddr::from(([0, 0, 0, 0], address.port())),
-                },
+                source: failure.unwrap_or_else(|| TransportError::ConnectFailed {
+                    addr: address.to_string(),
+                    source: Arc::new(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "the connection closed twice while the message was being posted",
+                    )),
+                }),
             }
         };
         match message {
@@ -146,12 +153,6 @@ impl Network {
         Ok(())
     }
 
-    /// Waits until `need` more bytes fit in the outbox to `address`.
-    pub(crate) async fn wait_for_room(self: &Arc<Self>, address: &RpcAddress, need: usize) {
-        let outbox = self.outbox(address);
-        outbox.wait_for_room(need, self.outbox_max_bytes).await;
-    }
-
     /// Forgets `outbox` if it is still the one registered for its address.
     pub(crate) fn remove_outbox(&self, outbox: &Arc<Outbox>) {
         let mut outboxes = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
@@ -163,88 +164,34 @@ impl Network {
         }
     }
 
-    /// The callback that completes an ask's slot with the reply from `client`.
-    pub(crate) fn reply_handler(
-        &self,
-        slot: Arc<ReplySlot>,
-        client: &TransportClient,
-    ) -> impl FnOnce(Result<Bytes, TransportError>) + Send + 'static {
-        let env = self.env.clone();
-        let client = client.clone();
-        move |result| {
-            let outcome = match result {
-                Ok(body) => match crate::codec::decode_reply(&body) {
-                    Ok(Ok(content)) => Ok(ReplyValue::Remote {
-                        content,
-                        scope: DecodeScope::new(env, Some(client)),
-                    }),
-                    Ok(Err(wire)) => Err(wire.into_error(&client.remote_addr().to_string())),
-                    Err(e) => Err(RpcError::BadRequest {
-                        peer: client.remote_addr().to_string(),
-                        message: e.to_string(),
-                    }),
-                },
-                Err(e) => {
-                    if env.upgrade().is_none_or(|env| env.is_stopped()) {
-                        Err(RpcError::EnvStopped)
-                    } else {
-                        Err(RpcError::Connection {
-                            peer: client.remote_addr().to_string(),
-                            source: e,
-                        })
-                    }
-                }
-            };
-            slot.complete(outcome);
-        }
-    }
-
     /// Records the listening address a connection's peer announced; true the first time.
     fn note_listen_address(&self, client: &TransportClient, address: &RpcAddress) -> bool {
         let mut map = self
             .listen_addresses
-            .lock()
+            .write()
             .unwrap_or_else(|p| p.into_inner());
         match map.get(&client.id()) {
             Some(known) if known == address => false,
             _ => {
                 map.insert(client.id(), address.clone());
-                self.listen_generation.fetch_add(1, Ordering::Release);
                 true
             }
         }
     }
 
     /// The listening address `client`'s peer announced, when it is `wire` and was recorded
-    /// already (nothing to note): from a per-thread cache of the last one seen, so that the
-    /// messages of a busy connection neither lock the map nor allocate an address.
+    /// already (nothing to note): a shared read of the map, and no address allocated.
     fn known_listen_address(
         &self,
         client: &TransportClient,
         wire: WireAddress<'_>,
     ) -> Option<RpcAddress> {
-        let generation = self.listen_generation.load(Ordering::Acquire);
-        let me = self as *const Network as usize;
-        let cached = LAST_LISTEN.with(|last| {
-            last.borrow().as_ref().and_then(|(net, id, seen, address)| {
-                (*net == me && *id == client.id() && *seen == generation && wire.is(address))
-                    .then(|| address.clone())
-            })
-        });
-        if cached.is_some() {
-            return cached;
-        }
-        let known = self
-            .listen_addresses
-            .lock()
+        self.listen_addresses
+            .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&client.id())
             .filter(|known| wire.is(known))
-            .cloned()?;
-        LAST_LISTEN.with(|last| {
-            *last.borrow_mut() = Some((me, client.id(), generation, known.clone()));
-        });
-        Some(known)
+            .cloned()
     }
 
     /// A connection closed: forget its outbox and its peer's listening address.
@@ -260,18 +207,15 @@ impl Network {
         for outbox in stale {
             self.remove_outbox(&outbox);
         }
-        let removed = self
-            .listen_addresses
-            .lock()
+        self.listen_addresses
+            .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&client.id());
-        self.listen_generation.fetch_add(1, Ordering::Release);
-        removed
+            .remove(&client.id())
     }
 
     fn listen_address_of(&self, client: &TransportClient) -> Option<RpcAddress> {
         self.listen_addresses
-            .lock()
+            .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&client.id())
             .cloned()
@@ -291,32 +235,105 @@ impl Network {
         for outbox in outboxes {
             outbox.close(&|| RpcError::EnvStopped);
         }
-        if let Some(server) = self.server.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(server) = &server {
             server.close();
         }
-        self.factory.close();
+        self.cx.factory.close();
+        if let Some(server) = server {
+            // Shutdown returns once the port is released and every accepted connection is gone
+            // (this runs on a plain thread: the env starts its shutdown on one).
+            let closed = async { tokio::time::timeout(SERVER_CLOSE_WAIT, server.closed()).await };
+            if self.cx.runtime.block_on(closed).is_err() {
+                tracing::warn!(addr = %server.local_addr(), "the server's connections did not all close within {SERVER_CLOSE_WAIT:?}");
+            }
+        }
+    }
+}
+
+impl RefNetwork for Network {
+    fn check_size(&self, body: &Bytes) -> Result<(), RpcError> {
+        if body.len() > self.max_message_size {
+            return Err(RpcError::MessageTooLarge {
+                size: body.len(),
+                max: self.max_message_size,
+            });
+        }
+        Ok(())
+    }
+
+    fn outbox_max_bytes(&self) -> usize {
+        self.cx.max_bytes
+    }
+
+    fn post_to(&self, address: &RpcAddress, message: OutboxMessage) -> Result<(), Refused> {
+        self.post(address, message)
+    }
+
+    fn post_over(&self, client: &TransportClient, message: OutboxMessage) -> Result<(), Refused> {
+        if !client.is_active() {
+            return Err(Refused::Failed(RpcError::Connection {
+                peer: client.remote_addr().to_string(),
+                source: TransportError::ConnectionClosed {
+                    peer: client.remote_addr(),
+                },
+            }));
+        }
+        let queued = client.queued_bytes();
+        if !admits(queued, message.len(), self.cx.max_bytes) {
+            return Err(Refused::Full(message, queued));
+        }
+        dispatch(client, message, &self.cx);
+        Ok(())
+    }
+
+    fn room_at<'a>(&'a self, address: &'a RpcAddress, need: usize) -> Waiting<'a> {
+        let outbox = self.outbox(address);
+        let max = self.cx.max_bytes;
+        Box::pin(async move {
+            outbox
+                .wait_for_room(need, max)
+                .await
+                .map_err(|source| RpcError::Connection {
+                    peer: address.to_string(),
+                    source,
+                })
+        })
+    }
+
+    fn room_over<'a>(&'a self, client: &'a TransportClient, need: usize) -> Waiting<'a> {
+        let limit = self.cx.max_bytes.saturating_sub(need);
+        Box::pin(async move {
+            client
+                .wait_queued_at_most(limit)
+                .await
+                .map_err(|source| RpcError::Connection {
+                    peer: client.remote_addr().to_string(),
+                    source,
+                })
+        })
     }
 }
 
 /// The transport handler of an env (Spark's `NettyRpcHandler`).
 pub(crate) struct RpcEnvHandler {
-    env: OnceLock<Weak<EnvInner>>,
+    network: OnceLock<Weak<Network>>,
 }
 
 impl RpcEnvHandler {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(RpcEnvHandler {
-            env: OnceLock::new(),
+            network: OnceLock::new(),
         })
     }
 
-    /// Connects the handler to its env, once the env exists.
-    pub(crate) fn bind(&self, env: Weak<EnvInner>) {
-        let _ = self.env.set(env);
+    /// Connects the handler to its env's network, once that exists.
+    pub(crate) fn bind(&self, network: Weak<Network>) {
+        let _ = self.network.set(network);
     }
 
-    fn env(&self) -> Option<Arc<EnvInner>> {
-        self.env.get().and_then(Weak::upgrade)
+    fn network(&self) -> Option<Arc<Network>> {
+        self.network.get().and_then(Weak::upgrade)
     }
 }
 
@@ -326,15 +343,15 @@ fn socket_address(client: &TransportClient) -> RpcAddress {
 
 impl RpcHandler for RpcEnvHandler {
     fn receive(&self, client: &TransportClient, message: Bytes, responder: RpcResponder) {
-        match self.env() {
-            Some(env) => env.deliver(client, message, Some(responder)),
+        match self.network() {
+            Some(net) => net.deliver(client, message, Some(responder)),
             None => responder.fail("the RpcEnv is not running"),
         }
     }
 
     fn receive_one_way(&self, client: &TransportClient, message: Bytes) {
-        match self.env() {
-            Some(env) => env.deliver(client, message, None),
+        match self.network() {
+            Some(net) => net.deliver(client, message, None),
             None => {
                 tracing::warn!(peer = %client.remote_addr(), "one-way message to an RpcEnv that is not running dropped")
             }
@@ -342,74 +359,110 @@ impl RpcHandler for RpcEnvHandler {
     }
 
     fn channel_active(&self, client: &TransportClient) {
-        if let Some(env) = self.env() {
-            env.post_to_all(Event::Connected(socket_address(client)));
+        if let Some(net) = self.network() {
+            net.dispatcher
+                .post_to_all(Event::Connected(socket_address(client)));
         }
     }
 
     fn channel_inactive(&self, client: &TransportClient) {
-        let Some(env) = self.env() else { return };
-        let listen = env.network().connection_closed(client);
-        env.post_to_all(Event::Disconnected(socket_address(client)));
+        let Some(net) = self.network() else { return };
+        let listen = net.connection_closed(client);
+        net.dispatcher
+            .post_to_all(Event::Disconnected(socket_address(client)));
         if let Some(listen) = listen {
-            env.post_to_all(Event::Disconnected(listen));
+            net.dispatcher.post_to_all(Event::Disconnected(listen));
         }
     }
 
     fn exception_caught(&self, error: &TransportError, client: &TransportClient) {
-        let Some(env) = self.env() else { return };
+        let Some(net) = self.network() else { return };
         let cause = Arc::new(RpcError::Connection {
             peer: client.remote_addr().to_string(),
             source: error.clone(),
         });
-        env.post_to_all(Event::NetworkError(cause.clone(), socket_address(client)));
-        if let Some(listen) = env.network().listen_address_of(client) {
-            env.post_to_all(Event::NetworkError(cause, listen));
+        net.dispatcher
+            .post_to_all(Event::NetworkError(cause.clone(), socket_address(client)));
+        if let Some(listen) = net.listen_address_of(client) {
+            net.dispatcher
+                .post_to_all(Event::NetworkError(cause, listen));
         }
     }
 }
 
-impl EnvInner {
+impl Network {
     /// An incoming request or one-way message: decode the envelope and post it to the named
     /// endpoint's inbox (the content is decoded by the inbox, which knows its type).
-    fn deliver(
-        self: &Arc<Self>,
-        client: &TransportClient,
-        message: Bytes,
-        responder: Option<RpcResponder>,
-    ) {
-        let envelope = match crate::codec::decode_request(&message) {
+    fn deliver(&self, client: &TransportClient, message: Bytes, responder: Option<RpcResponder>) {
+        let envelope = match decode_request(&message) {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(peer = %client.remote_addr(), error = %e, "undecodable request");
                 if let Some(r) = responder {
-                    r.respond(crate::codec::encode_reply_error(
-                        &crate::codec::WireError::BadRequest {
-                            message: e.to_string(),
-                        },
-                    ));
+                    r.respond(encode_reply_error(&WireError::BadRequest {
+                        message: e.to_string(),
+                    }));
                 }
                 return;
             }
         };
         let sender = match envelope.sender {
-            Some(wire) => match self.network().known_listen_address(client, wire) {
+            Some(wire) => match self.known_listen_address(client, wire) {
                 Some(known) => known,
                 None => {
                     let listen = wire.to_address();
-                    if self.network().note_listen_address(client, &listen) {
-                        self.post_to_all(Event::Connected(listen.clone()));
+                    if self.note_listen_address(client, &listen) {
+                        self.dispatcher
+                            .post_to_all(Event::Connected(listen.clone()));
                     }
                     listen
                 }
             },
-            // A client-mode peer: its socket address stands for it (F42).
+            // A client-mode peer has no listening address: its socket address stands for it.
             None => socket_address(client),
         };
-        let scope = DecodeScope::new(Arc::downgrade(self), Some(client.clone()));
         // Large byte payloads (`Blob`s) in the content share `message` instead of copying it.
-        crate::codec::with_source(&message, || {
-            self.post_remote(envelope.name, envelope.content, sender, responder, scope)
-        });
+        let env: Weak<Dispatcher> = Arc::downgrade(&self.dispatcher);
+        let scope = DecodeScope::new(env, Some(client.clone())).with_source(message.clone());
+        self.post_remote(envelope.name, envelope.content, sender, responder, scope);
+    }
+
+    /// Posts a message that came over the network to the endpoint called `name`.
+    fn post_remote(
+        &self,
+        name: &str,
+        content: &[u8],
+        sender: RpcAddress,
+        responder: Option<RpcResponder>,
+        scope: DecodeScope,
+    ) {
+        let reply = |r: RpcResponder, endpoint: Arc<str>| {
+            let ctx = RpcCallContext::new(ReplyTarget::Remote(Box::new(r)), Some(sender), endpoint);
+            match scope.client() {
+                Some(client) => ctx.with_connection(client.remote_addr()),
+                None => ctx,
+            }
+        };
+        match self.dispatcher.control(name) {
+            Some(inbox) => {
+                let ctx = responder.map(|r| reply(r, inbox.endpoint_name()));
+                inbox.post_remote(content, ctx, scope)
+            }
+            None => {
+                let error = if self.dispatcher.is_stopped() {
+                    RpcError::EnvStopped
+                } else {
+                    RpcError::EndpointNotFound {
+                        uri: self.dispatcher.endpoint_address(name).to_string(),
+                    }
+                };
+                match responder {
+                    Some(r) => reply(r, name.into()).fail(error),
+                    None => {
+                        tracing::warn!(env = %self.name, peer = %scope.peer(), error = %error, "one-way message not delivered")
+                    }
+                }
+            }
+        }
     }
 }

@@ -12,23 +12,69 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
-use rpcenv_transport::TransportClient;
+use rpcenv_transport::{TransportClient, TransportClientFactory, TransportError};
 
 use crate::address::RpcAddress;
+use crate::codec::decode_reply;
+use crate::decode_scope::DecodeScope;
+use crate::dispatcher::Dispatcher;
+use crate::endpoint_ref::OutboxMessage;
 use crate::error::RpcError;
-use crate::net::Network;
-use crate::reply::ReplySlot;
+use crate::reply::{ReplySlot, ReplyValue};
 
-/// A message waiting in an outbox.
-pub(crate) enum OutboxMessage {
-    OneWay(Bytes),
-    Rpc(Bytes, Arc<ReplySlot>),
+/// The admission rule of the outbox budget (`rpc.outbox.maxBytes`), for every route to a peer:
+/// a message of `len` bytes is taken when nothing waits yet (so a message larger than the budget
+/// still goes, alone), or when it fits under `max` with the `queued` bytes already waiting.
+pub(crate) fn admits(queued: usize, len: usize, max: usize) -> bool {
+    queued == 0 || queued + len <= max
 }
 
-impl OutboxMessage {
-    fn len(&self) -> usize {
-        match self {
-            OutboxMessage::OneWay(b) | OutboxMessage::Rpc(b, _) => b.len(),
+/// What the outboxes of an env share with the network that owns them: how to connect, the
+/// budget, and where replies go.
+pub(crate) struct OutboxContext {
+    /// The runtime connect tasks run on.
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) factory: TransportClientFactory,
+    /// `rpc.outbox.maxBytes`.
+    pub(crate) max_bytes: usize,
+    /// The env's dispatcher: replies rebind refs to it, and it tells whether the env stopped.
+    pub(crate) dispatcher: Weak<Dispatcher>,
+}
+
+impl OutboxContext {
+    /// The callback that completes an ask's slot with the reply from `client`.
+    fn reply_handler(
+        &self,
+        slot: Arc<ReplySlot>,
+        client: &TransportClient,
+    ) -> impl FnOnce(Result<Bytes, TransportError>) + Send + 'static {
+        let env = self.dispatcher.clone();
+        let client = client.clone();
+        move |result| {
+            let outcome = match result {
+                Ok(body) => match decode_reply(&body) {
+                    Ok(Ok(content)) => Ok(ReplyValue::Remote {
+                        content,
+                        scope: DecodeScope::new(env, Some(client)),
+                    }),
+                    Ok(Err(wire)) => Err(wire.into_error(&client.remote_addr().to_string())),
+                    Err(e) => Err(RpcError::BadRequest {
+                        peer: client.remote_addr().to_string(),
+                        message: e.to_string(),
+                    }),
+                },
+                Err(e) => {
+                    if env.upgrade().is_none_or(|env| env.is_stopped()) {
+                        Err(RpcError::EnvStopped)
+                    } else {
+                        Err(RpcError::Connection {
+                            peer: client.remote_addr().to_string(),
+                            source: e,
+                        })
+                    }
+                }
+            };
+            slot.complete(outcome);
         }
     }
 }
@@ -48,6 +94,8 @@ pub(crate) struct Outbox {
     state: Mutex<State>,
     /// Signalled when the connection opens or fails (for senders waiting for room).
     settled: tokio::sync::Notify,
+    /// Why connecting failed, for messages posted after (they name the real cause and peer).
+    failure: std::sync::OnceLock<TransportError>,
 }
 
 /// What `Outbox::post` did.
@@ -60,28 +108,36 @@ pub(crate) enum Posted {
 }
 
 impl Outbox {
-    /// A new outbox whose connection is opened by a task on `network`'s runtime.
-    pub(crate) fn open(address: RpcAddress, network: &Arc<Network>) -> Arc<Outbox> {
+    /// A new outbox whose connection is opened by a task on the runtime of `cx`; `forget` is
+    /// called with it if the connect fails (the network then drops it, so the next message to
+    /// `address` tries again).
+    pub(crate) fn open(
+        address: RpcAddress,
+        cx: &Arc<OutboxContext>,
+        forget: impl FnOnce(&Arc<Outbox>) + Send + 'static,
+    ) -> Arc<Outbox> {
         let outbox = Arc::new(Outbox {
             address: address.clone(),
             state: Mutex::new(State::Connecting(VecDeque::new(), 0)),
             settled: tokio::sync::Notify::new(),
+            failure: std::sync::OnceLock::new(),
         });
-        let weak_net: Weak<Network> = Arc::downgrade(network);
+        let weak_cx: Weak<OutboxContext> = Arc::downgrade(cx);
         let me = outbox.clone();
-        network.runtime().spawn(async move {
-            let Some(net) = weak_net.upgrade() else {
+        cx.runtime.spawn(async move {
+            let Some(cx) = weak_cx.upgrade() else {
                 return;
             };
-            let connected = net
-                .factory()
+            let connected = cx
+                .factory
                 .create_client(address.host().trim_matches(['[', ']']), address.port())
                 .await;
             match connected {
-                Ok(client) => me.connected(client, &net),
+                Ok(client) => me.connected(client, &cx),
                 Err(e) => {
                     tracing::warn!(peer = %address, error = %e, "cannot connect");
-                    net.remove_outbox(&me);
+                    let _ = me.failure.set(e.clone());
+                    forget(&me);
                     me.close(&|| RpcError::Connection {
                         peer: address.to_string(),
                         source: e.clone(),
@@ -96,18 +152,22 @@ impl Outbox {
         &self.address
     }
 
+    /// Why connecting failed, if it did.
+    pub(crate) fn failure(&self) -> Option<&TransportError> {
+        self.failure.get()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Queues or sends a message, unless more than `rpc.outbox.maxBytes` would wait. Never
     /// blocks on the network.
-    pub(crate) fn post(&self, message: OutboxMessage, net: &Network) -> Posted {
-        let max = net.outbox_max_bytes();
+    pub(crate) fn post(&self, message: OutboxMessage, cx: &OutboxContext) -> Posted {
         let mut state = self.lock();
         match &mut *state {
             State::Connecting(queue, queued) => {
-                if *queued > 0 && *queued + message.len() > max {
+                if !admits(*queued, message.len(), cx.max_bytes) {
                     return Posted::Full(message, *queued);
                 }
                 *queued += message.len();
@@ -116,12 +176,12 @@ impl Outbox {
             }
             State::Connected(client) if client.is_active() => {
                 let queued = client.queued_bytes();
-                if queued > 0 && queued + message.len() > max {
+                if !admits(queued, message.len(), cx.max_bytes) {
                     return Posted::Full(message, queued);
                 }
                 let client = client.clone();
                 // Sent under the lock: a concurrent post cannot overtake this one.
-                dispatch(&client, message, net);
+                dispatch(&client, message, cx);
                 Posted::Done
             }
             State::Connected(_) => Posted::Stale(message),
@@ -129,7 +189,7 @@ impl Outbox {
         }
     }
 
-    fn connected(&self, client: TransportClient, net: &Network) {
+    fn connected(&self, client: TransportClient, cx: &OutboxContext) {
         let mut state = self.lock();
         let queued = match std::mem::replace(&mut *state, State::Connected(client.clone())) {
             State::Connecting(q, _) => q,
@@ -142,22 +202,27 @@ impl Outbox {
             }
         };
         for message in queued {
-            dispatch(&client, message, net);
+            dispatch(&client, message, cx);
         }
         drop(state);
         self.settled.notify_waiters();
     }
 
-    /// Waits until `need` more bytes fit (or the outbox is closed or replaced).
-    pub(crate) async fn wait_for_room(&self, need: usize, max: usize) {
+    /// Waits until `need` more bytes fit (or the outbox is closed or replaced); fails with the
+    /// failure of its connection if that ends while waiting.
+    pub(crate) async fn wait_for_room(
+        &self,
+        need: usize,
+        max: usize,
+    ) -> Result<(), TransportError> {
         loop {
             let settled = self.settled.notified();
             let mut settled = std::pin::pin!(settled);
             settled.as_mut().enable();
             let client = match &*self.lock() {
-                State::Connecting(_, queued) if *queued > 0 && *queued + need > max => None,
+                State::Connecting(_, queued) if !admits(*queued, need, max) => None,
                 State::Connected(c) if c.is_active() => Some(c.clone()),
-                _ => return,
+                _ => return Ok(()),
             };
             match client {
                 Some(c) => return c.wait_queued_at_most(max.saturating_sub(need)).await,
@@ -195,7 +260,7 @@ impl Outbox {
 }
 
 /// Hands one message to a connection.
-pub(crate) fn dispatch(client: &TransportClient, message: OutboxMessage, net: &Network) {
+pub(crate) fn dispatch(client: &TransportClient, message: OutboxMessage, cx: &OutboxContext) {
     match message {
         OutboxMessage::OneWay(body) => {
             if let Err(e) = client.send(body) {
@@ -207,7 +272,7 @@ pub(crate) fn dispatch(client: &TransportClient, message: OutboxMessage, net: &N
                 // Aborted or timed out before it could be sent.
                 return;
             }
-            let on_reply = net.reply_handler(slot.clone(), client);
+            let on_reply = cx.reply_handler(slot.clone(), client);
             let id = client.send_rpc_with_callback(body, on_reply);
             let client = client.clone();
             slot.set_cancel(Box::new(move || client.remove_rpc_request(id)));

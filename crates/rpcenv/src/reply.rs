@@ -12,10 +12,11 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::address::RpcEndpointAddress;
-use crate::codec::{decode_content, with_source};
-use crate::env::DecodeScope;
+use crate::codec::decode_content;
+use crate::decode_scope::DecodeScope;
 use crate::error::{BoxError, RpcError};
 use crate::message::RpcReply;
+use crate::pace::{spin_until, Pace};
 use crate::timeout::{ensure_blocking_allowed, RpcTimeout};
 
 /// A reply as it arrives: a moved value from a local endpoint, or the encoded content of a remote
@@ -50,7 +51,9 @@ impl ReplyValue {
                 }),
             },
             ReplyValue::Remote { content, scope } => scope
-                .run(|| with_source(&content, || decode_content::<R>(&content)))
+                .with_source(content.clone())
+                .run(|| decode_content::<R>(&content))
+                .0
                 .map_err(|e| RpcError::UnexpectedReplyType {
                     endpoint: endpoint.to_string(),
                     expected: std::any::type_name::<R>(),
@@ -168,9 +171,24 @@ impl ReplySlot {
         }
     }
 
-    /// Blocks until complete or `deadline`; `None` when the deadline passed first.
-    fn wait(&self, deadline: Option<Instant>) -> Option<ReplyResult> {
-        self.look_before_sleeping(deadline);
+    /// Blocks until complete or `deadline`; `None` when the deadline passed first. While replies
+    /// have recently come within `pace`'s window it first looks for the reply awake (a local
+    /// endpoint or a peer on the same host often answers within a few µs, and waking a sleeping
+    /// thread costs tens of µs); how long the reply took teaches `pace`.
+    fn wait(&self, deadline: Option<Instant>, pace: &Pace) -> Option<ReplyResult> {
+        let start = Instant::now();
+        let budget = match deadline {
+            Some(d) => pace.spin_budget().min(d.saturating_duration_since(start)),
+            None => pace.spin_budget(),
+        };
+        spin_until(budget, || self.is_complete());
+        let outcome = self.wait_asleep(deadline);
+        pace.observe(start.elapsed());
+        outcome
+    }
+
+    /// Sleeps on the condition variable until complete or `deadline`.
+    fn wait_asleep(&self, deadline: Option<Instant>) -> Option<ReplyResult> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             match &mut *state {
@@ -205,36 +223,12 @@ impl ReplySlot {
     }
 }
 
-/// How long a blocked asker keeps looking for its reply before it sleeps: a local endpoint (or a
-/// peer on the same host) often answers within a few µs, and waking a sleeping thread costs tens
-/// of µs on an idle core.
-const LOOK_BEFORE_SLEEP: std::time::Duration = std::time::Duration::from_micros(20);
-
-impl ReplySlot {
-    /// Looks at the slot for up to [`LOOK_BEFORE_SLEEP`] (spinning briefly, yielding the CPU every
-    /// few looks); returns early when it completes or `deadline` passes.
-    fn look_before_sleeping(&self, deadline: Option<Instant>) {
-        let start = Instant::now();
-        let mut looks = 0u32;
-        loop {
-            if self.is_complete() {
-                return;
-            }
-            let now = Instant::now();
-            if now.duration_since(start) >= LOOK_BEFORE_SLEEP || deadline.is_some_and(|d| now >= d)
-            {
-                return;
-            }
-            looks += 1;
-            if looks % 4 == 0 {
-                std::thread::yield_now();
-            } else {
-                for _ in 0..32 {
-                    std::hint::spin_loop();
-                }
-            }
-        }
-    }
+/// What the asks of one env share: the runtime their timers run on, and how fast replies have
+/// been coming to callers blocked on them (whether such a caller should stay awake).
+#[derive(Debug)]
+pub(crate) struct Waits {
+    pub(crate) runtime: tokio::runtime::Handle,
+    pub(crate) pace: Pace,
 }
 
 /// The pending reply of an ask: a future of the reply, or of the error that ended the wait.
@@ -250,7 +244,7 @@ pub struct Ask<R> {
     endpoint: Arc<RpcEndpointAddress>,
     timeout: RpcTimeout,
     deadline: Option<Instant>,
-    runtime: tokio::runtime::Handle,
+    waits: Arc<Waits>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     _reply: PhantomData<fn() -> R>,
 }
@@ -260,7 +254,7 @@ impl<R: RpcReply> Ask<R> {
         slot: Arc<ReplySlot>,
         endpoint: Arc<RpcEndpointAddress>,
         timeout: RpcTimeout,
-        runtime: tokio::runtime::Handle,
+        waits: Arc<Waits>,
     ) -> Self {
         let deadline = timeout.deadline();
         Ask {
@@ -268,7 +262,7 @@ impl<R: RpcReply> Ask<R> {
             endpoint,
             timeout,
             deadline,
-            runtime,
+            waits,
             sleep: None,
             _reply: PhantomData,
         }
@@ -298,7 +292,7 @@ impl<R: RpcReply> Ask<R> {
     /// there instead.
     pub fn wait(self) -> Result<R, RpcError> {
         ensure_blocking_allowed("Ask::wait")?;
-        match self.slot.wait(self.deadline) {
+        match self.slot.wait(self.deadline, &self.waits.pace) {
             Some(r) => r.and_then(|v| v.into_typed(&self.endpoint)),
             None => Err(self.expire()),
         }
@@ -326,7 +320,7 @@ impl<R: RpcReply> Future for Ask<R> {
             return Poll::Pending;
         };
         if self.sleep.is_none() {
-            let _entered = self.runtime.enter();
+            let _entered = self.waits.runtime.enter();
             self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline.into())));
         }
         let sleep = self.sleep.as_mut().expect("sleep was just set");
@@ -431,7 +425,10 @@ mod tests {
                 .collect();
             start.wait();
             let outcome = slot
-                .wait(Some(Instant::now() + std::time::Duration::from_secs(10)))
+                .wait(
+                    Some(Instant::now() + std::time::Duration::from_secs(10)),
+                    &Pace::new(std::time::Duration::from_micros(50)),
+                )
                 .expect("the waiter wakes");
             for r in racers {
                 r.join().unwrap();

@@ -12,7 +12,27 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::conf::{ConfError, RpcConf};
-use crate::RpcError;
+use crate::error::RpcError;
+
+/// The env-wide timeouts, read from the configuration. They live here rather than in `conf` so
+/// that the configuration does not import the timeout type that is built from it.
+impl RpcConf {
+    /// The default ask timeout: `rpc.askTimeout`, else `network.timeout`, else 120 s; the timeout
+    /// names the first of those keys that is set.
+    pub fn ask_timeout(&self) -> RpcTimeout {
+        self.timeout_with_fallback("rpc.askTimeout")
+    }
+
+    /// The lookup timeout: `rpc.lookupTimeout`, else `network.timeout`, else 120 s.
+    pub fn lookup_timeout(&self) -> RpcTimeout {
+        self.timeout_with_fallback("rpc.lookupTimeout")
+    }
+
+    fn timeout_with_fallback(&self, key: &'static str) -> RpcTimeout {
+        RpcTimeout::from_conf_keys(self, &[key, "network.timeout"], "120s")
+            .unwrap_or_else(|_| RpcTimeout::new(Duration::from_secs(120), key))
+    }
+}
 
 /// A timeout and the setting that controls it.
 ///
@@ -190,7 +210,7 @@ pub(crate) fn block_on_until<F: Future>(future: F, deadline: Option<Instant>) ->
 mod tests {
     use super::*;
 
-    /// Catalog test 32: "construct RpcTimeout with conf property".
+    /// Spark: RpcEnvSuite "construct RpcTimeout with conf property".
     #[test]
     fn construct_rpc_timeout_with_conf_property() {
         let conf = RpcConf::new()

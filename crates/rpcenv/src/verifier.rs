@@ -2,10 +2,12 @@
 //! before they build a ref, that an endpoint exists and takes the message type they expect.
 
 use std::borrow::Cow;
+use std::sync::Weak;
 
 use serde::{Deserialize, Serialize};
 
 use crate::call_context::RpcCallContext;
+use crate::dispatcher::Dispatcher;
 use crate::endpoint::{EndpointCtx, RpcEndpoint};
 use crate::error::HandlerResult;
 use crate::message::RpcMessage;
@@ -37,20 +39,32 @@ pub(crate) enum Existence {
     WrongType { actual: String },
 }
 
-pub(crate) struct Verifier;
+/// The verifier endpoint; it answers from the registry of its env's dispatcher.
+pub(crate) struct Verifier {
+    dispatcher: Weak<Dispatcher>,
+}
+
+impl Verifier {
+    pub(crate) fn new(dispatcher: Weak<Dispatcher>) -> Self {
+        Verifier { dispatcher }
+    }
+}
 
 impl RpcEndpoint for Verifier {
     type Message = VerifierRequest;
 
     fn receive_and_reply(
         &mut self,
-        ctx: &EndpointCtx<VerifierRequest>,
+        _: &EndpointCtx<VerifierRequest>,
         message: VerifierRequest,
         reply: RpcCallContext,
     ) -> HandlerResult {
         let VerifierRequest::CheckExistence { name, protocol } = message;
-        let env = ctx.env().ok_or("the env is shutting down")?;
-        let answer = match env.protocol_of(&name) {
+        let dispatcher = self
+            .dispatcher
+            .upgrade()
+            .ok_or("the env is shutting down")?;
+        let answer = match dispatcher.protocol_of(&name) {
             None => Existence::NotFound,
             Some(actual) if actual == protocol || protocol == ANY_PROTOCOL => Existence::Found,
             Some(actual) => Existence::WrongType {

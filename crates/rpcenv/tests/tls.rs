@@ -1,4 +1,4 @@
-//! RpcEnvs over TLS (catalog §3.1 test 42, SslNettyRpcEnvSuite: the remote scenarios with
+//! RpcEnvs over TLS (Spark's SslNettyRpcEnvSuite: the remote scenarios with
 //! `ssl.rpc.*` set, PEM key and chain, TLSv1.3), TLS with authentication, refused untrusted
 //! servers, and mutual TLS. Certificates come from the transport crate's tests/data.
 

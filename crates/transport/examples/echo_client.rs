@@ -113,7 +113,7 @@ async fn one_way(c: &TransportClient) -> Result<(), String> {
 
 async fn stream(c: &TransportClient, n: usize) -> Result<(), String> {
     let s = within(c.stream(format!("bytes/{n}"))).await?;
-    let body = within(s.collect()).await?;
+    let body = within(s.collect(64 << 20)).await?;
     if body == pattern(n) {
         Ok(())
     } else {

@@ -1,4 +1,5 @@
-//! Socket options shared by server and client sides (F54).
+//! Socket options shared by server and client sides (no delay, keep-alive, buffer sizes), as
+//! Spark sets them on both ends of a connection.
 
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;

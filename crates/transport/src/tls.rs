@@ -1,4 +1,4 @@
-//! TLS for the transport (Spark 4's `spark.ssl.rpc.*`, catalog §5.6 / F71) with rustls and its
+//! TLS for the transport (Spark 4's `spark.ssl.rpc.*`) with rustls and its
 //! `ring` provider, as connection bootstraps: the TLS session sits between the socket and
 //! framing on both sides.
 //!

@@ -1,6 +1,6 @@
 //! Spark's TransportRequestHandlerSuite, the parts that apply: merged-block-meta requests are
 //! answered with MergedBlockMetaSuccess (chunk count and bitmap bytes) or an RpcFailure, and the
-//! connection keeps serving after a failure (catalog test 97).
+//! connection keeps serving after a failure.
 
 mod common;
 

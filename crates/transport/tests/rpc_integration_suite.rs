@@ -228,7 +228,8 @@ async fn cancelled_rpc_is_removed_and_late_answer_dropped() {
     assert_eq!(rpc(&client, "hello/x").await.unwrap(), "Hello, x!");
 }
 
-/// A handler that, on "call me back", asks the requester over the same connection (F38).
+/// A handler that, on "call me back", asks the requester over the same connection
+/// (connections are bidirectional: either side can issue requests).
 struct CallBack;
 
 impl RpcHandler for CallBack {

@@ -76,7 +76,7 @@ async fn matching_secrets_carry_every_message_kind_with_and_without_encryption()
             assert_eq!(got, body, "{what}: echo of {n} bytes");
         }
         let s = within(c.stream("largeBuffer")).await.unwrap();
-        assert_eq!(within(s.collect()).await.unwrap(), pattern(100_000));
+        assert_eq!(within(s.collect(1 << 20)).await.unwrap(), pattern(100_000));
         assert_eq!(
             within(c.fetch_chunk(1, 1)).await.unwrap(),
             pattern(1024 - 25)

@@ -1,4 +1,4 @@
-//! Bind with port retries (F35) and graceful close.
+//! Bind with port retries (a taken port is retried upward) and graceful close.
 
 mod common;
 

@@ -1,7 +1,8 @@
-//! The six workloads, each against fresh envs that are shut down afterwards.
+//! The seven workloads, each against fresh envs that are shut down afterwards.
 //!
 //! Callers run as tasks on the envs' tokio runtime (what an async application does); W5's sender
-//! is a plain thread calling `send`, the natural way to reach a local endpoint.
+//! is a plain thread calling `send`, the natural way to reach a local endpoint, and W7's caller
+//! is a plain thread calling `ask_sync`, as a synchronous heartbeat or status loop does.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -18,7 +19,8 @@ use rpcenv::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    warm_up, Measured, Plan, Workload, LARGE_BYTES, SMALL_BYTES, W2_WINDOW, W6_CLIENTS, W6_WINDOW,
+    process_cpu, warm_up, Measured, Plan, Workload, LARGE_BYTES, SMALL_BYTES, W2_WINDOW,
+    W6_CLIENTS, W6_WINDOW,
 };
 
 /// The message of every workload: a byte payload. [`Blob`] is rpcenv's type for byte payloads:
@@ -242,17 +244,25 @@ fn measure(
         return Err(e);
     }
     let n = plan.ops(w);
+    let cpu0 = process_cpu();
     let t0 = Instant::now();
-    Ok(match body(n)? {
+    let run = body(n)?;
+    let elapsed = t0.elapsed();
+    let cpu = process_cpu()
+        .zip(cpu0)
+        .map(|(end, start)| end.saturating_sub(start));
+    Ok(match run {
         Run::Latencies(lat_ns) => Measured {
             ops: n,
-            elapsed: t0.elapsed(),
+            elapsed,
             lat_ns,
+            cpu,
         },
         Run::Timed(elapsed) => Measured {
             ops: n,
             elapsed,
             lat_ns: Vec::new(),
+            cpu,
         },
     })
 }
@@ -390,6 +400,72 @@ fn w6(plan: Plan, conf: &RpcConf) -> anyhow::Result<Measured> {
     })
 }
 
+/// The pace of W7: one ask due every millisecond.
+const PACE: Duration = Duration::from_millis(1);
+
+/// What a paced run yields: per-ask latencies and the span from the first ask's due time to
+/// the end of the last ask's slot (or its reply, if later).
+struct Paced {
+    lat_ns: Vec<u64>,
+    span: Duration,
+}
+
+/// `n` asks from this (non-runtime) thread, ask `i` due at `start + i * PACE`: the thread sleeps
+/// until an ask is due, or asks at once when the previous reply came late (no catching up with
+/// extra asks). One outstanding at a time; latency is timed from issue to reply.
+fn paced(r: &RpcEndpointRef<Payload>, start: Instant, n: usize) -> anyhow::Result<Paced> {
+    let mut lat_ns = Vec::with_capacity(n);
+    let mut slot_end = start;
+    let mut last_reply = start;
+    for i in 0..n {
+        let due = start + PACE * u32::try_from(i).unwrap_or(u32::MAX);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let t0 = Instant::now();
+        let reply: Payload = r.ask_sync(small())?;
+        last_reply = Instant::now();
+        lat_ns.push(u64::try_from((last_reply - t0).as_nanos()).unwrap_or(u64::MAX));
+        debug_assert_eq!(reply.0.len(), SMALL_BYTES);
+        slot_end = due + PACE;
+    }
+    // The phase ends with the last ask's slot, or its reply if that came later.
+    let end = slot_end.max(last_reply);
+    let now = Instant::now();
+    if end > now {
+        std::thread::sleep(end - now);
+    }
+    Ok(Paced {
+        lat_ns,
+        span: end - start,
+    })
+}
+
+/// W7: a paced ask every millisecond from a plain thread; warm-up is a paced second; the
+/// measured phase, and the CPU it is charged, runs from the first measured ask's due time.
+fn w7(plan: Plan, conf: &RpcConf) -> anyhow::Result<Measured> {
+    let mut envs = Envs(Vec::new());
+    let (_client, r) = pair(&mut envs, conf, "echo", Echo)?;
+    let warm_ops = (plan.paced_warmup().as_millis() as usize).max(1);
+    paced(&r, Instant::now(), warm_ops)?;
+    let n = plan.ops(Workload::PacedAsk);
+    let start = Instant::now() + PACE;
+    let now = Instant::now();
+    std::thread::sleep(start.saturating_duration_since(now));
+    let cpu0 = process_cpu();
+    let run = paced(&r, start, n)?;
+    let cpu = process_cpu()
+        .zip(cpu0)
+        .map(|(end, start)| end.saturating_sub(start));
+    Ok(Measured {
+        ops: n,
+        elapsed: run.span,
+        lat_ns: run.lat_ns,
+        cpu,
+    })
+}
+
 /// Runs one workload against fresh envs.
 pub(crate) fn run(w: Workload, plan: Plan, conf: &RpcConf) -> anyhow::Result<Measured> {
     match w {
@@ -399,5 +475,6 @@ pub(crate) fn run(w: Workload, plan: Plan, conf: &RpcConf) -> anyhow::Result<Mea
         Workload::AskLarge => w4(plan, conf),
         Workload::LocalSend => w5(plan, conf),
         Workload::FanIn => w6(plan, conf),
+        Workload::PacedAsk => w7(plan, conf),
     }
 }

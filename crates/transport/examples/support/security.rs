@@ -17,7 +17,7 @@ use rpcenv_transport::{
 
 /// The parsed security flags.
 #[derive(Debug, Default)]
-pub struct SecurityArgs {
+pub(crate) struct SecurityArgs {
     secret: Option<String>,
     cipher: AuthCipher,
     version: AuthVersion,
@@ -32,13 +32,13 @@ pub struct SecurityArgs {
 }
 
 /// Usage text of the flags.
-pub const USAGE: &str = "[--secret S [--cipher ctr|gcm] [--auth-version 1|2] [--app-id ID] \
+pub(crate) const USAGE: &str = "[--secret S [--cipher ctr|gcm] [--auth-version 1|2] [--app-id ID] \
                          [--sasl | --sasl-encrypt | --sasl-fallback]] \
                          [--tls] [--tls-cert PEM --tls-key PEM] [--tls-ca PEM]";
 
 impl SecurityArgs {
     /// Take the flag `flag` (reading its value from `args`); `Ok(false)` if it is not one of ours.
-    pub fn take(
+    pub(crate) fn take(
         &mut self,
         flag: &str,
         args: &mut impl Iterator<Item = String>,
@@ -119,7 +119,7 @@ impl SecurityArgs {
     }
 
     /// One line describing the security in force.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let auth = match (self.auth(), self.sasl()) {
             (Some(a), fallback) => {
                 let cipher = if a.encrypt {
@@ -144,7 +144,9 @@ impl SecurityArgs {
 
     /// Bootstraps of a server: TLS first (a CA given means client certificates are required),
     /// then auth (AES, AES falling back to SASL, or SASL).
-    pub fn server_bootstraps(&self) -> Result<Vec<Arc<dyn ServerBootstrap>>, TransportError> {
+    pub(crate) fn server_bootstraps(
+        &self,
+    ) -> Result<Vec<Arc<dyn ServerBootstrap>>, TransportError> {
         let mut v: Vec<Arc<dyn ServerBootstrap>> = Vec::new();
         if self.tls_on() {
             let mut conf = self.tls_conf()?;
@@ -167,7 +169,9 @@ impl SecurityArgs {
 
     /// Bootstraps of a client: TLS first (trusting `--tls-ca`, or anything without it), then
     /// auth.
-    pub fn client_bootstraps(&self) -> Result<Vec<Arc<dyn ClientBootstrap>>, TransportError> {
+    pub(crate) fn client_bootstraps(
+        &self,
+    ) -> Result<Vec<Arc<dyn ClientBootstrap>>, TransportError> {
         let mut v: Vec<Arc<dyn ClientBootstrap>> = Vec::new();
         if self.tls_on() {
             v.push(Arc::new(TlsClientBootstrap::new(&self.tls_conf()?)?));

@@ -1,4 +1,5 @@
-//! The auth handshake on a raw connection, before framing starts (catalog §5.4): one plaintext
+//! The auth handshake on a raw connection, before framing starts (Spark: `AuthClientBootstrap` /
+//! `AuthRpcHandler`): one plaintext
 //! RpcRequest carrying the client's challenge, one plaintext RpcResponse carrying the server's
 //! answer, then both sides switch to the session cipher.
 

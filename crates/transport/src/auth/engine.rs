@@ -1,8 +1,9 @@
-//! Spark's AES auth engine (catalog §5.4, `AuthEngine`): X25519 ephemeral keys, each sent
+//! Spark's AES auth engine (Spark: `AuthEngine`): X25519 ephemeral keys, each sent
 //! encrypted under an AES-GCM key derived with HKDF-SHA256 from the shared secret and bound to
 //! the transcript; then the session key and IVs derived from the X25519 output.
 //!
-//! No sockets, no clocks: randomness can be injected, so the §5.7 vectors are plain unit tests.
+//! No sockets, no clocks: randomness can be injected, so Spark's own test vectors
+//! (from its `AuthEngineSuite`) are plain unit tests.
 
 use aes_gcm::aead::{Nonce, Tag};
 use aes_gcm::{AeadInOut, Aes128Gcm, KeyInit};
@@ -330,7 +331,7 @@ mod tests {
         b.iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    // Catalog §5.7 (Spark's AuthEngineSuite / CtrAuthEngineSuite).
+    // The vectors of Spark's AuthEngineSuite / CtrAuthEngineSuite.
     const CLIENT_PRIVATE: &str = "efe6b68b3fce92158e3637f6ef9d937e75558928dd4b401de04b43d300a73186";
     const CHALLENGE: &str = "fb00000005617070496400000010890b6e960f48e998777267a7e4e623220000003c48ad7dc7ec9466da93bda9f11488dc9404050e02c661d87d67c782444944c6e369b27e0a416c30845a2d9e64271511ca98b41d65f8c426e18ff380f6";
     const RESPONSE: &str = "fb00000005617070496400000010708451c9dd2792c97c1ca66e6df449ef0000003c64fe899ecdaf458d4e25e9d5c5a380b8e6d1a184692fac065ed84f8592c18e9629f9c636809dca2ffc041f20346eb53db7873808ecad08b46b5ee3ff";

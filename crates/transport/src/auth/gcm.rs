@@ -1,5 +1,5 @@
 //! The AES-GCM session cipher (Spark's `GcmTransportCipher`, Tink's `AesGcmHkdfStreaming` with
-//! 32 KiB segments), catalog §5.4:
+//! 32 KiB segments):
 //!
 //! ```text
 //! message = [i64 total length, counting itself][header][segment 0]...[segment n-1]

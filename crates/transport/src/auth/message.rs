@@ -1,4 +1,4 @@
-//! Spark's `AuthMessage` (catalog §5.4): `0xFB | i32 len | appId UTF-8 | i32 len | salt | i32 len |
+//! Spark's `AuthMessage`: `0xFB | i32 len | appId UTF-8 | i32 len | salt | i32 len |
 //! ciphertext`, the body of the handshake's RpcRequest and RpcResponse.
 
 /// The tag byte that starts every AuthMessage.

@@ -1,4 +1,4 @@
-//! Spark's connection authentication, as connection bootstraps: its AES protocol (catalog §5.4)
+//! Spark's connection authentication, as connection bootstraps: its AES protocol (Spark: `AuthEngine`)
 //! with the session ciphers, and SASL DIGEST-MD5 ([`sasl`]).
 //!
 //! - [`AuthClientBootstrap`] sends the challenge as the connection's first RpcRequest, checks the

@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rpcenv_transport::{
-    RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportConf,
-    TransportError, TransportServer,
+    BodySource, ReplyBody, RpcHandler, RpcResponder, TransportClient, TransportClientFactory,
+    TransportConf, TransportError, TransportServer,
 };
 
 /// Generous deadline for conditions that should hold quickly.
-pub const DEADLINE: Duration = Duration::from_secs(20);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Wait (polling) until `cond` holds; panics with `what` after the deadline.
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !cond() {
         assert!(
@@ -26,14 +26,14 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// Await `fut` with the generous deadline.
-pub async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
+pub(crate) async fn within<T>(fut: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(DEADLINE, fut)
         .await
         .expect("operation did not finish within the deadline")
 }
 
 /// Enable logs when RUST_LOG is set.
-pub fn init_tracing() {
+pub(crate) fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -41,13 +41,13 @@ pub fn init_tracing() {
 }
 
 /// Byte `i` of the test pattern.
-pub fn pattern(n: usize) -> Bytes {
+pub(crate) fn pattern(n: usize) -> Bytes {
     Bytes::from((0..n).map(|i| (i % 251) as u8).collect::<Vec<_>>())
 }
 
 /// The handler of Spark's RpcIntegrationSuite (plus streams and chunks for the stream suites).
 #[derive(Default)]
-pub struct TestHandler {
+pub(crate) struct TestHandler {
     pub one_way: Mutex<Vec<String>>,
     pub active: Mutex<Vec<TransportClient>>,
     pub inactive: Mutex<Vec<TransportClient>>,
@@ -119,6 +119,36 @@ impl RpcHandler for TestHandler {
         }
     }
 
+    /// `sourced/<n>`: the pattern of n bytes, produced a piece at a time as it is written.
+    fn open_stream_body(
+        &self,
+        client: &TransportClient,
+        stream_id: &str,
+    ) -> Result<ReplyBody, String> {
+        match stream_id
+            .strip_prefix("sourced/")
+            .and_then(|n| n.parse().ok())
+        {
+            Some(n) => Ok(ReplyBody::source(PatternSource { next: 0, end: n })),
+            None => self.open_stream(client, stream_id).map(ReplyBody::Bytes),
+        }
+    }
+
+    /// Stream 2: chunk i is the pattern of i * 100,000 bytes, produced a piece at a time.
+    fn get_chunk_body(
+        &self,
+        client: &TransportClient,
+        stream_id: i64,
+        chunk_index: i32,
+    ) -> Result<ReplyBody, String> {
+        if stream_id == 2 && chunk_index >= 0 {
+            let end = chunk_index as u64 * 100_000;
+            return Ok(ReplyBody::source(PatternSource { next: 0, end }));
+        }
+        self.get_chunk(client, stream_id, chunk_index)
+            .map(ReplyBody::Bytes)
+    }
+
     fn get_chunk(
         &self,
         _client: &TransportClient,
@@ -146,7 +176,7 @@ impl RpcHandler for TestHandler {
 }
 
 /// The upload bodies of RpcIntegrationSuite.
-pub fn upload_body(name: &str) -> Bytes {
+pub(crate) fn upload_body(name: &str) -> Bytes {
     match name {
         "largeBuffer" => Bytes::from((0..100_000).map(|i| i as u8).collect::<Vec<_>>()),
         "smallBuffer" => Bytes::from((0..100).map(|i| i as u8).collect::<Vec<_>>()),
@@ -157,14 +187,17 @@ pub fn upload_body(name: &str) -> Bytes {
 }
 
 /// A server on 127.0.0.1:0 with `handler`.
-pub async fn server_with(conf: TransportConf, handler: Arc<dyn RpcHandler>) -> TransportServer {
+pub(crate) async fn server_with(
+    conf: TransportConf,
+    handler: Arc<dyn RpcHandler>,
+) -> TransportServer {
     TransportServer::bind(conf, "127.0.0.1", 0, handler)
         .await
         .expect("bind")
 }
 
 /// A server on 127.0.0.1:0 with a fresh TestHandler behind `boot`, and the handler.
-pub async fn bootstrapped_server(
+pub(crate) async fn bootstrapped_server(
     boot: Arc<dyn rpcenv_transport::ServerBootstrap>,
 ) -> (TransportServer, Arc<TestHandler>) {
     let handler = Arc::new(TestHandler::default());
@@ -181,7 +214,7 @@ pub async fn bootstrapped_server(
 }
 
 /// A server with a fresh TestHandler, and the handler.
-pub async fn test_server() -> (TransportServer, Arc<TestHandler>) {
+pub(crate) async fn test_server() -> (TransportServer, Arc<TestHandler>) {
     let handler = Arc::new(TestHandler::default());
     (
         server_with(TransportConf::default(), handler.clone()).await,
@@ -190,7 +223,9 @@ pub async fn test_server() -> (TransportServer, Arc<TestHandler>) {
 }
 
 /// A client of `server` from a fresh factory (whose handler is a TestHandler too).
-pub async fn client_of(server: &TransportServer) -> (TransportClientFactory, TransportClient) {
+pub(crate) async fn client_of(
+    server: &TransportServer,
+) -> (TransportClientFactory, TransportClient) {
     let factory =
         TransportClientFactory::new(TransportConf::default(), Arc::new(TestHandler::default()));
     let client = factory
@@ -200,8 +235,29 @@ pub async fn client_of(server: &TransportServer) -> (TransportClientFactory, Tra
     (factory, client)
 }
 
+/// [`pattern`] generated a piece at a time.
+pub(crate) struct PatternSource {
+    next: u64,
+    end: u64,
+}
+
+impl BodySource for PatternSource {
+    fn len(&self) -> u64 {
+        self.end - self.next
+    }
+
+    fn next_piece(&mut self, max: usize) -> std::io::Result<Bytes> {
+        let n = (self.end - self.next).min(max as u64);
+        let piece: Vec<u8> = (self.next..self.next + n)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        self.next += n;
+        Ok(Bytes::from(piece))
+    }
+}
+
 /// Write `msg` on a raw connection to `port` and read what comes back: the frames, until EOF.
-pub async fn raw_exchange(
+pub(crate) async fn raw_exchange(
     port: u16,
     msg: rpcenv_transport::Message,
 ) -> Vec<rpcenv_transport::Message> {
@@ -217,7 +273,7 @@ pub async fn raw_exchange(
 }
 
 /// The complete frames in `raw`.
-pub fn decode_all(raw: &[u8]) -> Vec<rpcenv_transport::Message> {
+pub(crate) fn decode_all(raw: &[u8]) -> Vec<rpcenv_transport::Message> {
     let mut buf = bytes::BytesMut::from(raw);
     let mut decoder = rpcenv_transport::FrameDecoder::new(1 << 20);
     let mut out = Vec::new();
@@ -228,7 +284,7 @@ pub fn decode_all(raw: &[u8]) -> Vec<rpcenv_transport::Message> {
 }
 
 /// An upload of the `file` body echoed by name, then one one-way message reaching `handler`.
-pub async fn upload_then_one_way(c: &TransportClient, handler: &TestHandler, what: &str) {
+pub(crate) async fn upload_then_one_way(c: &TransportClient, handler: &TestHandler, what: &str) {
     let up = within(c.upload_stream(Bytes::from("meta/file"), upload_body("file")))
         .await
         .unwrap();

@@ -1,0 +1,137 @@
+//! The [`Master`] endpoint: [`MasterState`] wired to the network.
+
+use std::time::{Duration, Instant};
+
+use rpcenv::{EndpointCtx, HandlerResult, RpcAddress, RpcCallContext, RpcEndpoint};
+
+use super::protocol::{MasterMsg, Registered, WorkerMsg, WorkerRef};
+use super::state::{message_name, Answer, Command, Limits, MasterState, Outcome, Via};
+
+/// How often workers heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The master endpoint.
+#[derive(Debug)]
+pub struct Master {
+    state: MasterState<WorkerRef>,
+}
+
+impl Master {
+    /// A master with these limits.
+    pub fn new(limits: Limits) -> Self {
+        Master {
+            state: MasterState::new(limits, rand::random()),
+        }
+    }
+
+    /// Carries out what handling a message produced: tells workers, answers the asker.
+    fn apply(
+        &self,
+        ctx: &EndpointCtx<MasterMsg>,
+        what: &'static str,
+        out: Outcome<WorkerRef>,
+        reply: Option<RpcCallContext>,
+    ) {
+        for (id, how) in &out.lost {
+            tracing::warn!(worker = %id, how, "worker lost; its running tasks are re-queued");
+        }
+        for id in &out.left {
+            tracing::info!(worker = %id, "worker left");
+        }
+        for (worker, command) in out.commands {
+            let msg = match command {
+                Command::Launch { registration, task } => WorkerMsg::LaunchTask {
+                    registration,
+                    task,
+                    input: task,
+                },
+                Command::ReconnectWorker { registration } => {
+                    tracing::info!(%worker, "heartbeat of an unknown registration: asking the worker to register again");
+                    WorkerMsg::ReconnectWorker { registration }
+                }
+                Command::Shutdown { registration } => WorkerMsg::Shutdown { registration },
+            };
+            if let Err(e) = worker.send(msg) {
+                // A lost launch is re-queued when the worker's loss is detected.
+                tracing::warn!(%worker, error = %e, "cannot reach a worker");
+            }
+        }
+        let Some(reply) = reply else {
+            if let Err(e) = out.answer {
+                tracing::warn!(message = what, error = %e, "one-way message refused");
+            }
+            return;
+        };
+        match out.answer {
+            Ok(Answer::Registered { registration }) => match ctx.self_ref() {
+                Some(master) => reply.reply(Registered {
+                    master: master.clone(),
+                    registration,
+                }),
+                None => reply.send_failure("the master is stopping"),
+            },
+            Ok(Answer::Submitted(s)) => reply.reply(s),
+            Ok(Answer::Submission(r)) => reply.reply(r),
+            Ok(Answer::Status(s)) => reply.reply(s),
+            Ok(Answer::Decommissioned(n)) => reply.reply(n),
+            Ok(Answer::Done) => reply.reply(()),
+            Err(e) => {
+                tracing::warn!(message = what, peer = ?reply.connection_address(), error = %e, "ask refused");
+                reply.send_failure(e);
+            }
+        }
+    }
+}
+
+impl RpcEndpoint for Master {
+    type Message = MasterMsg;
+
+    fn on_start(&mut self, ctx: &EndpointCtx<MasterMsg>) -> HandlerResult {
+        // Look for silent workers four times per timeout period.
+        let me = ctx.self_ref().ok_or("no self ref")?.clone();
+        let every = (self.state.limits().worker_timeout / 4).max(Duration::from_millis(50));
+        ctx.runtime().spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if me.send(MasterMsg::CheckWorkers).is_err() {
+                    break; // stopped
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn receive(&mut self, ctx: &EndpointCtx<MasterMsg>, msg: MasterMsg) -> HandlerResult {
+        let what = message_name(&msg);
+        let out = self.state.handle(msg, Via::Send, Instant::now());
+        self.apply(ctx, what, out, None);
+        Ok(())
+    }
+
+    fn receive_and_reply(
+        &mut self,
+        ctx: &EndpointCtx<MasterMsg>,
+        msg: MasterMsg,
+        reply: RpcCallContext,
+    ) -> HandlerResult {
+        let what = message_name(&msg);
+        let connection = reply.connection_address().map(RpcAddress::from_socket_addr);
+        let out = self.state.handle(msg, Via::Ask(connection), Instant::now());
+        self.apply(ctx, what, out, Some(reply));
+        Ok(())
+    }
+
+    fn on_disconnected(
+        &mut self,
+        ctx: &EndpointCtx<MasterMsg>,
+        remote: &RpcAddress,
+    ) -> HandlerResult {
+        let out = self.state.disconnected(remote);
+        if out.lost.is_empty() && out.left.is_empty() {
+            tracing::debug!(%remote, "a connection closed; no registration was bound to it");
+        }
+        self.apply(ctx, "on_disconnected", out, None);
+        Ok(())
+    }
+}

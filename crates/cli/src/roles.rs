@@ -1,0 +1,299 @@
+//! `rpcenv master` and `rpcenv worker`: the cluster's two roles as processes.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
+
+use anyhow::Context;
+use rpcenv::{RpcConf, RpcEndpointAddress, RpcEnv, RpcError, RpcTimeout};
+use rpcenv_cli::cluster::{
+    Backoff, Limits, Master, MasterMsg, MasterRef, Registered, Worker, WorkerEvent, WorkerMsg,
+    WorkerRef, DEFAULT_MAX_TASKS_PER_SUBMIT, HEARTBEAT_INTERVAL, MASTER, MAX_TASKS_PER_SUBMIT_KEY,
+    WORKER,
+};
+
+use crate::hosts::HostArgs;
+use crate::settings::app_u64;
+
+/// The default worker timeout for real use (Spark's `spark.worker.timeout` is 60 s).
+pub const DEFAULT_WORKER_TIMEOUT: &str = "60s";
+/// How long one registration attempt waits for the master's answer.
+const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Arguments of `rpcenv master`.
+#[derive(clap::Args, Debug)]
+pub struct MasterArgs {
+    #[command(flatten)]
+    pub hosts: HostArgs,
+    /// Port to listen on (0 picks a free one). A taken port is an error unless --port-retries
+    /// allows trying the next ones.
+    #[arg(long, default_value_t = 7077)]
+    pub port: u16,
+    /// How many successive ports to try when the port is taken (workers must then be given the
+    /// port printed on the first line).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub port_retries: u32,
+    /// A worker without heartbeat for this long is lost and its tasks re-queued.
+    #[arg(long, default_value = DEFAULT_WORKER_TIMEOUT, value_parser = parse_duration)]
+    pub worker_timeout: Duration,
+    /// Exit when standard input closes (the demo runs its children this way).
+    #[arg(long, hide = true)]
+    pub parent_watch: bool,
+    /// A file to remove when exiting (the demo's secret file, so that it goes even if the demo
+    /// itself is killed).
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub remove_on_exit: Option<std::path::PathBuf>,
+}
+
+/// Arguments of `rpcenv worker`.
+#[derive(clap::Args, Debug)]
+pub struct WorkerArgs {
+    /// The master's URI, `rpc://master@host:port`.
+    #[arg(long)]
+    pub master: String,
+    /// Tasks run at once.
+    #[arg(long, default_value_t = 2)]
+    pub cores: u32,
+    /// Run without a listening port: the master reaches this worker over its own connection
+    /// (the host options and --port then do not apply).
+    #[arg(long)]
+    pub client_mode: bool,
+    #[command(flatten)]
+    pub hosts: HostArgs,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// The worker's id (default: worker-<pid>).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Time one task takes.
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    pub task_time: Duration,
+    /// Exit when standard input closes (the demo runs its children this way).
+    #[arg(long, hide = true)]
+    pub parent_watch: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    rpcenv::conf::parse_duration(s, rpcenv::conf::TimeUnit::Seconds)
+}
+
+/// With `--parent-watch`, sends `exit` once standard input closes (the parent died or let go).
+fn watch_parent<T: Send + 'static>(parent_watch: bool, exit: Sender<T>, event: T) {
+    if !parent_watch {
+        return;
+    }
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let stdin = std::io::stdin();
+        let mut lock = stdin.lock();
+        while matches!(lock.read_line(&mut sink), Ok(n) if n > 0) {
+            sink.clear();
+        }
+        let _ = exit.send(event);
+    });
+}
+
+/// `rpcenv master`.
+pub fn run_master(args: &MasterArgs, conf: &RpcConf) -> anyhow::Result<ExitCode> {
+    let limits = Limits {
+        worker_timeout: args.worker_timeout,
+        max_tasks_per_submit: app_u64(
+            conf,
+            MAX_TASKS_PER_SUBMIT_KEY,
+            DEFAULT_MAX_TASKS_PER_SUBMIT,
+        )?,
+    };
+    let mut conf = conf.clone();
+    conf.set("port.maxRetries", args.port_retries.to_string())?;
+    let env = args
+        .hosts
+        .apply(RpcEnv::builder(MASTER))
+        .port(args.port)
+        .conf(conf)
+        .build()
+        .with_context(|| {
+            format!(
+                "cannot start the master on port {} of {} (if the port is taken, stop what holds \
+                 it, pick another --port, or allow --port-retries N)",
+                args.port,
+                args.hosts.bind()
+            )
+        })?;
+    env.setup_endpoint(MASTER, Master::new(limits))?;
+    let address = env.address().expect("a server env has an address");
+    println!("master listening on rpc://{MASTER}@{address}");
+    std::io::stdout().flush()?;
+    let (exit, signalled) = mpsc::channel();
+    watch_parent(args.parent_watch, exit.clone(), ());
+    // Without --parent-watch the master runs until killed: the sender kept here never sends.
+    let _ = signalled.recv();
+    drop(exit);
+    env.shutdown();
+    if let Some(path) = &args.remove_on_exit {
+        remove_if_present(path);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Removes `path`; a file already gone is fine.
+pub fn remove_if_present(path: &std::path::Path) {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove a file");
+        }
+        _ => {}
+    }
+}
+
+/// A worker's registrations with its master.
+struct Registrar<'a> {
+    args: &'a WorkerArgs,
+    id: String,
+    master: MasterRef,
+    me: WorkerRef,
+}
+
+impl Registrar<'_> {
+    /// One registration: the master's answer is handed to the worker endpoint, then the first
+    /// heartbeat tells the master that the worker knows its registration (it then gets tasks).
+    fn register(&self) -> Result<Registered, RpcError> {
+        let registered: Registered = self.master.ask_sync_with_timeout(
+            MasterMsg::RegisterWorker {
+                id: self.id.clone(),
+                cores: self.args.cores,
+                worker: self.me.clone(),
+            },
+            RpcTimeout::new(REGISTRATION_TIMEOUT, "the worker's registration timeout"),
+        )?;
+        self.me
+            .ask_sync::<()>(WorkerMsg::Registered(registered.clone()))?;
+        self.heartbeat(&registered)?;
+        let reachable = match self.me.address() {
+            Some(a) => format!("reachable at {a}"),
+            None => "client mode".to_string(),
+        };
+        println!(
+            "worker {} registered with {} ({} cores, {reachable})",
+            self.id, self.args.master, self.args.cores,
+        );
+        let _ = std::io::stdout().flush();
+        Ok(registered)
+    }
+
+    fn heartbeat(&self, r: &Registered) -> Result<(), RpcError> {
+        r.master.send(MasterMsg::Heartbeat {
+            id: self.id.clone(),
+            registration: r.registration,
+            worker: self.me.clone(),
+        })
+    }
+
+    /// Heartbeats while registered; registers again (with backoff) when the master is lost or
+    /// forgets this worker; returns when told to exit.
+    fn run(&self, mut current: Option<Registered>, events: &Receiver<WorkerEvent>) {
+        let mut backoff = Backoff::new();
+        let mut attempt = 0u32;
+        let mut rng = rand::rng();
+        loop {
+            let wait = match &current {
+                Some(r) => {
+                    if let Err(e) = self.heartbeat(r) {
+                        tracing::warn!(error = %e, "heartbeat failed: registering with the master again");
+                        current = None;
+                        continue;
+                    }
+                    HEARTBEAT_INTERVAL
+                }
+                None => {
+                    attempt += 1;
+                    match self.register() {
+                        Ok(r) => {
+                            current = Some(r);
+                            backoff = Backoff::new();
+                            attempt = 0;
+                            HEARTBEAT_INTERVAL
+                        }
+                        Err(e) => {
+                            let wait = backoff.next_wait(&mut rng);
+                            tracing::warn!(
+                                attempt,
+                                next_in = ?wait,
+                                "registration with {} failed: {e}",
+                                self.args.master
+                            );
+                            wait
+                        }
+                    }
+                }
+            };
+            match events.recv_timeout(wait) {
+                Ok(WorkerEvent::Shutdown) | Err(RecvTimeoutError::Disconnected) => return,
+                Ok(event @ (WorkerEvent::Reconnect | WorkerEvent::MasterDisconnected))
+                    if current.is_some() =>
+                {
+                    let why = if event == WorkerEvent::Reconnect {
+                        "the master does not know this worker's registration (ReconnectWorker)"
+                    } else {
+                        "the connection to the master closed"
+                    };
+                    tracing::warn!(worker = %self.id, "{why}: registering again");
+                    current = None;
+                }
+                // While unregistered the next attempt is already due.
+                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+            }
+        }
+    }
+}
+
+/// `rpcenv worker`.
+pub fn run_worker(args: &WorkerArgs, conf: &RpcConf) -> anyhow::Result<ExitCode> {
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("worker-{}", std::process::id()));
+    let target = RpcEndpointAddress::parse(&args.master)
+        .with_context(|| format!("--master {}", args.master))?;
+    // The registration backoff is this worker's policy for reaching its master; rpcenv's
+    // fast-fail window after a failed connect (rpc.io.retryWait, doubling up to 30 s) would hide a
+    // restarted master for that long, so it is off unless configured.
+    let mut conf = conf.clone();
+    if !conf.contains("rpc.io.retryWait") {
+        conf.set("rpc.io.retryWait", "0ms")?;
+    }
+    let mut builder = RpcEnv::builder(&id)
+        .client_mode(args.client_mode)
+        .conf(conf);
+    if !args.client_mode {
+        builder = args.hosts.apply(builder).port(args.port);
+    }
+    let env = builder.build().context("cannot start the worker")?;
+    let master: MasterRef = env
+        .setup_endpoint_ref_by_uri(&args.master)
+        .with_context(|| format!("cannot reach the master at {}", args.master))?;
+    let (events_tx, events) = mpsc::channel();
+    let me = env.setup_endpoint(
+        WORKER,
+        Worker::new(
+            id.clone(),
+            args.task_time,
+            target.address().cloned(),
+            events_tx.clone(),
+        ),
+    )?;
+    let registrar = Registrar {
+        args,
+        id,
+        master,
+        me,
+    };
+    let first = registrar
+        .register()
+        .with_context(|| format!("registration with the master at {} failed", args.master))?;
+    watch_parent(args.parent_watch, events_tx, WorkerEvent::Shutdown);
+    registrar.run(Some(first), &events);
+    env.shutdown();
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,214 @@
+//! When a thread that has run out of work should stay awake for the next piece of it.
+//!
+//! A message-loop thread whose inbox ran empty, or a caller blocked on its reply, can either go to
+//! sleep (a futex wait; the next message must then wake it, which costs a few µs of CPU on both
+//! sides and tens of µs of latency on an idle core) or spin for a while, watching for the next
+//! piece of work. Spinning wins when the next piece comes within the spin; otherwise it is pure
+//! waste, and at a light, steady load (heartbeats, status asks: hundreds per second) it would be
+//! almost all of the CPU the process uses.
+//!
+//! So a waiter spins only when the recent past says that the next piece is due within the spin
+//! window: a [`Pace`] keeps a smoothed estimate of the interval between pieces of work (between
+//! batches for an inbox, the reply time for a blocked caller) and grants a spin only while that
+//! estimate is inside the window (`rpc.messageLoop.spinMicros`; `0` turns spinning off).
+//!
+//! `Pace` holds no clock: callers feed it intervals in nanoseconds and ask for a budget, so the
+//! rule is tested deterministically below. [`spin_until`] is the one spin loop of the crate,
+//! built on `crossbeam_utils::Backoff` (brief exponential spinning, then yielding the CPU).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::Backoff;
+
+/// Weight of a new sample in the moving average, as a shift: 1/4.
+const NEW_SAMPLE_SHIFT: u32 = 2;
+
+/// Intervals up to this many windows earn a spin (see [`Pace::spin_budget`]).
+const REACH: u64 = 2;
+
+/// A sample is capped at this many windows, so that after a long pause a few short intervals
+/// bring the estimate back inside the window (a burst is recognised within a handful of pieces).
+const SAMPLE_CAP_WINDOWS: u64 = 8;
+
+/// A smoothed estimate of the interval between pieces of work, and the spin it justifies.
+///
+/// Shared by the threads that wait on one source of work (relaxed atomics: a lost update only
+/// makes the estimate a little noisier).
+#[derive(Debug)]
+pub(crate) struct Pace {
+    /// The spin window in ns; 0 disables spinning.
+    window_ns: u64,
+    /// Exponential moving average of the observed intervals, in ns.
+    estimate_ns: AtomicU64,
+}
+
+impl Pace {
+    /// A pace for waits of at most `window`; starts by assuming a busy source (an estimate of
+    /// half the window), so the first pieces of a burst are not slowed down.
+    pub(crate) fn new(window: Duration) -> Self {
+        let window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        Pace {
+            window_ns,
+            estimate_ns: AtomicU64::new(window_ns / 2),
+        }
+    }
+
+    /// Records an observed interval between two pieces of work.
+    pub(crate) fn observe(&self, interval: Duration) {
+        if self.window_ns == 0 {
+            return;
+        }
+        let interval_ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
+        let sample = interval_ns.min(self.window_ns.saturating_mul(SAMPLE_CAP_WINDOWS));
+        let old = self.estimate_ns.load(Ordering::Relaxed);
+        // old + (sample - old) / 4, in unsigned arithmetic.
+        let new = old - (old >> NEW_SAMPLE_SHIFT) + (sample >> NEW_SAMPLE_SHIFT);
+        self.estimate_ns.store(new, Ordering::Relaxed);
+    }
+
+    /// How long a waiter may spin now: the window while the estimated interval is within
+    /// [`REACH`] windows, else nothing. The reach is wider than the window because an interval
+    /// observed while nobody spun includes the wake-ups a spin saves: a caller that asks again
+    /// as soon as it has its reply comes back within the window once the loop stays awake, but
+    /// not before.
+    pub(crate) fn spin_budget(&self) -> Duration {
+        if self.window_ns != 0
+            && self.estimate_ns.load(Ordering::Relaxed) <= self.window_ns.saturating_mul(REACH)
+        {
+            Duration::from_nanos(self.window_ns)
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// The spin window this pace grants at most.
+    pub(crate) fn window(&self) -> Duration {
+        Duration::from_nanos(self.window_ns)
+    }
+}
+
+/// Spins (then yields the CPU, as `Backoff` does) until `done()` holds or `budget` has passed;
+/// returns `done()`'s last answer. With a zero budget it looks once.
+pub(crate) fn spin_until(budget: Duration, mut done: impl FnMut() -> bool) -> bool {
+    if done() {
+        return true;
+    }
+    if budget.is_zero() {
+        return false;
+    }
+    let start = Instant::now();
+    let backoff = Backoff::new();
+    loop {
+        backoff.snooze();
+        if done() {
+            return true;
+        }
+        if start.elapsed() >= budget {
+            return false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_micros(50);
+
+    #[test]
+    fn a_busy_source_earns_a_spin_and_a_slow_one_does_not() {
+        let pace = Pace::new(WINDOW);
+        assert_eq!(
+            pace.spin_budget(),
+            WINDOW,
+            "starts by assuming a busy source"
+        );
+        // Heartbeats every millisecond: the estimate leaves the window within a few samples.
+        for _ in 0..4 {
+            pace.observe(Duration::from_millis(1));
+        }
+        assert_eq!(pace.spin_budget(), Duration::ZERO);
+        // A burst at 10 µs intervals brings it back within a handful of pieces.
+        let mut pieces = 0;
+        while pace.spin_budget().is_zero() {
+            pace.observe(Duration::from_micros(10));
+            pieces += 1;
+            assert!(pieces < 16, "a burst must be recognised quickly");
+        }
+        assert!(pieces >= 2, "one short interval alone is not a burst");
+        assert_eq!(pace.spin_budget(), WINDOW);
+    }
+
+    #[test]
+    fn a_long_pause_does_not_outweigh_a_following_burst() {
+        let pace = Pace::new(WINDOW);
+        pace.observe(Duration::from_secs(3600)); // an hour of silence
+        assert_eq!(pace.spin_budget(), Duration::ZERO);
+        for _ in 0..8 {
+            pace.observe(Duration::from_micros(5));
+        }
+        assert_eq!(pace.spin_budget(), WINDOW);
+    }
+
+    #[test]
+    fn intervals_at_the_edge_of_the_window() {
+        let pace = Pace::new(WINDOW);
+        for _ in 0..64 {
+            pace.observe(Duration::from_micros(40));
+        }
+        assert_eq!(
+            pace.spin_budget(),
+            WINDOW,
+            "40 µs intervals are worth a 50 µs spin"
+        );
+        for _ in 0..64 {
+            pace.observe(Duration::from_micros(90));
+        }
+        assert_eq!(
+            pace.spin_budget(),
+            WINDOW,
+            "so are 90 µs ones seen while nobody spun: the wake-ups were part of them"
+        );
+        for _ in 0..64 {
+            pace.observe(Duration::from_micros(150));
+        }
+        assert_eq!(
+            pace.spin_budget(),
+            Duration::ZERO,
+            "150 µs intervals are not"
+        );
+    }
+
+    #[test]
+    fn a_zero_window_never_spins() {
+        let pace = Pace::new(Duration::ZERO);
+        assert_eq!(pace.window(), Duration::ZERO);
+        pace.observe(Duration::from_nanos(1));
+        assert_eq!(pace.spin_budget(), Duration::ZERO);
+        let mut looks = 0;
+        assert!(!spin_until(Duration::ZERO, || {
+            looks += 1;
+            false
+        }));
+        assert_eq!(looks, 1, "a zero budget looks once");
+    }
+
+    #[test]
+    fn spin_until_returns_as_soon_as_done() {
+        let mut looks = 0;
+        assert!(spin_until(Duration::from_secs(60), || {
+            looks += 1;
+            looks == 3
+        }));
+        assert_eq!(looks, 3);
+    }
+
+    #[test]
+    fn spin_until_gives_up_after_its_budget() {
+        let budget = Duration::from_millis(2);
+        let start = Instant::now();
+        assert!(!spin_until(budget, || false));
+        assert!(start.elapsed() >= budget);
+    }
+}

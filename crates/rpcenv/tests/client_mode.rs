@@ -1,0 +1,158 @@
+//! Client-mode envs: no server, so their endpoints are reached over the connection they opened,
+//! and refs to them travel and work only along it.
+//!
+//! Every env binds 127.0.0.1 with port 0. Waits are on channels, conditions or futures with
+//! deadlines.
+
+use std::sync::mpsc::{channel, Sender};
+use std::time::Duration;
+
+use rpcenv::{
+    EndpointCtx, HandlerResult, RpcAddress, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcError,
+    RpcTimeout,
+};
+use serde::{Deserialize, Serialize};
+
+mod common;
+use common::{client, server, Echo, SlowEcho, WAIT};
+
+fn wait_for(timeout: &RpcTimeout) -> RpcTimeout {
+    timeout.clone()
+}
+
+#[derive(Serialize, Deserialize)]
+enum Registry {
+    Register(RpcEndpointRef<String>),
+}
+
+impl rpcenv::RpcMessage for Registry {}
+
+/// Stores the refs it is sent and the sender address of the ask.
+struct RefStore(Sender<(RpcEndpointRef<String>, Option<RpcAddress>)>);
+
+impl RpcEndpoint for RefStore {
+    type Message = Registry;
+    fn receive_and_reply(
+        &mut self,
+        _: &EndpointCtx<Registry>,
+        m: Registry,
+        ctx: RpcCallContext,
+    ) -> HandlerResult {
+        let Registry::Register(r) = m;
+        self.0.send((r, ctx.sender_address().cloned()))?;
+        ctx.reply("okay".to_string());
+        Ok(())
+    }
+}
+
+/// Spark: RpcEnvSuite "SPARK-31233: ask rpcEndpointRef in client mode timeout".
+#[test]
+fn spark_31233_ask_rpc_endpoint_ref_in_client_mode_timeout() {
+    let env = server("server");
+    let (tx, rx) = channel();
+    env.setup_endpoint("ask-client-timeout", RefStore(tx))
+        .unwrap();
+    let another = client("client");
+    let receiver = another
+        .setup_endpoint("receiver", SlowEcho(Duration::from_millis(1200)))
+        .unwrap();
+    let store: RpcEndpointRef<Registry> = another
+        .setup_endpoint_ref(env.address().unwrap(), "ask-client-timeout")
+        .unwrap();
+    let ok: String = store.ask_sync(Registry::Register(receiver)).unwrap();
+    assert_eq!(ok, "okay");
+    let (stored, sender) = rx.recv_timeout(WAIT).unwrap();
+    let sender = sender.expect("the connection's address stands for a client-mode sender");
+    let conf = env.conf().clone().with("rpc.askTimeout", "1s").unwrap();
+    let timeout =
+        RpcTimeout::from_conf_keys(&conf, &["rpc.askTimeout", "network.timeout"], "1s").unwrap();
+    let e = RpcTimeout::new(Duration::from_millis(1300), "test.wait")
+        .await_result(stored.ask_with_timeout::<String>("hi".into(), wait_for(&timeout)))
+        .unwrap_err();
+    assert!(e.is_timeout(), "{e:?}");
+    assert!(
+        e.to_string().contains(&sender.to_string()),
+        "{e} should name {sender}"
+    );
+    assert!(e.to_string().contains("rpc.askTimeout"), "{e}");
+    // The client-mode endpoint is reachable over the client's connection: a normal ask works.
+    assert_eq!(stored.ask_sync::<String>("hello".into()).unwrap(), "hello");
+    another.shutdown();
+    env.shutdown();
+}
+
+#[test]
+fn a_ref_to_a_client_endpoint_without_a_connection_fails_clearly() {
+    let env = server("server");
+    let another = client("client");
+    let r = another.setup_endpoint("receiver", Echo).unwrap();
+    // Smuggle the address-less ref into the server without a connection: look it up by URI.
+    let e = env
+        .setup_endpoint_ref_by_uri::<String>(&r.endpoint_address().to_string())
+        .unwrap_err();
+    assert!(
+        matches!(e, RpcError::ClientEndpointUnreachable { .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("rpc-client://receiver"), "{e}");
+    another.shutdown();
+    env.shutdown();
+}
+
+#[derive(Serialize, Deserialize)]
+enum Chain {
+    /// B: forward this ref to C.
+    Forward(RpcEndpointRef<String>),
+    /// C: ask the ref and report the answer.
+    AskIt(RpcEndpointRef<String>),
+}
+
+impl rpcenv::RpcMessage for Chain {}
+
+struct Forwarder(RpcEndpointRef<Chain>);
+
+impl RpcEndpoint for Forwarder {
+    type Message = Chain;
+    fn receive(&mut self, _: &EndpointCtx<Chain>, m: Chain) -> HandlerResult {
+        if let Chain::Forward(r) = m {
+            self.0.send(Chain::AskIt(r))?;
+        }
+        Ok(())
+    }
+}
+
+struct Asker(Sender<Result<String, String>>);
+
+impl RpcEndpoint for Asker {
+    type Message = Chain;
+    fn receive(&mut self, ctx: &EndpointCtx<Chain>, m: Chain) -> HandlerResult {
+        if let Chain::AskIt(r) = m {
+            // Ask without blocking the message loop: await on the env's runtime.
+            let tx = self.0.clone();
+            ctx.runtime().spawn(async move {
+                let answer = r.ask::<String>("who are you?".into()).await;
+                let _ = tx.send(answer.map_err(|e| e.to_string()));
+            });
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn three_node_ref_chain() {
+    let (a, b, c) = (server("A"), server("B"), server("C"));
+    let a_echo = a.setup_endpoint("echo", Echo).unwrap();
+    let (tx, rx) = channel();
+    c.setup_endpoint("asker", Asker(tx)).unwrap();
+    let c_from_b: RpcEndpointRef<Chain> =
+        b.setup_endpoint_ref(c.address().unwrap(), "asker").unwrap();
+    b.setup_endpoint("forwarder", Forwarder(c_from_b)).unwrap();
+    let b_from_a: RpcEndpointRef<Chain> = a
+        .setup_endpoint_ref(b.address().unwrap(), "forwarder")
+        .unwrap();
+    b_from_a.send(Chain::Forward(a_echo)).unwrap();
+    assert_eq!(rx.recv_timeout(WAIT).unwrap().unwrap(), "who are you?");
+    for env in [a, b, c] {
+        env.shutdown();
+    }
+}
