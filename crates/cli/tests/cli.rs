@@ -297,44 +297,34 @@ fn sasl_authentication_from_the_command_line() {
         "--conf",
         "network.sasl.serverAlwaysEncrypt=true",
     ];
-    let mut master_args = vec![
-        "master",
-        "--port",
-        "0",
-        "--conf",
-        "authenticate.secret=s3cret",
-    ];
-    master_args.extend(sasl);
-    let (_master, line) = start(&master_args);
-    let uri = line
-        .strip_prefix("master listening on ")
-        .unwrap_or_else(|| panic!("first line {line:?}"))
-        .to_string();
-    let ping = |extra: &[&str]| {
-        let mut args = vec!["ping", uri.as_str(), "--count", "1"];
-        args.extend_from_slice(extra);
-        let out = rpcenv().args(&args).output().unwrap();
-        let (stdout, stderr) = text(&out);
-        (out.status.success(), format!("{stdout}\n{stderr}"))
+    let with_secret = |secret: &'static str, rest: &[&'static str]| {
+        let mut v = vec!["--conf", secret];
+        v.extend_from_slice(rest);
+        v
     };
-    let mut good = vec!["--conf", "authenticate.secret=s3cret"];
-    good.extend(sasl);
-    let (ok, out) = ping(&good);
+    let (_master, uri) = master(&with_secret("authenticate.secret=s3cret", &sasl));
+    let ping = |extra: Vec<&str>| {
+        let mut args = vec!["ping", uri.as_str(), "--count", "1"];
+        args.extend(extra);
+        let (ok, stdout, stderr) = run(&args);
+        (ok, format!("{stdout}\n{stderr}"))
+    };
+    let (ok, out) = ping(with_secret("authenticate.secret=s3cret", &sasl));
     assert!(ok && out.contains("1 pings, 1 answered"), "{out}");
-    let (ok, out) = ping(&[
+    let aes_with_fallback = [
         "--conf",
         "authenticate=true",
         "--conf",
-        "authenticate.secret=s3cret",
-        "--conf",
         "authenticate.enableSaslEncryption=true",
-    ]);
+    ];
+    let (ok, out) = ping(with_secret(
+        "authenticate.secret=s3cret",
+        &aes_with_fallback,
+    ));
     assert!(
         ok && out.contains("1 pings, 1 answered"),
         "AES falling back to SASL: {out}"
     );
-    let mut wrong = vec!["--conf", "authenticate.secret=wrong"];
-    wrong.extend(sasl);
-    let (ok, out) = ping(&wrong);
+    let (ok, out) = ping(with_secret("authenticate.secret=wrong", &sasl));
     assert!(!ok && out.contains("Mismatched response"), "{out}");
 }
