@@ -281,3 +281,50 @@ fn an_authenticated_cluster_refuses_a_submitter_without_the_secret() {
         "{stdout}"
     );
 }
+
+/// The SASL settings from the command line: a master that authenticates with SASL and SASL
+/// encryption (`network.crypto.enabled=false`), pinged by a SASL client, by an AES client that
+/// falls back to SASL (the default), and refused for a wrong secret.
+#[test]
+fn sasl_authentication_from_the_command_line() {
+    let sasl = [
+        "--conf",
+        "authenticate=true",
+        "--conf",
+        "network.crypto.enabled=false",
+        "--conf",
+        "authenticate.enableSaslEncryption=true",
+        "--conf",
+        "network.sasl.serverAlwaysEncrypt=true",
+    ];
+    let with_secret = |secret: &'static str, rest: &[&'static str]| {
+        let mut v = vec!["--conf", secret];
+        v.extend_from_slice(rest);
+        v
+    };
+    let (_master, uri) = master(&with_secret("authenticate.secret=s3cret", &sasl));
+    let ping = |extra: Vec<&str>| {
+        let mut args = vec!["ping", uri.as_str(), "--count", "1"];
+        args.extend(extra);
+        let (ok, stdout, stderr) = run(&args);
+        (ok, format!("{stdout}\n{stderr}"))
+    };
+    let (ok, out) = ping(with_secret("authenticate.secret=s3cret", &sasl));
+    assert!(ok && out.contains("1 pings, 1 answered"), "{out}");
+    let aes_with_fallback = [
+        "--conf",
+        "authenticate=true",
+        "--conf",
+        "authenticate.enableSaslEncryption=true",
+    ];
+    let (ok, out) = ping(with_secret(
+        "authenticate.secret=s3cret",
+        &aes_with_fallback,
+    ));
+    assert!(
+        ok && out.contains("1 pings, 1 answered"),
+        "AES falling back to SASL: {out}"
+    );
+    let (ok, out) = ping(with_secret("authenticate.secret=wrong", &sasl));
+    assert!(!ok && out.contains("Mismatched response"), "{out}");
+}
