@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::address::RpcEndpointAddress;
-use crate::codec::decode_content;
+use crate::codec::{decode_content, split_typed_reply};
 use crate::decode_scope::DecodeScope;
 use crate::error::{BoxError, RpcError};
 use crate::message::RpcReply;
@@ -26,10 +26,8 @@ pub(crate) enum ReplyValue {
         value: Box<dyn Any + Send>,
         type_name: &'static str,
     },
-    Remote {
-        content: Bytes,
-        scope: DecodeScope,
-    },
+    /// `typed`: the reply's type name and its encoded value (`codec::split_typed_reply`).
+    Remote { typed: Bytes, scope: DecodeScope },
 }
 
 impl ReplyValue {
@@ -50,15 +48,29 @@ impl ReplyValue {
                     actual: type_name.to_string(),
                 }),
             },
-            ReplyValue::Remote { content, scope } => scope
-                .with_source(content.clone())
-                .run(|| decode_content::<R>(&content))
-                .0
-                .map_err(|e| RpcError::UnexpectedReplyType {
+            ReplyValue::Remote { typed, scope } => {
+                let expected = std::any::type_name::<R>();
+                let mismatch = |actual: String| RpcError::UnexpectedReplyType {
                     endpoint: endpoint.to_string(),
-                    expected: std::any::type_name::<R>(),
-                    actual: format!("a reply that does not decode as one ({})", e.reason),
-                }),
+                    expected,
+                    actual,
+                };
+                let (type_name, content) = split_typed_reply(&typed)
+                    .map_err(|e| mismatch(format!("reply that cannot be read ({e})")))?;
+                if type_name != expected {
+                    return Err(mismatch(type_name.to_string()));
+                }
+                scope
+                    .with_source(typed.clone())
+                    .run(|| decode_content::<R>(content))
+                    .0
+                    .map_err(|e| {
+                        mismatch(format!(
+                            "{type_name} that does not decode as one ({})",
+                            e.reason
+                        ))
+                    })
+            }
         }
     }
 }
