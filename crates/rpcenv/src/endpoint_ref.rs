@@ -77,6 +77,9 @@ pub(crate) struct RefDefaults {
     pub(crate) waits: Arc<Waits>,
     /// The address of the env the refs belong to (the sender of their messages).
     pub(crate) sender: Option<RpcAddress>,
+    /// A random identity of the env, which refs to its client-mode endpoints carry: they have no
+    /// address, so this is how an env recognizes its own endpoints among address-less refs.
+    pub(crate) env_id: u64,
     /// The env's network, for remote routes.
     pub(crate) network: Weak<dyn RefNetwork>,
     /// Set when the env begins to shut down: remote sends are refused from then on.
@@ -89,8 +92,13 @@ pub(crate) enum Route<M> {
     Local(Arc<dyn Mailbox<M>>),
     /// Another env's endpoint: through the outbox of its address.
     Outbox(RpcAddress),
-    /// An endpoint of a client-mode env: over the connection that env opened.
-    Connection(TransportClient),
+    /// An endpoint of a client-mode env: over the connection that env opened; with the identity
+    /// of that env (`RefDefaults::env_id` there).
+    Connection(TransportClient, u64),
+    /// An endpoint of a client-mode env whose connection this env does not hold (the ref was
+    /// forwarded by a third env): every send and ask fails with
+    /// [`RpcError::ClientEndpointUnreachable`]. With the identity of the endpoint's env.
+    Unreachable(u64),
 }
 
 struct RefInner<M> {
@@ -148,7 +156,7 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
     ) -> Self {
         let name: Arc<str> = address.name().into();
         let described = match (&route, address.address()) {
-            (Route::Connection(c), None) => Arc::new(RpcEndpointAddress::new(
+            (Route::Connection(c, _), None) => Arc::new(RpcEndpointAddress::new(
                 Some(RpcAddress::from_socket_addr(c.remote_addr())),
                 address.name(),
             )),
@@ -195,7 +203,10 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
     fn post_remote(&self, net: &dyn RefNetwork, message: OutboxMessage) -> Result<(), Refused> {
         match &self.inner.route {
             Route::Outbox(address) => net.post_to(address, message),
-            Route::Connection(client) => net.post_over(client, message),
+            Route::Connection(client, _) => net.post_over(client, message),
+            Route::Unreachable(_) => Err(Refused::Failed(RpcError::ClientEndpointUnreachable {
+                uri: self.inner.address.to_string(),
+            })),
             Route::Local(_) => unreachable!("a local ref posts to its inbox"),
         }
     }
@@ -204,8 +215,8 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
     async fn room(&self, net: &dyn RefNetwork, need: usize) {
         match &self.inner.route {
             Route::Outbox(address) => net.room_at(address, need).await,
-            Route::Connection(client) => net.room_over(client, need).await,
-            Route::Local(_) => {}
+            Route::Connection(client, _) => net.room_over(client, need).await,
+            Route::Local(_) | Route::Unreachable(_) => {}
         }
     }
 
@@ -215,7 +226,7 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
             Refused::Failed(e) => e,
             Refused::Full(_, queued) => RpcError::QueueFull {
                 peer: match &self.inner.route {
-                    Route::Connection(c) => c.remote_addr().to_string(),
+                    Route::Connection(c, _) => c.remote_addr().to_string(),
                     _ => self.inner.address.to_string(),
                 },
                 queued,
@@ -256,6 +267,7 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
                 pace: crate::pace::Pace::new(Duration::ZERO),
             }),
             sender: None,
+            env_id: 0,
             network: Weak::<NoNetwork>::new(),
             env_stopped: Arc::new(AtomicBool::new(false)),
         });
@@ -387,7 +399,18 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
     pub(crate) fn control(&self) -> Option<&dyn InboxControl> {
         match &self.inner.route {
             Route::Local(mailbox) => Some(mailbox.control()),
-            Route::Outbox(_) | Route::Connection(_) => None,
+            Route::Outbox(_) | Route::Connection(..) | Route::Unreachable(_) => None,
+        }
+    }
+
+    /// For a ref to a client-mode endpoint, how it travels: the identity of the endpoint's env,
+    /// and whether this env holds the ref second-hand (it is not the endpoint's own env, so the
+    /// connection a message from here travels on does not lead to the endpoint).
+    pub(crate) fn client_origin(&self) -> (u64, bool) {
+        match &self.inner.route {
+            Route::Local(_) => (self.inner.defaults.env_id, false),
+            Route::Connection(_, owner) | Route::Unreachable(owner) => (*owner, true),
+            Route::Outbox(_) => (0, true),
         }
     }
 }

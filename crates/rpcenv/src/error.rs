@@ -269,8 +269,9 @@ pub enum RpcError {
         /// What could not be decoded.
         message: String,
     },
-    /// A ref to an endpoint of a client-mode env, with no connection to reach it over.
-    #[error("Cannot send message to client endpoint {uri} with no listen address: it can only be reached over the connection its env opened, and this ref has none")]
+    /// A ref to an endpoint of a client-mode env, with no connection to reach it over (e.g. it
+    /// was forwarded by a third env).
+    #[error("Cannot send message to client endpoint {uri} with no listen address: it is a client-mode endpoint of another connection, reachable only over the connection its env opened, which this env does not hold")]
     ClientEndpointUnreachable {
         /// The endpoint's URI.
         uri: String,

@@ -14,7 +14,7 @@ use rpcenv_transport::{
     TransportServer,
 };
 
-use crate::address::RpcAddress;
+use crate::address::{RpcAddress, RpcEndpointAddress};
 use crate::call_context::{ReplyTarget, RpcCallContext};
 use crate::codec::{decode_request, encode_reply_error, WireAddress, WireError};
 use crate::decode_scope::DecodeScope;
@@ -274,6 +274,16 @@ impl RefNetwork for Network {
     }
 }
 
+/// Whether an envelope naming `receiver` is for the env whose address is `own` (see
+/// `Network::addressed_here`).
+fn addressed_to(receiver: Option<WireAddress<'_>>, own: Option<&RpcAddress>) -> bool {
+    match (receiver, own) {
+        (None, None) => true,
+        (Some(wire), Some(own)) => wire.port == own.port(),
+        (None, Some(_)) | (Some(_), None) => false,
+    }
+}
+
 /// The transport handler of an env (Spark's `NettyRpcHandler`).
 pub(crate) struct RpcEnvHandler {
     network: OnceLock<Weak<Network>>,
@@ -365,6 +375,19 @@ impl Network {
                 return;
             }
         };
+        if !self.addressed_here(envelope.receiver) {
+            let requested = RpcEndpointAddress::new(
+                envelope.receiver.map(WireAddress::to_address),
+                envelope.name,
+            );
+            tracing::warn!(env = %self.name, peer = %client.remote_addr(), endpoint = %requested, "message for another env refused");
+            if let Some(r) = responder {
+                r.respond(encode_reply_error(&WireError::EndpointNotFound {
+                    uri: requested.to_string(),
+                }));
+            }
+            return;
+        }
         let sender = match envelope.sender {
             Some(wire) => match self.known_listen_address(client, wire) {
                 Some(known) => known,
@@ -384,6 +407,15 @@ impl Network {
         let env: Weak<Dispatcher> = Arc::downgrade(&self.dispatcher);
         let scope = DecodeScope::new(env, Some(client.clone())).with_source(message.clone());
         self.post_remote(envelope.name, envelope.content, sender, responder, scope);
+    }
+
+    /// Whether a message whose envelope names `receiver` is for this env, so that a message meant
+    /// for another env is never handed to a local endpoint that merely has the same name. An
+    /// address-less receiver is an endpoint of a client-mode env, reached over the connection
+    /// that env opened: this env, only if it is in client mode itself. An addressed one must
+    /// have this env's port (its host may be an alias of ours: `localhost`, a DNS name, an IP).
+    fn addressed_here(&self, receiver: Option<WireAddress<'_>>) -> bool {
+        addressed_to(receiver, self.dispatcher.defaults().sender.as_ref())
     }
 
     /// Posts a message that came over the network to the endpoint called `name`.
@@ -423,5 +455,26 @@ impl Network {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_messages_for_this_env_are_delivered() {
+        let own = RpcAddress::new("127.0.0.1", 4000);
+        let wire = |host, port| Some(WireAddress { host, port });
+        assert!(addressed_to(wire("127.0.0.1", 4000), Some(&own)));
+        assert!(
+            addressed_to(wire("localhost", 4000), Some(&own)),
+            "a host alias"
+        );
+        assert!(!addressed_to(wire("127.0.0.1", 4001), Some(&own)));
+        // An address-less receiver is a client-mode endpoint: only a client-mode env has it.
+        assert!(!addressed_to(None, Some(&own)));
+        assert!(addressed_to(None, None));
+        assert!(!addressed_to(wire("127.0.0.1", 4000), None));
     }
 }

@@ -156,6 +156,7 @@ impl RpcEnvBuilder {
                     pace: Pace::new(self.conf.spin_window()),
                 }),
                 sender: address.clone(),
+                env_id: random_env_id(),
                 network: ref_network,
                 env_stopped: Arc::new(AtomicBool::new(false)),
             });
@@ -241,4 +242,13 @@ fn bind_server(
         .join()
         .map_err(|_| startup("the bind thread panicked".into()))?
         .map_err(|e| startup(e.to_string()))
+}
+
+/// A random identity for an env (refs to its client-mode endpoints carry it): std's randomly
+/// keyed hasher, so no random-number crate is needed for one number per env.
+fn random_env_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }
