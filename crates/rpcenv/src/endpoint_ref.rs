@@ -18,6 +18,7 @@ use bytes::Bytes;
 use rpcenv_transport::TransportClient;
 
 use crate::address::{RpcAddress, RpcEndpointAddress};
+use crate::blocking::{self, BlockedAsks};
 use crate::call_context::{ReplyTarget, RpcCallContext};
 use crate::codec::encode_request;
 use crate::error::RpcError;
@@ -82,6 +83,8 @@ pub(crate) struct RefDefaults {
     pub(crate) env_id: u64,
     /// The env's network, for remote routes.
     pub(crate) network: Weak<dyn RefNetwork>,
+    /// The asks blocking message loop threads, failed first by the shutdown.
+    pub(crate) blocked: BlockedAsks,
     /// Set when the env begins to shut down: remote sends are refused from then on.
     pub(crate) env_stopped: Arc<AtomicBool>,
 }
@@ -268,6 +271,7 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
             }),
             sender: None,
             env_id: 0,
+            blocked: BlockedAsks::default(),
             network: Weak::<NoNetwork>::new(),
             env_stopped: Arc::new(AtomicBool::new(false)),
         });
@@ -339,9 +343,29 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
     /// Returns [`RpcError::BlockingInAsyncContext`] without sending anything when called on a
     /// tokio runtime thread: `.await` an [`ask`](Self::ask) there. Blocking inside a handler ties
     /// up a message loop thread for the wait; prefer answering from a task.
+    ///
+    /// From a handler, an ask that could only be answered after that handler returns (an
+    /// endpoint that processes one message at a time asking itself, directly or through other
+    /// handlers blocked in `ask_sync`) fails at once with [`RpcError::Deadlock`]; while the
+    /// handler waits, the shared message loop may run a compensating thread
+    /// (`rpc.messageLoop.maxExtraThreads`), and the env's shutdown fails the ask.
     pub fn ask_sync<R: RpcReply>(&self, message: M) -> Result<R, RpcError> {
         ensure_blocking_allowed("RpcEndpointRef::ask_sync")?;
-        self.ask(message).wait()
+        self.ask_blocking(message, self.inner.defaults.ask_timeout.clone())
+    }
+
+    /// Asks and blocks for the reply, with the precautions of a blocking ask (see
+    /// [`ask_sync`](Self::ask_sync)).
+    fn ask_blocking<R: RpcReply>(&self, message: M, timeout: RpcTimeout) -> Result<R, RpcError> {
+        let target = match &self.inner.route {
+            Route::Local(mailbox) => Some(mailbox.control().wait_node()),
+            _ => None,
+        };
+        let mut blocking =
+            blocking::enter(target, &self.inner.address, &self.inner.defaults.blocked)?;
+        let ask = self.ask_with_timeout(message, timeout);
+        blocking.watch(ask.slot());
+        ask.wait()
     }
 
     /// [`ask_sync`](Self::ask_sync) with an explicit timeout.
@@ -351,7 +375,7 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
         timeout: RpcTimeout,
     ) -> Result<R, RpcError> {
         ensure_blocking_allowed("RpcEndpointRef::ask_sync_with_timeout")?;
-        self.ask_with_timeout(message, timeout).wait()
+        self.ask_blocking(message, timeout)
     }
 
     /// Asks up to `rpc.numRetries` times (default 3), `rpc.retry.wait` apart (default 3 s), each
@@ -371,12 +395,13 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
         let attempts = self.inner.defaults.num_retries.max(1);
         let mut last = None;
         for attempt in 1..=attempts {
-            match self.ask::<R>(message.clone()).wait() {
+            match self.ask_blocking::<R>(message.clone(), self.inner.defaults.ask_timeout.clone()) {
                 Ok(reply) => return Ok(reply),
                 Err(
                     e @ (RpcError::EnvStopped
                     | RpcError::EndpointStopped { .. }
                     | RpcError::UnexpectedReplyType { .. }
+                    | RpcError::Deadlock { .. }
                     | RpcError::BlockingInAsyncContext { .. }),
                 ) => return Err(e),
                 Err(e) => {

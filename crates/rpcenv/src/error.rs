@@ -276,6 +276,14 @@ pub enum RpcError {
         /// The endpoint's URI.
         uri: String,
     },
+    /// A blocking ask from a handler that could only be answered after that handler returned.
+    #[error("ask_sync to {endpoint} would deadlock: {reason}; answer from a task (`ask(..).await`) or reply later instead")]
+    Deadlock {
+        /// The endpoint asked.
+        endpoint: String,
+        /// The chain of endpoints waiting for each other.
+        reason: String,
+    },
     /// A blocking call was made on a tokio runtime thread.
     #[error("{operation} blocks and was called on a tokio runtime thread, where it could deadlock; use the async form instead (e.g. `ask(..).await`)")]
     BlockingInAsyncContext {

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use crate::blocking::{self, WaitNode};
 use crate::call_context::{with_handler_scope, CallOutcome, RpcCallContext};
 use crate::codec::decode_content;
 use crate::decode_scope::DecodeScope;
@@ -125,6 +126,8 @@ pub(crate) struct Inbox<B: Behaviour> {
     capacity: usize,
     env_stopped: Arc<AtomicBool>,
     listener: Option<Arc<dyn TerminationListener>>,
+    /// The endpoint in the graph of handlers blocked in `ask_sync`.
+    node: Arc<WaitNode>,
 }
 
 /// Batches a processor runs before it yields its thread to other inboxes waiting for one.
@@ -211,7 +214,9 @@ impl<B: Behaviour> Inbox<B> {
     ) -> Arc<Self> {
         let mut queue = VecDeque::new();
         queue.push_back(InboxMessage::Event(Event::OnStart));
+        let node = WaitNode::new(name.clone(), !B::CONCURRENT);
         Arc::new_cyclic(|me| Inbox {
+            node,
             name,
             me: me.clone(),
             state: Mutex::new(State {
@@ -427,6 +432,7 @@ impl<B: Behaviour> Inbox<B> {
             rounds += 1;
             let handled = batch.len();
             let _span = tracing::trace_span!("endpoint", name = %self.name).entered();
+            let _running = blocking::running(&self.node);
             core.behaviour.with(|callbacks| {
                 while let Some(message) = batch.pop_front() {
                     self.deliver(callbacks, &core.ctx, message);
@@ -617,6 +623,10 @@ impl<B: Behaviour> InboxControl for Inbox<B> {
 
     fn endpoint_name(&self) -> Arc<str> {
         self.name.clone()
+    }
+
+    fn wait_node(&self) -> &Arc<WaitNode> {
+        &self.node
     }
 
     fn post_remote(&self, content: &[u8], reply: Option<RpcCallContext>, scope: DecodeScope) {

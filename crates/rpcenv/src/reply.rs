@@ -121,11 +121,20 @@ impl ReplySlot {
     }
 
     /// Registers how to withdraw the request; runs it at once if the ask already ended.
+    ///
+    /// An ask can end before its hook is registered (a timeout, an abort or the caller's drop
+    /// racing the send): the request is then still pending on its connection, and keeping it
+    /// there would hold an entry in the connection's response map that no reply removes (and
+    /// that keeps a quiet connection from being idle). Running the hook when the reply itself
+    /// won is harmless: the connection already removed the request.
     pub(crate) fn set_cancel(&self, hook: CancelHook) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let SlotState::Pending { cancel, .. } = &mut *state {
             *cancel = Some(hook);
+            return;
         }
+        drop(state);
+        hook();
     }
 
     fn finish(&self, result: ReplyResult, run_cancel: bool) -> bool {
@@ -293,6 +302,11 @@ impl<R: RpcReply> Ask<R> {
         self.abort_handle().abort(reason);
     }
 
+    /// The slot the reply arrives in.
+    pub(crate) fn slot(&self) -> &Arc<ReplySlot> {
+        &self.slot
+    }
+
     /// The timeout bounding this ask.
     pub fn timeout(&self) -> &RpcTimeout {
         &self.timeout
@@ -399,6 +413,25 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Barrier;
+
+    /// A hook registered after the ask ended runs at once.
+    #[test]
+    fn a_late_cancel_hook_runs_at_once() {
+        for end in [true, false] {
+            let slot = ReplySlot::new();
+            if end {
+                slot.cancel_with(Err(RpcError::EnvStopped));
+            } else {
+                slot.complete(Ok(ReplyValue::local(1u8)));
+            }
+            let ran = Arc::new(AtomicUsize::new(0));
+            let r = ran.clone();
+            slot.set_cancel(Box::new(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            }));
+            assert_eq!(ran.load(Ordering::SeqCst), 1);
+        }
+    }
 
     /// A reply, a timeout, an abort and a drop racing for one slot: exactly one wins, the
     /// cancel hook runs only when the asker's side won, and a blocked waiter always wakes.

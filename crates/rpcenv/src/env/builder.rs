@@ -10,6 +10,7 @@ use rpcenv_transport::{RpcHandler, TransportClientFactory, TransportConf, Transp
 use super::api::RpcEnv;
 use super::lifecycle::{EnvInner, Termination};
 use crate::address::RpcAddress;
+use crate::blocking::BlockedAsks;
 use crate::conf::RpcConf;
 use crate::dispatcher::Dispatcher;
 use crate::endpoint_ref::{RefDefaults, RefNetwork};
@@ -136,8 +137,11 @@ impl RpcEnvBuilder {
             let host = self.advertise_host.as_deref().unwrap_or(&self.bind_host);
             RpcAddress::new(host, server.port())
         });
-        let shared_loop = Dispatcher::start_shared_loop(self.conf.dispatcher_threads())
-            .map_err(|e| startup(format!("cannot start message loop threads: {e}")))?;
+        let shared_loop = Dispatcher::start_shared_loop(
+            self.conf.dispatcher_threads(),
+            self.conf.max_extra_loop_threads(),
+        )
+        .map_err(|e| startup(format!("cannot start message loop threads: {e}")))?;
         let factory = TransportClientFactory::with_bootstraps(
             tconf,
             handler.clone(),
@@ -157,6 +161,7 @@ impl RpcEnvBuilder {
                 }),
                 sender: address.clone(),
                 env_id: random_env_id(),
+                blocked: BlockedAsks::default(),
                 network: ref_network,
                 env_stopped: Arc::new(AtomicBool::new(false)),
             });
