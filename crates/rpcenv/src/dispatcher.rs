@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
-use std::thread::JoinHandle;
+use std::thread::ThreadId;
 use std::time::Duration;
 
 use crate::address::RpcEndpointAddress;
@@ -40,7 +40,9 @@ pub(crate) struct MessageLoop {
     name: String,
     tx: crossbeam_channel::Sender<Job>,
     rx: crossbeam_channel::Receiver<Job>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The threads running (taken off when they end), and the signal that one did.
+    threads: Mutex<Vec<ThreadId>>,
+    ended: Condvar,
     size: usize,
     /// At most this many compensating threads run while handlers block.
     max_extra: usize,
@@ -66,6 +68,7 @@ impl MessageLoop {
             tx,
             rx,
             threads: Mutex::new(Vec::with_capacity(size)),
+            ended: Condvar::new(),
             size,
             max_extra,
             extra: AtomicUsize::new(0),
@@ -86,20 +89,27 @@ impl MessageLoop {
         Ok(message_loop)
     }
 
+    /// Starts a thread of the loop. It is detached (its resources go back when it ends, even if
+    /// nobody is there to join it: a stopped isolated endpoint's loop ends on its own thread)
+    /// and listed in `threads` while it runs, which is what [`join`](Self::join) waits on.
     fn spawn(&self, thread_name: String, extra: bool) -> std::io::Result<()> {
         let me = self
             .me
             .upgrade()
             .expect("a loop spawns threads while it exists");
-        let handle = std::thread::Builder::new()
+        // Listed before it starts, so that a join never misses it.
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        let spawned = std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || {
-                let rx = me.rx.clone();
+                let _ = rx.recv();
+                let _listed = Listed(me.clone());
+                let jobs = me.rx.clone();
                 crate::blocking::set_loop_thread(me.clone());
                 if extra {
-                    me.run_extra(&rx);
+                    me.run_extra(&jobs);
                 } else {
-                    while let Ok(job) = rx.recv() {
+                    while let Ok(job) = jobs.recv() {
                         match job {
                             Job::Run(inbox) => inbox.run(),
                             Job::Exit => break,
@@ -107,17 +117,11 @@ impl MessageLoop {
                     }
                 }
             })?;
-        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
-        // Compensating threads that have left are joined as new ones start.
-        let (done, running): (Vec<_>, Vec<_>) = std::mem::take(&mut *threads)
-            .into_iter()
-            .partition(|t| t.is_finished());
-        *threads = running;
-        threads.push(handle);
-        drop(threads);
-        for t in done {
-            let _ = t.join();
-        }
+        self.threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(spawned.thread().id());
+        let _ = tx.send(());
         Ok(())
     }
 
@@ -157,30 +161,34 @@ impl MessageLoop {
         }
     }
 
-    /// Whether every thread of the loop has exited (joining them then does not wait).
+    /// Whether every thread of the loop has ended.
     fn is_finished(&self) -> bool {
         self.threads
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .all(JoinHandle::is_finished)
+            .is_empty()
     }
 
-    /// Waits for the threads to exit (never for the calling thread itself).
+    /// Waits for the threads to end (never for the calling thread itself).
     fn join(&self) {
         let me = std::thread::current().id();
-        loop {
-            let threads =
-                std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
-            if threads.is_empty() {
-                return;
-            }
-            for t in threads {
-                if t.thread().id() != me {
-                    let _ = t.join();
-                }
-            }
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        while threads.iter().any(|t| *t != me) {
+            threads = self.ended.wait(threads).unwrap_or_else(|p| p.into_inner());
         }
+    }
+}
+
+/// Takes its thread off its loop's list when the thread ends (returns or unwinds).
+struct Listed(Arc<MessageLoop>);
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        let me = std::thread::current().id();
+        let mut threads = self.0.threads.lock().unwrap_or_else(|p| p.into_inner());
+        threads.retain(|t| *t != me);
+        drop(threads);
+        self.0.ended.notify_all();
     }
 }
 
@@ -378,21 +386,12 @@ impl Dispatcher {
         Ok(endpoint_ref)
     }
 
-    /// Joins and forgets the loops of isolated endpoints that have stopped and whose threads have
-    /// exited (a loop's own thread ends it, so it cannot join itself: the next registration or
-    /// stop does).
+    /// Forgets the loops of isolated endpoints that have stopped and whose threads have ended.
     fn reap_dedicated(&self) {
-        let done: Vec<Arc<MessageLoop>> = {
-            let mut dedicated = self.dedicated.lock().unwrap_or_else(|p| p.into_inner());
-            let (done, running) = std::mem::take(&mut *dedicated)
-                .into_iter()
-                .partition(|l: &Arc<MessageLoop>| l.is_finished());
-            *dedicated = running;
-            done
-        };
-        for l in done {
-            l.join();
-        }
+        self.dedicated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|l| !l.is_finished());
     }
 
     /// The ref of a registered endpoint. Fails with [`RpcError::EndpointNotFound`], or
