@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 use rpcenv_transport::{
@@ -15,6 +15,7 @@ use rpcenv_transport::{
 };
 
 use crate::address::{RpcAddress, RpcEndpointAddress};
+use crate::announced::Announced;
 use crate::call_context::{ReplyTarget, RpcCallContext};
 use crate::codec::{decode_request, encode_reply_error, WireAddress, WireError};
 use crate::decode_scope::DecodeScope;
@@ -38,9 +39,8 @@ pub(crate) struct Network {
     cx: Arc<OutboxContext>,
     server: Mutex<Option<TransportServer>>,
     outboxes: Mutex<HashMap<RpcAddress, Arc<Outbox>>>,
-    /// Connection id -> the listening address its peer announced as sender. Read for every
-    /// incoming message, written once per connection.
-    listen_addresses: RwLock<HashMap<u64, RpcAddress>>,
+    /// The listening addresses peers announced on their connections.
+    announced: Announced,
     max_message_size: usize,
     stopped: AtomicBool,
 }
@@ -73,7 +73,7 @@ impl Network {
             dispatcher: parts.dispatcher,
             server: Mutex::new(parts.server),
             outboxes: Mutex::new(HashMap::new()),
-            listen_addresses: RwLock::new(HashMap::new()),
+            announced: Announced::default(),
             max_message_size: parts.max_message_size,
             stopped: AtomicBool::new(false),
         }
@@ -149,38 +149,9 @@ impl Network {
         }
     }
 
-    /// Records the listening address a connection's peer announced; true the first time.
-    fn note_listen_address(&self, client: &TransportClient, address: &RpcAddress) -> bool {
-        let mut map = self
-            .listen_addresses
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        match map.get(&client.id()) {
-            Some(known) if known == address => false,
-            _ => {
-                map.insert(client.id(), address.clone());
-                true
-            }
-        }
-    }
-
-    /// The listening address `client`'s peer announced, when it is `wire` and was recorded
-    /// already (nothing to note): a shared read of the map, and no address allocated.
-    fn known_listen_address(
-        &self,
-        client: &TransportClient,
-        wire: WireAddress<'_>,
-    ) -> Option<RpcAddress> {
-        self.listen_addresses
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&client.id())
-            .filter(|known| wire.is(known))
-            .cloned()
-    }
-
-    /// A connection closed: forget its outbox and its peer's listening address.
-    fn connection_closed(&self, client: &TransportClient) -> Option<RpcAddress> {
+    /// A connection closed: forget its outbox and the listening addresses its peer announced;
+    /// returns those that disconnect (see `announced`).
+    fn connection_closed(&self, client: &TransportClient) -> Vec<RpcAddress> {
         let stale: Vec<Arc<Outbox>> = {
             let outboxes = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
             outboxes
@@ -192,18 +163,11 @@ impl Network {
         for outbox in stale {
             self.remove_outbox(&outbox);
         }
-        self.listen_addresses
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&client.id())
+        self.announced.closed(client.id())
     }
 
     fn listen_address_of(&self, client: &TransportClient) -> Option<RpcAddress> {
-        self.listen_addresses
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&client.id())
-            .cloned()
+        self.announced.current(client.id())
     }
 
     /// Fails queued messages, closes the server and every connection. After the dispatcher
@@ -339,7 +303,7 @@ impl RpcHandler for RpcEnvHandler {
         let listen = net.connection_closed(client);
         net.dispatcher
             .post_to_all(Event::Disconnected(socket_address(client)));
-        if let Some(listen) = listen {
+        for listen in listen {
             net.dispatcher.post_to_all(Event::Disconnected(listen));
         }
     }
@@ -389,11 +353,11 @@ impl Network {
             return;
         }
         let sender = match envelope.sender {
-            Some(wire) => match self.known_listen_address(client, wire) {
+            Some(wire) => match self.announced.known(client.id(), wire) {
                 Some(known) => known,
                 None => {
                     let listen = wire.to_address();
-                    if self.note_listen_address(client, &listen) {
+                    if self.announced.note(client.id(), &listen) {
                         self.dispatcher
                             .post_to_all(Event::Connected(listen.clone()));
                     }
