@@ -149,6 +149,24 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
         doc: "After a failed connect, new connects to that peer fail fast for 95% of this window.",
     },
     KnownKey {
+        key: "rpc.io.maxQueuedBytesPerConnection",
+        kind: ValueKind::Size(1),
+        default: Some("16m"),
+        doc: "Byte budget of one connection: frames queued towards the peer plus requests read from it and not yet answered (and unread stream pieces). Over it the connection stops reading from the peer until under half.",
+    },
+    KnownKey {
+        key: "rpc.io.handshakeTimeout",
+        kind: ValueKind::Duration(TimeUnit::Seconds),
+        default: Some("10s"),
+        doc: "An accepted connection that has not completed its first frame (or its authentication handshake) within this is closed (0 = no limit).",
+    },
+    KnownKey {
+        key: "rpc.io.maxInboundConnections",
+        kind: ValueKind::Int(0, 1 << 24),
+        default: Some("0"),
+        doc: "Most connections a server keeps open (0 = no cap). At the cap, or out of file descriptors, it closes the connection stalled longest without a complete frame, else waits before accepting.",
+    },
+    KnownKey {
         key: "rpc.message.maxSize",
         kind: ValueKind::Size(MIB),
         default: Some("128m"),
@@ -496,6 +514,25 @@ impl RpcConf {
     pub fn io_retry_wait(&self) -> Duration {
         self.known_duration("rpc.io.retryWait")
             .unwrap_or(Duration::from_secs(5))
+    }
+
+    /// `rpc.io.maxQueuedBytesPerConnection` in bytes (16 MiB).
+    pub fn max_queued_bytes_per_connection(&self) -> u64 {
+        self.get_size("rpc.io.maxQueuedBytesPerConnection")
+            .ok()
+            .flatten()
+            .unwrap_or(16 * MIB)
+    }
+
+    /// `rpc.io.handshakeTimeout` (10 s; zero = no limit).
+    pub fn handshake_timeout(&self) -> Duration {
+        self.known_duration("rpc.io.handshakeTimeout")
+            .unwrap_or(Duration::from_secs(10))
+    }
+
+    /// `rpc.io.maxInboundConnections` (0 = no cap).
+    pub fn max_inbound_connections(&self) -> usize {
+        self.known_int("rpc.io.maxInboundConnections", 0) as usize
     }
 
     /// `rpc.message.maxSize` in bytes (128 MiB).

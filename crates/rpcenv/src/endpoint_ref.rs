@@ -51,7 +51,7 @@ pub(crate) enum Refused {
 }
 
 /// A future the network hands back (object-safe form of an `async fn`).
-pub(crate) type Waiting<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+pub(crate) type Waiting<'a> = Pin<Box<dyn Future<Output = Result<(), RpcError>> + Send + 'a>>;
 
 /// The network of an env, as its refs see it: implemented by the remote layer's `Network`.
 pub(crate) trait RefNetwork: Send + Sync {
@@ -214,12 +214,13 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
         }
     }
 
-    /// Waits until `need` more bytes fit on the remote route.
-    async fn room(&self, net: &dyn RefNetwork, need: usize) {
+    /// Waits until `need` more bytes fit on the remote route; fails with the failure of the
+    /// connection if it ends meanwhile.
+    async fn room(&self, net: &dyn RefNetwork, need: usize) -> Result<(), RpcError> {
         match &self.inner.route {
             Route::Outbox(address) => net.room_at(address, need).await,
             Route::Connection(client, _) => net.room_over(client, need).await,
-            Route::Local(_) | Route::Unreachable(_) => {}
+            Route::Local(_) | Route::Unreachable(_) => Ok(()),
         }
     }
 
@@ -251,7 +252,7 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
             match self.post_remote(&*net, pending) {
                 Ok(()) => return Ok(()),
                 Err(Refused::Full(back, _)) => {
-                    self.room(&*net, back.len()).await;
+                    self.room(&*net, back.len()).await?;
                     pending = back;
                 }
                 Err(refused) => return Err(self.refusal(refused, &*net)),
@@ -502,9 +503,9 @@ impl RefNetwork for NoNetwork {
         Err(Refused::Failed(RpcError::EnvStopped))
     }
     fn room_at<'a>(&'a self, _: &'a RpcAddress, _: usize) -> Waiting<'a> {
-        Box::pin(async {})
+        Box::pin(async { Ok(()) })
     }
     fn room_over<'a>(&'a self, _: &'a TransportClient, _: usize) -> Waiting<'a> {
-        Box::pin(async {})
+        Box::pin(async { Ok(()) })
     }
 }

@@ -4,7 +4,6 @@
 //! `NettyRpcHandler`).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -44,6 +43,9 @@ pub(crate) struct Network {
     max_message_size: usize,
     stopped: AtomicBool,
 }
+
+/// Longest wait of a shutdown for the server's connections to finish closing.
+const SERVER_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The parts a [`Network`] is built from.
 pub(crate) struct NetworkParts {
@@ -102,6 +104,7 @@ impl Network {
     /// Sends a message to `address` through its outbox (opened on first use). A message that
     /// does not fit under `rpc.outbox.maxBytes` is handed back with the bytes already waiting.
     fn post(&self, address: &RpcAddress, mut message: OutboxMessage) -> Result<(), Refused> {
+        let mut failure = None;
         for _attempt in 0..2 {
             if self.stopped.load(Ordering::Acquire) {
                 break;
@@ -111,20 +114,32 @@ impl Network {
                 Posted::Done => return Ok(()),
                 Posted::Full(m, queued) => return Err(Refused::Full(m, queued)),
                 Posted::Stale(m) => {
-                    // Its connection is gone: drop the outbox so the next one reconnects.
+                    // Its connection is gone: drop the outbox so the next one reconnects,
+                    // unless it never connected: then the message fails with that cause (a
+                    // second connect would only be refused by the fast-fail window).
                     self.remove_outbox(&outbox);
                     message = m;
+                    if let Some(cause) = outbox.failure() {
+                        failure = Some(cause.clone());
+                        break;
+                    }
                 }
             }
         }
         let error = if self.stopped.load(Ordering::Acquire) {
             RpcError::EnvStopped
         } else {
+            // The cause of the last failed connect (an authentication failure, say), else what
+            // happened, naming the peer as addressed.
             RpcError::Connection {
                 peer: address.to_string(),
-                source: TransportError::ConnectionClosed {
-                    peer: SocketAddr::from(([0, 0, 0, 0], address.port())),
-                },
+                source: failure.unwrap_or_else(|| TransportError::ConnectFailed {
+                    addr: address.to_string(),
+                    source: Arc::new(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "the connection closed twice while the message was being posted",
+                    )),
+                }),
             }
         };
         match message {
@@ -184,10 +199,19 @@ impl Network {
         for outbox in outboxes {
             outbox.close(&|| RpcError::EnvStopped);
         }
-        if let Some(server) = self.server.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(server) = &server {
             server.close();
         }
         self.cx.factory.close();
+        if let Some(server) = server {
+            // Shutdown returns once the port is released and every accepted connection is gone
+            // (this runs on a plain thread: the env starts its shutdown on one).
+            let closed = async { tokio::time::timeout(SERVER_CLOSE_WAIT, server.closed()).await };
+            if self.cx.runtime.block_on(closed).is_err() {
+                tracing::warn!(addr = %server.local_addr(), "the server's connections did not all close within {SERVER_CLOSE_WAIT:?}");
+            }
+        }
     }
 }
 
@@ -230,11 +254,28 @@ impl RefNetwork for Network {
     fn room_at<'a>(&'a self, address: &'a RpcAddress, need: usize) -> Waiting<'a> {
         let outbox = self.outbox(address);
         let max = self.cx.max_bytes;
-        Box::pin(async move { outbox.wait_for_room(need, max).await })
+        Box::pin(async move {
+            outbox
+                .wait_for_room(need, max)
+                .await
+                .map_err(|source| RpcError::Connection {
+                    peer: address.to_string(),
+                    source,
+                })
+        })
     }
 
     fn room_over<'a>(&'a self, client: &'a TransportClient, need: usize) -> Waiting<'a> {
-        Box::pin(client.wait_queued_at_most(self.cx.max_bytes.saturating_sub(need)))
+        let limit = self.cx.max_bytes.saturating_sub(need);
+        Box::pin(async move {
+            client
+                .wait_queued_at_most(limit)
+                .await
+                .map_err(|source| RpcError::Connection {
+                    peer: client.remote_addr().to_string(),
+                    source,
+                })
+        })
     }
 }
 

@@ -94,6 +94,8 @@ pub(crate) struct Outbox {
     state: Mutex<State>,
     /// Signalled when the connection opens or fails (for senders waiting for room).
     settled: tokio::sync::Notify,
+    /// Why connecting failed, for messages posted after (they name the real cause and peer).
+    failure: std::sync::OnceLock<TransportError>,
 }
 
 /// What `Outbox::post` did.
@@ -118,6 +120,7 @@ impl Outbox {
             address: address.clone(),
             state: Mutex::new(State::Connecting(VecDeque::new(), 0)),
             settled: tokio::sync::Notify::new(),
+            failure: std::sync::OnceLock::new(),
         });
         let weak_cx: Weak<OutboxContext> = Arc::downgrade(cx);
         let me = outbox.clone();
@@ -133,6 +136,7 @@ impl Outbox {
                 Ok(client) => me.connected(client, &cx),
                 Err(e) => {
                     tracing::warn!(peer = %address, error = %e, "cannot connect");
+                    let _ = me.failure.set(e.clone());
                     forget(&me);
                     me.close(&|| RpcError::Connection {
                         peer: address.to_string(),
@@ -146,6 +150,11 @@ impl Outbox {
 
     pub(crate) fn address(&self) -> &RpcAddress {
         &self.address
+    }
+
+    /// Why connecting failed, if it did.
+    pub(crate) fn failure(&self) -> Option<&TransportError> {
+        self.failure.get()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -199,8 +208,13 @@ impl Outbox {
         self.settled.notify_waiters();
     }
 
-    /// Waits until `need` more bytes fit (or the outbox is closed or replaced).
-    pub(crate) async fn wait_for_room(&self, need: usize, max: usize) {
+    /// Waits until `need` more bytes fit (or the outbox is closed or replaced); fails with the
+    /// failure of its connection if that ends while waiting.
+    pub(crate) async fn wait_for_room(
+        &self,
+        need: usize,
+        max: usize,
+    ) -> Result<(), TransportError> {
         loop {
             let settled = self.settled.notified();
             let mut settled = std::pin::pin!(settled);
@@ -208,7 +222,7 @@ impl Outbox {
             let client = match &*self.lock() {
                 State::Connecting(_, queued) if !admits(*queued, need, max) => None,
                 State::Connected(c) if c.is_active() => Some(c.clone()),
-                _ => return,
+                _ => return Ok(()),
             };
             match client {
                 Some(c) => return c.wait_queued_at_most(max.saturating_sub(need)).await,

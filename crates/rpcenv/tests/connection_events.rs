@@ -1,12 +1,15 @@
 //! Connection events: `on_connected`, `on_disconnected` and `on_network_error` for socket and
-//! listening addresses, unreachable peers, and a peer process killed mid-ask.
+//! listening addresses, unreachable peers, and a peer process killed mid-ask or while a sender
+//! waits for room to send to it.
 //!
 //! Every env binds 127.0.0.1 with port 0. Waits are on channels, conditions or futures with
 //! deadlines.
 
+use std::future::Future;
 use std::io::BufRead;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver, Sender};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use rpcenv::{
@@ -212,16 +215,30 @@ fn peer_process() {
         return;
     };
     let env = RpcEnv::builder("peer")
-        .conf(suite_conf())
+        .conf(suite_conf().with("rpc.inbox.capacity", "16").unwrap())
         .port(port.parse().unwrap())
         .build()
         .unwrap();
     env.setup_endpoint("echo", Echo).unwrap();
     env.setup_endpoint("never", Hoarder(Vec::new())).unwrap();
+    // Its inbox fills and pauses the connections that feed it.
+    env.setup_endpoint("stuck", Stuck).unwrap();
     println!("PEER-PORT {}", env.address().unwrap().port());
     // Serve until killed, or until the parent goes away (stdin closes).
     let mut line = String::new();
     let _ = std::io::stdin().lock().read_line(&mut line);
+}
+
+/// Blocks its message loop on every message (for up to a minute): a peer that stops reading.
+struct Stuck;
+
+impl RpcEndpoint for Stuck {
+    type Message = String;
+    fn receive(&mut self, _: &EndpointCtx<String>, _: String) -> HandlerResult {
+        let (_never, wait) = channel::<()>();
+        let _ = wait.recv_timeout(Duration::from_secs(60));
+        Ok(())
+    }
 }
 
 struct Peer(Child);
@@ -288,4 +305,55 @@ fn a_peer_killed_mid_ask_fails_the_ask_fast_and_fires_on_disconnected_then_recon
     assert_eq!(again, port);
     assert_eq!(echo.ask_sync::<String>("after".into()).unwrap(), "after");
     env.shutdown();
+}
+
+/// A sender waiting in `send_async` for room in a full outbox is woken with an error as soon as
+/// the connection is reset under it (the peer, which stopped reading, is killed), not left waiting.
+#[test]
+fn send_async_waiting_for_room_fails_fast_when_the_peer_resets_the_connection() {
+    let (peer, port) = start_peer(0);
+    let sender = RpcEnv::builder("waiter")
+        .client_mode(true)
+        .conf(suite_conf().with("rpc.outbox.maxBytes", "256k").unwrap())
+        .build()
+        .unwrap();
+    let r: RpcEndpointRef<String> = sender
+        .setup_endpoint_ref(&RpcAddress::new("127.0.0.1", port), "stuck")
+        .unwrap();
+    let payload = "x".repeat(1000);
+    // Fill until the outbox stays full: the stuck endpoint's inbox paused reading, and every buffer on the
+    // way (the peer's socket, ours, the connection's write queue) is full.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut full_since: Option<Instant> = None;
+    loop {
+        assert!(Instant::now() < deadline, "the outbox never stayed full");
+        match r.send(payload.clone()) {
+            Ok(()) => full_since = None,
+            Err(RpcError::QueueFull { .. }) => {
+                if full_since.get_or_insert_with(Instant::now).elapsed()
+                    > Duration::from_millis(500)
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+    let killed = Instant::now();
+    let result =
+        RpcTimeout::new(Duration::from_secs(2), "test.wake.deadline").await_result(async {
+            let mut waiting = std::pin::pin!(r.send_async(payload.clone()));
+            let first = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx))).await;
+            assert!(first.is_pending(), "send_async waits for room: {first:?}");
+            drop(peer); // SIGKILL: the unread bytes make the kernel reset the connection
+            Ok(waiting.await)
+        });
+    let result = result.expect("the waiting send_async returns within 2 s of the reset");
+    assert!(
+        matches!(result, Err(RpcError::Connection { .. })),
+        "{result:?}"
+    );
+    assert!(killed.elapsed() < Duration::from_secs(2));
+    sender.shutdown();
 }

@@ -91,7 +91,7 @@ async fn concurrent(c: &TransportClient, n: usize) -> Result<(), String> {
 
 async fn stream(c: &TransportClient, n: usize) -> Result<(), String> {
     let s = within(c.stream(format!("bytes/{n}"))).await?;
-    let body = within(s.collect()).await?;
+    let body = within(s.collect(64 << 20)).await?;
     if body == pattern(n) {
         Ok(())
     } else {

@@ -24,7 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rpcenv_transport::{RpcHandler, RpcResponder, TransportClient, TransportConf, TransportServer};
+use rpcenv_transport::{
+    BodySource, ReplyBody, RpcHandler, RpcResponder, TransportClient, TransportConf,
+    TransportServer,
+};
 
 #[path = "support/security.rs"]
 mod security;
@@ -38,6 +41,27 @@ struct Echo {
 
 fn pattern(n: usize) -> Bytes {
     Bytes::from((0..n).map(|i| (i % 251) as u8).collect::<Vec<_>>())
+}
+
+/// The pattern generated a piece at a time as the connection writes it (never whole in memory).
+struct Pattern {
+    next: u64,
+    end: u64,
+}
+
+impl BodySource for Pattern {
+    fn len(&self) -> u64 {
+        self.end - self.next
+    }
+
+    fn next_piece(&mut self, max: usize) -> std::io::Result<Bytes> {
+        let n = (self.end - self.next).min(max as u64);
+        let piece: Vec<u8> = (self.next..self.next + n)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        self.next += n;
+        Ok(Bytes::from(piece))
+    }
 }
 
 impl RpcHandler for Echo {
@@ -60,7 +84,11 @@ impl RpcHandler for Echo {
         responder.respond(body);
     }
 
-    fn open_stream(&self, _client: &TransportClient, stream_id: &str) -> Result<Bytes, String> {
+    fn open_stream_body(
+        &self,
+        _client: &TransportClient,
+        stream_id: &str,
+    ) -> Result<ReplyBody, String> {
         let not_found = || format!("Stream '{stream_id}' was not found.");
         let n: u64 = stream_id
             .strip_prefix("bytes/")
@@ -71,7 +99,7 @@ impl RpcHandler for Echo {
                 "Stream '{stream_id}' asks for {n} bytes, more than the 64 MiB this server serves."
             ));
         }
-        Ok(pattern(n as usize))
+        Ok(ReplyBody::source(Pattern { next: 0, end: n }))
     }
 
     fn get_chunk(

@@ -100,19 +100,19 @@ async fn main() {
         c.stream("bytes/0"),
         c.stream("bytes/3000000"),
     );
-    let b1 = within(async { within(s1).await?.collect().await }).await;
+    let b1 = within(async { within(s1).await?.collect(64 << 20).await }).await;
     check(b1.ok() == Some(pattern(1000)), "stream bytes/1000");
     let e2 = within(s2).await.err().map(|e| e.to_string());
     check(
         e2.as_deref() == Some("Stream 'nope' was not found."),
         "stream failure text",
     );
-    let b3 = within(async { within(s3).await?.collect().await }).await;
+    let b3 = within(async { within(s3).await?.collect(64 << 20).await }).await;
     check(
         b3.map(|b| b.is_empty()).unwrap_or(false),
         "zero-length stream",
     );
-    let b4 = within(async { within(s4).await?.collect().await }).await;
+    let b4 = within(async { within(s4).await?.collect(64 << 20).await }).await;
     check(b4.ok() == Some(pattern(3_000_000)), "stream bytes/3000000");
 
     check(

@@ -62,9 +62,11 @@ TMP="$(mktemp -d)"
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
   rm -rf "$TMP"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 # Wait (up to 60 s) for "listening on HOST:PORT" as the first line of $1; print the port.
 wait_port() {
@@ -99,17 +101,18 @@ stop_all() {
 }
 stop_all
 
-# Start our echo_server with the given flags; print its port.
+# Start our echo_server with the given flags; sets PORT. Not to be run inside $(...): the pid
+# must reach this shell's PIDS, or the cleanup would leave the server running.
 start_echo() {
   "$TARGET/echo_server" --host 127.0.0.1 --port 0 "$@" >"$TMP/echo.out" 2>"$TMP/echo.err" &
   PIDS+=($!)
-  wait_port "$TMP/echo.out"
+  PORT="$(wait_port "$TMP/echo.out")"
 }
-# Start Spark's server with the given JVM properties; print its port.
+# Start Spark's server with the given JVM properties; sets PORT (same rule as start_echo).
 start_jvm() {
   java "${JVM_FLAGS[@]}" "$@" -cp "$CP" Interop server >"$TMP/jvm.out" 2>"$TMP/jvm.err" &
   PIDS+=($!)
-  wait_port "$TMP/jvm.out" || { cat "$TMP/jvm.err" >&2; return 1; }
+  PORT="$(wait_port "$TMP/jvm.out")" || { cat "$TMP/jvm.err" >&2; return 1; }
 }
 
 APP=interop-app
@@ -125,7 +128,7 @@ for cipher in ctr gcm; do
     OURS=(--app-id $APP --cipher $cipher --auth-version $version)
 
     echo "[interop] auth $cipher v$version: Spark TransportClient + AuthClientBootstrap -> rpcenv echo_server"
-    PORT="$(start_echo --secret $SECRET "${OURS[@]}")"
+    start_echo --secret $SECRET "${OURS[@]}"
     java "${JVM_FLAGS[@]}" "${SPARK_AUTH[@]}" -Dinterop.secret=$SECRET -cp "$CP" Interop client "$PORT"
     if [ "$cipher$version" = ctr1 ] || [ "$cipher$version" = gcm2 ]; then
       echo "[interop] auth $cipher v$version: Spark client with a wrong secret is refused"
@@ -134,7 +137,7 @@ for cipher in ctr gcm; do
     stop_all
 
     echo "[interop] auth $cipher v$version: rpcenv echo_client -> Spark TransportServer + AuthServerBootstrap"
-    PORT="$(start_jvm "${SPARK_AUTH[@]}" -Dinterop.secret=$SECRET)"
+    start_jvm "${SPARK_AUTH[@]}" -Dinterop.secret=$SECRET
     "$TARGET/echo_client" --host 127.0.0.1 --port "$PORT" --secret $SECRET "${OURS[@]}"
     if [ "$cipher$version" = ctr1 ] || [ "$cipher$version" = gcm2 ]; then
       echo "[interop] auth $cipher v$version: our client with a wrong secret is refused by Spark"
@@ -150,9 +153,9 @@ done
 
 echo "[interop] TLS: rpcenv echo_client -> Spark TransportServer with spark.ssl.rpc.*"
 DATA="$HERE/../tests/data"
-PORT="$(start_jvm -Dspark.ssl.rpc.enabled=true -Dspark.ssl.rpc.openSslEnabled=true \
+start_jvm -Dspark.ssl.rpc.enabled=true -Dspark.ssl.rpc.openSslEnabled=true \
   -Dspark.ssl.rpc.protocol=TLSv1.3 -Dspark.ssl.rpc.privateKey="$DATA/server.key" \
-  -Dspark.ssl.rpc.certChain="$DATA/server.pem")"
+  -Dspark.ssl.rpc.certChain="$DATA/server.pem"
 "$TARGET/echo_client" --host 127.0.0.1 --port "$PORT" --tls --tls-ca "$DATA/ca.pem"
 stop_all
 

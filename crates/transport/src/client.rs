@@ -10,8 +10,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
+use crate::budget::Inbound;
 use crate::command::{queue_cost, Command, CommandSender, PendingKind};
 use crate::error::TransportError;
 use crate::message::{Message, StreamChunkId};
@@ -24,19 +25,51 @@ pub(crate) struct ClientShared {
     pub(crate) tx: CommandSender,
     pub(crate) next_request_id: AtomicU64,
     pub(crate) closed: AtomicBool,
+    /// Asks the connection's task to close (`close()`).
     pub(crate) close_notify: Notify,
-    /// Bytes of requests and one-way messages queued for the connection's task, not yet taken
-    /// into its write buffer.
+    /// Set once, when the connection's task has ended, to the connection's failure: every
+    /// waiter of this connection watches it.
+    pub(crate) ended: watch::Sender<Option<TransportError>>,
+    /// Bytes of messages queued for the connection's task (requests, one-way messages,
+    /// replies), not yet taken into its write buffer.
     pub(crate) queued_bytes: AtomicUsize,
+    /// Bytes read from the peer and still held (unanswered requests, unread stream pieces).
+    pub(crate) inbound: Arc<Inbound>,
+    /// When the connection was established.
+    pub(crate) opened: std::time::Instant,
+    /// The peer has completed a frame (a connection that has not may be shed under pressure).
+    pub(crate) frame_seen: AtomicBool,
     /// Signalled when the task takes queued messages.
     pub(crate) drained: Notify,
     /// Reading is paused (backpressure from the handler's side).
     pub(crate) read_paused: AtomicBool,
     /// The connection task, to wake when reading resumes.
     pub(crate) read_waker: std::sync::Mutex<Option<std::task::Waker>>,
+    /// The connection's flush hook (weak: the connection owns this handle, not the reverse).
+    pub(crate) flush: std::sync::OnceLock<std::sync::Weak<dyn Flush>>,
+}
+
+/// Writes what is queued on a connection from the calling thread if its task is not busy.
+pub(crate) trait Flush: Send + Sync {
+    /// When the connection's task is not busy: takes the queued messages, appends `msg` if
+    /// given, writes what the socket accepts and returns true. Otherwise returns false and
+    /// leaves everything (including `msg`) to the caller and the task.
+    fn try_flush(&self, msg: Option<&Message>) -> bool;
 }
 
 impl ClientShared {
+    /// The flush hook (see [`TransportClient::try_flush`]), with a message to write after
+    /// what is queued.
+    pub(crate) fn try_flush(&self, msg: Option<&Message>) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        match self.flush.get().and_then(std::sync::Weak::upgrade) {
+            Some(conn) => conn.try_flush(msg),
+            None => false,
+        }
+    }
+
     /// Queues a command, counting the bytes it will write. Like `mpsc::send`, it hands a command
     /// it could not queue back, so that the caller can fail its pending request.
     #[allow(clippy::result_large_err)]
@@ -45,10 +78,12 @@ impl ClientShared {
             Command::Send(m) | Command::Request(m, _) => queue_cost(m),
             _ => 0,
         };
-        if cost > 0 {
-            self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+        self.queued_bytes.fetch_add(cost, Ordering::Relaxed);
+        let sent = self.tx.send(cmd);
+        if sent.is_err() {
+            self.queued_bytes.fetch_sub(cost, Ordering::Relaxed);
         }
-        self.tx.send(cmd)
+        sent
     }
 }
 
@@ -209,20 +244,52 @@ impl TransportClient {
         self.shared.queued_bytes.load(Ordering::Relaxed)
     }
 
-    /// Waits until at most `limit` bytes are queued, or the connection is closed.
-    pub async fn wait_queued_at_most(&self, limit: usize) {
+    /// Waits until at most `limit` bytes are queued. Fails with the connection's failure when
+    /// it is closed, reset or failed before or while waiting.
+    pub async fn wait_queued_at_most(&self, limit: usize) -> Result<(), TransportError> {
+        let mut ended = self.shared.ended.subscribe();
         loop {
             let drained = self.shared.drained.notified();
             let mut drained = std::pin::pin!(drained);
             drained.as_mut().enable();
-            if self.queued_bytes() <= limit || !self.is_active() {
-                return;
+            if let Some(failure) = ended.borrow_and_update().clone() {
+                return Err(failure);
+            }
+            if !self.is_active() {
+                return Err(self.closed_error());
+            }
+            if self.queued_bytes() <= limit {
+                return Ok(());
             }
             tokio::select! {
                 _ = drained => {}
-                _ = self.shared.close_notify.notified() => return,
+                _ = ended.changed() => {}
             }
         }
+    }
+
+    /// Waits until the connection has ended; returns its failure (`ConnectionClosed` after a
+    /// clean close).
+    pub async fn closed(&self) -> TransportError {
+        let mut ended = self.shared.ended.subscribe();
+        let failure = match ended.wait_for(Option::is_some).await {
+            Ok(failure) => failure.clone(),
+            Err(_) => None,
+        };
+        failure.unwrap_or_else(|| self.closed_error())
+    }
+
+    /// The flush hook: writes the messages queued on this connection (a reply just answered,
+    /// say) from the calling thread, without waiting for the connection's task, when that task
+    /// is not busy. Returns true when this call wrote them (as far as the socket took them; the
+    /// task writes the rest), false when the task was busy or the connection is closed: the
+    /// task then writes them as usual. Never blocks; meant for producer threads, not for
+    /// handler callbacks running on the connection's own task (those always get false).
+    pub fn try_flush(&self) -> bool {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        self.shared.try_flush(None)
     }
 
     /// Stops reading from the socket (TCP then slows the peer down) until

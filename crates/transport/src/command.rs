@@ -29,17 +29,13 @@ pub(crate) enum Command {
 pub(crate) type CommandSender = mpsc::UnboundedSender<Command>;
 
 /// Memory a queued command takes besides the bytes it will write: its slot in the channel and the
-/// allocator's share of its body. Counting it keeps [`TransportClient::queued_bytes`](crate::TransportClient::queued_bytes) a bound on
-/// memory for tiny messages too (a million 16-byte messages take about 200 MB queued, not 60).
-const QUEUE_ENTRY_OVERHEAD: usize = std::mem::size_of::<Command>() + 16;
+/// allocator's share of its body. Counting it keeps [`TransportClient::queued_bytes`](crate::TransportClient::queued_bytes)
+/// and the connection's byte budget a bound on memory for tiny messages too (a million 16-byte
+/// messages take about 200 MB queued, not 60).
+pub(crate) const QUEUE_ENTRY_OVERHEAD: usize = std::mem::size_of::<Command>() + 16;
 
-/// The bytes a queued message counts for in [`TransportClient::queued_bytes`](crate::TransportClient::queued_bytes): its body and
-/// header and the memory of its queue entry, for the messages callers queue in bulk (requests
-/// and one-way messages).
+/// The bytes a queued message counts for in [`TransportClient::queued_bytes`](crate::TransportClient::queued_bytes)
+/// and in the connection's byte budget: its frame and the memory of its queue entry.
 pub(crate) fn queue_cost(msg: &Message) -> usize {
-    match msg {
-        Message::RpcRequest { body, .. } => body.len() + 21 + QUEUE_ENTRY_OVERHEAD,
-        Message::OneWayMessage { body } => body.len() + 13 + QUEUE_ENTRY_OVERHEAD,
-        _ => 0,
-    }
+    msg.wire_len() + QUEUE_ENTRY_OVERHEAD
 }

@@ -50,6 +50,18 @@ pub struct TransportConf {
     pub receive_buffer: Option<usize>,
     /// SO_SNDBUF (`spark.<module>.io.sendBuffer`), `None` = OS default.
     pub send_buffer: Option<usize>,
+    /// The byte budget of one connection (`rpc.io.maxQueuedBytesPerConnection`, 16 MiB): frames
+    /// queued towards the peer plus what was read from it and not yet done with (unanswered
+    /// requests, unread stream pieces). Over it the connection stops reading from the peer until
+    /// the count falls under half. 0 = no budget.
+    pub max_queued_bytes_per_connection: usize,
+    /// Time an accepted connection has to complete its first frame (`rpc.io.handshakeTimeout`,
+    /// 10 s); with authentication on, the handshake is held to it too. `None` = unlimited.
+    pub handshake_timeout: Option<Duration>,
+    /// Most connections a server keeps open (`rpc.io.maxInboundConnections`, 0 = no cap). At the
+    /// cap, or out of file descriptors, the server sheds the connection stalled longest without
+    /// completing a frame, and otherwise waits before accepting more.
+    pub max_inbound_connections: usize,
 }
 
 impl Default for TransportConf {
@@ -71,6 +83,9 @@ impl Default for TransportConf {
             backlog: 1024,
             receive_buffer: None,
             send_buffer: None,
+            max_queued_bytes_per_connection: 16 << 20,
+            handshake_timeout: Some(Duration::from_secs(10)),
+            max_inbound_connections: 0,
         }
     }
 }

@@ -1,29 +1,35 @@
 //! One connection: a single task that owns the socket, reads and decodes frames, dispatches
 //! requests to the handler and responses to the [`ResponseRouter`], and writes queued frames in
-//! batches. Callers never touch the socket: they push [`Command`]s on an unbounded channel.
+//! batches. Callers never touch the socket: they push [`Command`]s on a channel.
+//!
+//! The decisions are taken by socket-free parts, which this task drives: the byte budget
+//! ([`ReadGate`]: stop reading from a peer the process holds too much for), the deadlines
+//! ([`Deadlines`]: idle, no first frame, stalled frame), the frame decoder and the response router.
 
 use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, Notify};
-use tokio::time::{Instant, Sleep};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Sleep;
 use tracing::Instrument;
 
-use crate::client::{ClientShared, TransportClient};
+use crate::budget::{Inbound, ReadGate};
+use crate::client::{ClientShared, Flush, TransportClient};
 use crate::codec::{WriteQueue, MAX_IO_SLICES};
-use crate::command::{queue_cost, Command, PendingKind};
+use crate::command::{queue_cost, Command, PendingKind, QUEUE_ENTRY_OVERHEAD};
 use crate::conf::TransportConf;
 use crate::error::TransportError;
 use crate::frame::{Decoded, FrameDecoder};
 use crate::handler::{guarded, RpcHandler, RpcResponder};
+use crate::liveness::{Activity, Dead, Deadlines, Verdict};
 use crate::message::Message;
 use crate::response::ResponseRouter;
 
@@ -39,6 +45,8 @@ const READ_CHUNK: usize = 64 * 1024;
 /// worker first): tasks woken by the same batch of replies, or a message loop still answering a
 /// batch of requests, then add their messages, and many leave in one write instead of one each.
 const COALESCE_BELOW: usize = 64 * 1024;
+/// How long a closing connection keeps writing what is queued, and waits for its shutdown.
+const LINGER: Duration = Duration::from_secs(1);
 
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -67,6 +75,8 @@ where
 {
     let (tx, rx) = mpsc::unbounded_channel();
     let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+    let now = Instant::now();
+    let inbound = Arc::new(Inbound::default());
     let shared = Arc::new(ClientShared {
         id,
         local,
@@ -75,22 +85,30 @@ where
         next_request_id: AtomicU64::new(u64::from(rand::random::<u32>())),
         closed: AtomicBool::new(false),
         close_notify: Notify::new(),
+        ended: watch::Sender::new(None),
         queued_bytes: AtomicUsize::new(0),
+        inbound: inbound.clone(),
+        opened: now,
+        frame_seen: AtomicBool::new(false),
         drained: Notify::new(),
         read_paused: AtomicBool::new(false),
         read_waker: std::sync::Mutex::new(None),
+        flush: OnceLock::new(),
     });
     let client = TransportClient { shared };
-    let now = Instant::now();
-    let idle = conf
-        .connection_timeout
-        .filter(|t| !t.is_zero())
-        .map(|t| IdleTimer {
-            timeout: t,
-            setting: conf.connection_timeout_key(),
-            close_idle: conf.close_idle_connections,
-            sleep: Box::pin(tokio::time::sleep_until(now + t)),
-        });
+    let deadlines = Deadlines {
+        connection_timeout: conf.connection_timeout.filter(|t| !t.is_zero()),
+        close_idle: conf.close_idle_connections,
+        first_frame: match side {
+            Side::Server => conf.handshake_timeout.filter(|t| !t.is_zero()),
+            Side::Client => None,
+        },
+    };
+    let activity = Activity::new(now);
+    let timer = match deadlines.check(now, &activity) {
+        Verdict::RecheckAt(Some(at)) => Some(Box::pin(tokio::time::sleep_until(at.into()))),
+        _ => None,
+    };
     let conn = Connection {
         io,
         peer: remote,
@@ -101,58 +119,25 @@ where
         rbuf: BytesMut::with_capacity(READ_CHUNK),
         decoder: FrameDecoder::new(conf.max_frame_size),
         out: WriteQueue::new(),
-        router: ResponseRouter::new(remote),
+        router: ResponseRouter::with_inbound(remote, inbound),
         upload: None,
         max_upload: conf.max_frame_size,
-        idle,
-        last_io: now,
-        last_request: now,
+        gate: ReadGate::new(conf.max_queued_bytes_per_connection),
+        deadlines,
+        activity,
+        timer,
+        module: conf.module.clone(),
+        requested: false,
         needs_flush: false,
         write_deferred: false,
+        waker: None,
     };
+    let conn = Arc::new(Mutex::new(conn));
+    let flush: Weak<dyn Flush> = Arc::downgrade(&conn) as Weak<dyn Flush>;
+    let _ = client.shared.flush.set(flush);
     let span = tracing::info_span!("connection", id, peer = %remote, local = %local, side = ?side);
-    tokio::spawn(conn.run(on_exit).instrument(span));
+    tokio::spawn(Connection::run(conn, on_exit).instrument(span));
     client
-}
-
-struct IdleTimer {
-    timeout: Duration,
-    setting: String,
-    close_idle: bool,
-    sleep: Pin<Box<Sleep>>,
-}
-
-/// The decision taken when the idle timer fires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum IdleVerdict {
-    /// Close the connection: it was quiet for this long with requests outstanding (or idle
-    /// connections are to be closed).
-    Close(Duration),
-    /// Check again at this instant.
-    RecheckAt(Instant),
-}
-
-/// Spark's rule (TransportChannelHandler): the connection is overdue when there was no read or
-/// write for `timeout` and the last request is older than `timeout`; it is then closed if
-/// requests are outstanding (or if idle connections are to be closed).
-pub(crate) fn idle_verdict(
-    now: Instant,
-    last_io: Instant,
-    last_request: Instant,
-    outstanding: usize,
-    timeout: Duration,
-    close_idle: bool,
-) -> IdleVerdict {
-    let latest = last_io.max(last_request);
-    let overdue_at = latest + timeout;
-    if now >= overdue_at && (outstanding > 0 || close_idle) {
-        return IdleVerdict::Close(now - latest);
-    }
-    if now >= overdue_at {
-        IdleVerdict::RecheckAt(now + timeout)
-    } else {
-        IdleVerdict::RecheckAt(overdue_at)
-    }
 }
 
 struct Upload {
@@ -174,22 +159,55 @@ struct Connection<S> {
     router: ResponseRouter,
     upload: Option<Upload>,
     max_upload: usize,
-    idle: Option<IdleTimer>,
-    last_io: Instant,
-    last_request: Instant,
+    /// Stops reading while the process holds too much for this peer.
+    gate: ReadGate,
+    deadlines: Deadlines,
+    activity: Activity,
+    /// Fires when `deadlines` are to be checked again.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// Spark's module name, for the setting names in errors.
+    module: String,
+    /// A request was queued since the last look at the clock.
+    requested: bool,
     needs_flush: bool,
     /// The write of what is queued was put off once, to let other tasks add to it.
     write_deferred: bool,
+    /// The task, for the flush hook to wake when it leaves work behind.
+    waker: Option<Waker>,
+}
+
+fn lock<S>(conn: &Mutex<Connection<S>>) -> MutexGuard<'_, Connection<S>> {
+    conn.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The flush hook: a producer thread that just queued messages writes them itself when the
+/// connection's task is not busy (it holds the connection while it runs); otherwise the task
+/// writes them as usual.
+impl<S> Flush for Mutex<Connection<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn try_flush(&self, msg: Option<&Message>) -> bool {
+        match self.try_lock() {
+            Ok(mut conn) => {
+                conn.flush_now(msg);
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    async fn run(mut self, on_exit: Option<OnExit>) {
+    async fn run(conn: Arc<Mutex<Self>>, on_exit: Option<OnExit>) {
         tracing::debug!("connection active");
-        let client = self.client.clone();
-        let handler = self.handler.clone();
+        let (client, handler, peer) = {
+            let c = lock(&conn);
+            (c.client.clone(), c.handler.clone(), c.peer)
+        };
         if let Err(panic) = guarded(|| handler.channel_active(&client)) {
             tracing::error!(%panic, "channel_active panicked");
         }
@@ -197,26 +215,23 @@ where
         let result = tokio::select! {
             biased;
             _ = shared.close_notify.notified() => Ok(()),
-            r = poll_fn(|cx| self.poll_run(cx)) => r,
+            r = poll_fn(|cx| lock(&conn).poll_run(cx)) => r,
         };
+        if result.is_ok() {
+            // A clean close: what is queued (a failure answer, say) still goes out first, for
+            // a short while, unless the peer does not read.
+            let flushed = poll_fn(|cx| lock(&conn).poll_write_all(cx));
+            let _ = tokio::time::timeout(LINGER, flushed).await;
+        }
         shared.closed.store(true, Ordering::SeqCst);
-        self.rx.close();
         let failure = match &result {
-            Ok(()) => TransportError::ConnectionClosed { peer: self.peer },
+            Ok(()) => TransportError::ConnectionClosed { peer },
             Err(e) => e.clone(),
         };
-        // Requests still queued were never sent: fail them together with the outstanding ones.
-        while let Ok(cmd) = self.rx.try_recv() {
-            if let Command::Request(_, pending) = cmd {
-                match pending {
-                    PendingKind::Rpc(id, p) => self.router.add_rpc(id, p),
-                    PendingKind::Chunk(c, r) => self.router.add_chunk(c, r),
-                    PendingKind::Stream(s, r) => self.router.add_stream(s, r),
-                }
-            }
-        }
-        let outstanding = self.router.outstanding();
-        self.router.fail_all(&failure);
+        let outstanding = lock(&conn).fail_everything(&failure);
+        // Every waiter of this connection (queue room, close) wakes with its failure.
+        shared.ended.send_replace(Some(failure));
+        shared.drained.notify_waiters();
         match &result {
             Ok(()) => tracing::debug!(outstanding, "connection closed"),
             Err(e) => {
@@ -233,22 +248,154 @@ where
         if let Err(panic) = guarded(|| handler.channel_inactive(&client)) {
             tracing::error!(%panic, "channel_inactive panicked");
         }
+        // Shut down the write side first so a peer sees EOF promptly even if it holds a
+        // half-read buffer; then the socket is dropped (closed) before the exit hook runs, so a
+        // server that waits for its connections has released their descriptors. (A producer
+        // in the flush hook at this instant holds the connection a moment longer.)
+        let shutdown = poll_fn(|cx| Pin::new(&mut lock(&conn).io).poll_shutdown(cx));
+        let _ = tokio::time::timeout(LINGER, shutdown).await;
+        drop(conn);
         if let Some(f) = on_exit {
             f(&client);
         }
-        // Dropping the socket closes it. Shut down the write side first so a peer sees EOF
-        // promptly even if it holds a half-read buffer.
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio::io::AsyncWriteExt::shutdown(&mut self.io),
-        )
-        .await;
+    }
+
+    /// Fails the requests still queued (never sent) and the outstanding ones; returns how many
+    /// were outstanding.
+    fn fail_everything(&mut self, failure: &TransportError) -> usize {
+        self.rx.close();
+        while let Ok(cmd) = self.rx.try_recv() {
+            if let Command::Request(_, pending) = cmd {
+                match pending {
+                    PendingKind::Rpc(id, p) => self.router.add_rpc(id, p),
+                    PendingKind::Chunk(c, r) => self.router.add_chunk(c, r),
+                    PendingKind::Stream(s, r) => self.router.add_stream(s, r),
+                }
+            }
+        }
+        let outstanding = self.router.outstanding();
+        self.router.fail_all(failure);
+        outstanding
+    }
+
+    /// The flush hook's work, on a producer's thread: takes the queued commands and writes
+    /// what it can without waiting. Registers no waker of its own; when something is left
+    /// (the socket is full) the task is woken to carry on.
+    fn flush_now(&mut self, msg: Option<&Message>) {
+        let mut taken = 0;
+        while let Ok(cmd) = self.rx.try_recv() {
+            if let Command::Send(m) | Command::Request(m, _) = &cmd {
+                taken += queue_cost(m);
+            }
+            self.on_command(cmd);
+        }
+        if taken > 0 {
+            let shared = &self.client.shared;
+            shared.queued_bytes.fetch_sub(taken, Ordering::Relaxed);
+            shared.drained.notify_waiters();
+        }
+        if let Some(msg) = msg {
+            self.out.push(msg);
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let wrote = self.poll_write(&mut cx);
+        if wrote.is_err() || !self.out.is_empty() || self.needs_flush {
+            // Left for the task (which also meets the error again and closes).
+            if let Some(w) = &self.waker {
+                w.wake_by_ref();
+            }
+        }
+    }
+
+    /// Writes what is queued until nothing is left.
+    fn poll_write_all(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        self.write_deferred = true;
+        loop {
+            match self.poll_write(cx)? {
+                _ if self.out.is_empty() && !self.needs_flush => return Poll::Ready(Ok(())),
+                true => continue,
+                false => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Writes queued bytes until the socket is full or nothing is queued; flushes after.
+    /// Returns whether it made progress.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<bool, TransportError> {
+        let mut progress = false;
+        while !self.out.is_empty() {
+            self.out
+                .pull()
+                .map_err(|e| TransportError::io(self.peer, e))?;
+            let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
+            let n = self.out.fill_slices(&mut slices);
+            match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Ready(Ok(0)) => {
+                    return Err(TransportError::io(
+                        self.peer,
+                        std::io::ErrorKind::WriteZero.into(),
+                    ))
+                }
+                Poll::Ready(Ok(written)) => {
+                    self.out.advance(written);
+                    self.write_deferred = false;
+                    self.needs_flush = true;
+                    progress = true;
+                }
+                Poll::Ready(Err(e)) => return Err(TransportError::io(self.peer, e)),
+                Poll::Pending => break,
+            }
+        }
+        if self.out.is_empty() && self.needs_flush {
+            match Pin::new(&mut self.io).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.needs_flush = false,
+                Poll::Ready(Err(e)) => return Err(TransportError::io(self.peer, e)),
+                Poll::Pending => {}
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Bytes the process holds for this peer (the byte budget's count).
+    fn held(&self) -> usize {
+        let shared = &self.client.shared;
+        shared.queued_bytes.load(Ordering::Relaxed) + shared.inbound.held() + self.out.len()
+    }
+
+    /// Whether reading stops for the byte budget; if so, the task waits for releases.
+    fn over_budget(&mut self, cx: &mut Context<'_>) -> bool {
+        let was = self.gate.is_paused();
+        let inbound = &self.client.shared.inbound;
+        if self.gate.update(self.held()) {
+            inbound.park(cx.waker());
+            // Released between the count and the parking: look again.
+            if !self.gate.update(self.held()) {
+                inbound.unpark();
+                return false;
+            }
+            if !was {
+                tracing::debug!(
+                    held = self.held(),
+                    "reading paused: over the byte budget (rpc.io.maxQueuedBytesPerConnection)"
+                );
+            }
+            return true;
+        }
+        if was {
+            inbound.unpark();
+            tracing::debug!("reading resumed: under half the byte budget");
+        }
+        false
     }
 
     fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.waker = Some(cx.waker().clone());
+        }
         loop {
             let mut progress = false;
             let mut io_progress = false;
+            let mut read_progress = false;
 
             // 1. Take queued commands (encode them into the write queue).
             while self.out.len() < WRITE_HIGH_WATER {
@@ -265,11 +412,9 @@ where
                             self.on_command(cmd);
                         }
                         self.cmds = cmds;
-                        if taken > 0 {
-                            let shared = &self.client.shared;
-                            shared.queued_bytes.fetch_sub(taken, Ordering::Relaxed);
-                            shared.drained.notify_waiters();
-                        }
+                        let shared = &self.client.shared;
+                        shared.queued_bytes.fetch_sub(taken, Ordering::Relaxed);
+                        shared.drained.notify_waiters();
                     }
                     Poll::Pending => break,
                 }
@@ -280,42 +425,19 @@ where
                 !self.out.is_empty() && !self.write_deferred && self.out.len() < COALESCE_BELOW;
             if defer {
                 self.write_deferred = true;
-            }
-            while !defer && !self.out.is_empty() {
-                let mut slices = [IoSlice::new(&[]); MAX_IO_SLICES];
-                let n = self.out.fill_slices(&mut slices);
-                match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(TransportError::io(
-                            self.peer,
-                            std::io::ErrorKind::WriteZero.into(),
-                        )))
+            } else {
+                match self.poll_write(cx) {
+                    Ok(wrote) => {
+                        progress |= wrote;
+                        io_progress |= wrote;
                     }
-                    Poll::Ready(Ok(written)) => {
-                        self.out.advance(written);
-                        self.write_deferred = false;
-                        self.needs_flush = true;
-                        progress = true;
-                        io_progress = true;
-                    }
-                    Poll::Ready(Err(e)) => {
-                        return Poll::Ready(Err(TransportError::io(self.peer, e)))
-                    }
-                    Poll::Pending => break,
-                }
-            }
-            if self.out.is_empty() && self.needs_flush {
-                match Pin::new(&mut self.io).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => self.needs_flush = false,
-                    Poll::Ready(Err(e)) => {
-                        return Poll::Ready(Err(TransportError::io(self.peer, e)))
-                    }
-                    Poll::Pending => {}
+                    Err(e) => return Poll::Ready(Err(e)),
                 }
             }
 
-            // 3. Read and dispatch, unless the handler's side paused reading (backpressure).
-            let paused = self.read_paused(cx);
+            // 3. Read and dispatch, unless the handler's side paused reading (backpressure) or
+            //    the process holds too much for this peer (the byte budget).
+            let paused = self.read_paused(cx) || self.over_budget(cx);
             for _ in 0..if paused { 0 } else { 4 } {
                 let want = self.decoder.reserve_hint(&self.rbuf).max(READ_MIN_SPARE);
                 if self.rbuf.capacity() - self.rbuf.len() < want {
@@ -334,8 +456,12 @@ where
                     Poll::Ready(Ok(_)) => {
                         progress = true;
                         io_progress = true;
+                        read_progress = true;
                         if let Err(e) = self.decode_all() {
                             return Poll::Ready(Err(e));
+                        }
+                        if self.over_budget(cx) {
+                            break;
                         }
                     }
                     Poll::Ready(Err(e)) => {
@@ -345,8 +471,18 @@ where
                 }
             }
 
-            if io_progress && self.idle.is_some() {
-                self.last_io = Instant::now();
+            if self.timer.is_some() && (io_progress || self.requested) {
+                let now = Instant::now();
+                if io_progress {
+                    self.activity.last_io = now;
+                }
+                if read_progress {
+                    self.activity.last_read = now;
+                }
+                if self.requested {
+                    self.activity.last_request = now;
+                    self.requested = false;
+                }
             }
             if defer {
                 // Back of the run queue (a woken idle worker may take the task meanwhile): the
@@ -358,32 +494,44 @@ where
                 continue;
             }
 
-            // 4. Nothing to do: check the idle timer, then sleep until woken.
-            if let Some(idle) = &mut self.idle {
-                if idle.sleep.as_mut().poll(cx).is_ready() {
-                    match idle_verdict(
-                        Instant::now(),
-                        self.last_io,
-                        self.last_request,
-                        self.router.outstanding() + usize::from(self.upload.is_some()),
-                        idle.timeout,
-                        idle.close_idle,
-                    ) {
-                        IdleVerdict::Close(quiet) => {
-                            return Poll::Ready(Err(TransportError::IdleTimeout {
-                                peer: self.peer,
-                                idle: quiet,
-                                setting: idle.setting.clone(),
-                            }))
-                        }
-                        IdleVerdict::RecheckAt(at) => {
-                            idle.sleep.as_mut().reset(at);
+            // 4. Nothing to do: check the deadlines, then sleep until woken.
+            if let Some(timer) = &mut self.timer {
+                if timer.as_mut().poll(cx).is_ready() {
+                    self.activity.outstanding =
+                        self.router.outstanding() + usize::from(self.upload.is_some());
+                    self.activity.mid_frame = !self.rbuf.is_empty() || self.decoder.in_raw_body();
+                    match self.deadlines.check(Instant::now(), &self.activity) {
+                        Verdict::Close(dead) => return Poll::Ready(Err(self.dead_error(dead))),
+                        Verdict::RecheckAt(Some(at)) => {
+                            timer.as_mut().reset(at.into());
                             continue;
                         }
+                        Verdict::RecheckAt(None) => self.timer = None,
                     }
                 }
             }
             return Poll::Pending;
+        }
+    }
+
+    fn dead_error(&self, dead: Dead) -> TransportError {
+        let key = |name: &str| format!("spark.{}.io.{name}", self.module);
+        match dead {
+            Dead::Idle(quiet) => TransportError::IdleTimeout {
+                peer: self.peer,
+                idle: quiet,
+                setting: key("connectionTimeout"),
+            },
+            Dead::NoFirstFrame(after) => TransportError::HandshakeTimeout {
+                peer: self.peer,
+                after,
+                setting: key("handshakeTimeout"),
+            },
+            Dead::StalledFrame(quiet) => TransportError::StalledFrame {
+                peer: self.peer,
+                quiet,
+                setting: key("connectionTimeout"),
+            },
         }
     }
 
@@ -408,9 +556,7 @@ where
                     PendingKind::Stream(s, r) => self.router.add_stream(s, r),
                 }
                 self.out.push(&msg);
-                if self.idle.is_some() {
-                    self.last_request = Instant::now();
-                }
+                self.requested = true;
             }
             Command::CancelRpc(id) => {
                 if self.router.remove_rpc(id) {
@@ -436,7 +582,13 @@ where
                 }
             };
             match item {
-                Decoded::Message(msg) => self.on_message(msg)?,
+                Decoded::Message(msg) => {
+                    if !self.activity.frame_seen {
+                        self.activity.frame_seen = true;
+                        self.client.shared.frame_seen.store(true, Ordering::Release);
+                    }
+                    self.on_message(msg)?
+                }
                 Decoded::Body { data, last } => self.on_body(data, last),
             }
         }
@@ -462,11 +614,19 @@ where
     }
 
     fn deliver_upload(&mut self, request_id: i64, meta: Bytes, body: Bytes) {
-        let responder = RpcResponder::new(self.client.shared.tx.clone(), request_id, self.peer);
+        let responder = self.responder(request_id, meta.len() + body.len());
         let (handler, client) = (&self.handler, &self.client);
         if let Err(panic) = guarded(|| handler.receive_stream(client, meta, body, responder)) {
             tracing::warn!(request_id, %panic, "upload handler panicked");
         }
+    }
+
+    /// The responder of a request of `len` bytes, which count in the byte budget until answered.
+    fn responder(&self, request_id: i64, len: usize) -> RpcResponder {
+        let cost = len + QUEUE_ENTRY_OVERHEAD;
+        let shared = &self.client.shared;
+        shared.inbound.add(cost);
+        RpcResponder::new(shared.clone(), request_id, cost)
     }
 
     fn on_message(&mut self, msg: Message) -> Result<(), TransportError> {
@@ -477,7 +637,7 @@ where
         let (handler, client) = (&self.handler, &self.client);
         match msg {
             Message::RpcRequest { request_id, body } => {
-                let responder = RpcResponder::new(client.shared.tx.clone(), request_id, self.peer);
+                let responder = self.responder(request_id, body.len());
                 if let Err(panic) = guarded(|| handler.receive(client, body, responder)) {
                     tracing::warn!(request_id, %panic, "RPC handler panicked; answered RpcFailure");
                 }
@@ -488,24 +648,34 @@ where
                 }
             }
             Message::StreamRequest { stream_id } => {
-                let reply = match guarded(|| handler.open_stream(client, &stream_id)) {
-                    Ok(Ok(body)) => Message::StreamResponse {
-                        byte_count: body.len() as u64,
-                        stream_id,
-                        body,
-                    },
-                    Ok(Err(error)) | Err(error) => Message::StreamFailure { stream_id, error },
-                };
-                self.out.push(&reply);
+                match guarded(|| handler.open_stream_body(client, &stream_id)) {
+                    Ok(Ok(body)) => {
+                        let header = Message::StreamResponse {
+                            byte_count: body.len(),
+                            stream_id,
+                            body: Bytes::new(),
+                        };
+                        self.out.push_reply(&header, body);
+                    }
+                    Ok(Err(error)) | Err(error) => {
+                        self.out.push(&Message::StreamFailure { stream_id, error })
+                    }
+                }
             }
             Message::ChunkFetchRequest { chunk } => {
-                let reply =
-                    match guarded(|| handler.get_chunk(client, chunk.stream_id, chunk.chunk_index))
-                    {
-                        Ok(Ok(body)) => Message::ChunkFetchSuccess { chunk, body },
-                        Ok(Err(error)) | Err(error) => Message::ChunkFetchFailure { chunk, error },
-                    };
-                self.out.push(&reply);
+                let (stream_id, index) = (chunk.stream_id, chunk.chunk_index);
+                match guarded(|| handler.get_chunk_body(client, stream_id, index)) {
+                    Ok(Ok(body)) => {
+                        let header = Message::ChunkFetchSuccess {
+                            chunk,
+                            body: Bytes::new(),
+                        };
+                        self.out.push_reply(&header, body);
+                    }
+                    Ok(Err(error)) | Err(error) => {
+                        self.out.push(&Message::ChunkFetchFailure { chunk, error })
+                    }
+                }
             }
             Message::UploadStream {
                 request_id,
@@ -562,42 +732,5 @@ where
             _ => unreachable!("responses are routed above"),
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn idle_verdict_follows_sparks_rule() {
-        let t0 = Instant::now();
-        let timeout = Duration::from_secs(10);
-        let s = Duration::from_secs;
-        // Quiet long enough with outstanding requests: close.
-        assert_eq!(
-            idle_verdict(t0 + s(10), t0, t0, 1, timeout, false),
-            IdleVerdict::Close(s(10))
-        );
-        // Nothing outstanding: keep, check a timeout later.
-        assert_eq!(
-            idle_verdict(t0 + s(10), t0, t0, 0, timeout, false),
-            IdleVerdict::RecheckAt(t0 + s(20))
-        );
-        // ... unless idle connections are closed.
-        assert_eq!(
-            idle_verdict(t0 + s(10), t0, t0, 0, timeout, true),
-            IdleVerdict::Close(s(10))
-        );
-        // Recent IO: recheck when it becomes overdue.
-        assert_eq!(
-            idle_verdict(t0 + s(10), t0 + s(5), t0, 3, timeout, false),
-            IdleVerdict::RecheckAt(t0 + s(15))
-        );
-        // A recent request restarts the clock (furtherRequestsDelay).
-        assert_eq!(
-            idle_verdict(t0 + s(10), t0, t0 + s(8), 3, timeout, false),
-            IdleVerdict::RecheckAt(t0 + s(18))
-        );
     }
 }

@@ -109,6 +109,47 @@ pub enum TransportError {
         setting: String,
     },
 
+    /// An accepted connection did not complete its first frame (or, with authentication on, its
+    /// handshake) in time; it was closed.
+    #[error(
+        "Connection from {peer} completed no frame within {} ms; closed (the limit is set by {setting})",
+        after.as_millis()
+    )]
+    HandshakeTimeout {
+        /// The peer.
+        peer: SocketAddr,
+        /// How long the connection had been open.
+        after: Duration,
+        /// The setting that controls the limit.
+        setting: String,
+    },
+
+    /// Part of a frame arrived, then nothing for the connection timeout; the connection was
+    /// closed.
+    #[error(
+        "Connection from {peer} sent part of a frame and then nothing for {} ms; closed (the limit is set by {setting})",
+        quiet.as_millis()
+    )]
+    StalledFrame {
+        /// The peer.
+        peer: SocketAddr,
+        /// How long nothing arrived.
+        quiet: Duration,
+        /// The setting that controls the limit.
+        setting: String,
+    },
+
+    /// A stream announced more bytes than the reader accepts whole.
+    #[error("Stream '{stream_id}' announces {len} bytes, more than the {limit} bytes this reader collects")]
+    StreamTooLarge {
+        /// The stream id.
+        stream_id: String,
+        /// The announced length.
+        len: u64,
+        /// The caller's limit.
+        limit: u64,
+    },
+
     /// Connecting took longer than the connect timeout.
     #[error("Connecting to {addr} timed out ({} ms)", timeout.as_millis())]
     ConnectTimeout {

@@ -114,8 +114,14 @@ impl TransportClientFactory {
         let addr = self.open_addr(host, port)?;
         let pool = {
             let mut pools = self.inner.pools.lock().expect("pool lock");
+            let key = (host.to_string(), port);
+            if !pools.contains_key(&key) {
+                // A new peer: forget the ones whose connections are all gone first, so that the
+                // map does not keep an entry for every peer ever seen.
+                pools.retain(|_, p| !p.is_unused(&self.inner.conf));
+            }
             pools
-                .entry((host.to_string(), port))
+                .entry(key)
                 .or_insert_with(|| {
                     Arc::new(PeerPool {
                         slots: (0..self.inner.conf.num_connections_per_peer.max(1))
@@ -235,6 +241,12 @@ impl TransportClientFactory {
         Ok(client)
     }
 
+    /// Peers with an entry in the pool. Entries whose connections are all gone (and whose
+    /// fast-fail window has passed) are dropped when an entry for a new peer is made.
+    pub fn pooled_peers(&self) -> usize {
+        self.inner.pools.lock().expect("pool lock").len()
+    }
+
     /// Close every pooled connection; later `create_client` calls fail.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
@@ -253,6 +265,22 @@ impl TransportClientFactory {
                 }
             }
         }
+    }
+}
+
+impl PeerPool {
+    /// No active or connecting connection, and no failure whose fast-fail window is still open:
+    /// the entry can be dropped (a later `create_client` makes a new one).
+    fn is_unused(&self, conf: &TransportConf) -> bool {
+        let idle = self
+            .slots
+            .iter()
+            .all(|s| active(s).is_none() && s.connecting.try_lock().is_ok());
+        let f = self.failures.lock().expect("failure lock");
+        let failing = f
+            .last
+            .is_some_and(|last| last.elapsed() < conf.fast_fail_window(f.consecutive));
+        idle && !failing
     }
 }
 

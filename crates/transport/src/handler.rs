@@ -4,11 +4,13 @@ use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::client::TransportClient;
-use crate::command::{Command, CommandSender};
+use crate::body::ReplyBody;
+use crate::client::{ClientShared, TransportClient};
+use crate::command::Command;
 use crate::error::TransportError;
 use crate::message::Message;
 
@@ -48,6 +50,16 @@ pub trait RpcHandler: Send + Sync + 'static {
         Err(format!("Stream '{stream_id}' was not found."))
     }
 
+    /// A StreamRequest answered with a body written in bounded pieces (a file region, generated
+    /// data; see [`ReplyBody`]). The default answers [`open_stream`](Self::open_stream).
+    fn open_stream_body(
+        &self,
+        client: &TransportClient,
+        stream_id: &str,
+    ) -> Result<ReplyBody, String> {
+        self.open_stream(client, stream_id).map(ReplyBody::Bytes)
+    }
+
     /// A ChunkFetchRequest: the chunk's bytes, or an error text sent as ChunkFetchFailure.
     fn get_chunk(
         &self,
@@ -57,6 +69,18 @@ pub trait RpcHandler: Send + Sync + 'static {
     ) -> Result<Bytes, String> {
         let _ = (client, stream_id, chunk_index);
         Err("Chunk was not found".to_string())
+    }
+
+    /// A ChunkFetchRequest answered with a body written in bounded pieces. The default answers
+    /// [`get_chunk`](Self::get_chunk).
+    fn get_chunk_body(
+        &self,
+        client: &TransportClient,
+        stream_id: i64,
+        chunk_index: i32,
+    ) -> Result<ReplyBody, String> {
+        self.get_chunk(client, stream_id, chunk_index)
+            .map(ReplyBody::Bytes)
     }
 
     /// A MergedBlockMetaRequest: `(num_chunks, bitmaps)` or an error text sent as RpcFailure.
@@ -101,17 +125,27 @@ impl RpcHandler for NoOpRpcHandler {
 }
 
 /// The answer slot of one RpcRequest (or UploadStream). `Send + 'static`: it can be moved to
-/// another thread and answered later. Dropping it unanswered sends an RpcFailure.
+/// another thread and answered later. Dropping it unanswered sends an RpcFailure. Until it is
+/// answered, the request's bytes count in its connection's byte budget.
 #[derive(Debug)]
 pub struct RpcResponder {
     inner: Option<ResponderInner>,
 }
 
-#[derive(Debug)]
 struct ResponderInner {
-    tx: CommandSender,
+    shared: Arc<ClientShared>,
     request_id: i64,
-    peer: SocketAddr,
+    /// What the request counts for in the connection's byte budget until answered.
+    cost: usize,
+}
+
+impl std::fmt::Debug for ResponderInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponderInner")
+            .field("peer", &self.shared.remote)
+            .field("request_id", &self.request_id)
+            .finish()
+    }
 }
 
 thread_local! {
@@ -125,12 +159,14 @@ thread_local! {
 }
 
 impl RpcResponder {
-    pub(crate) fn new(tx: CommandSender, request_id: i64, peer: SocketAddr) -> Self {
+    /// The responder of a request that counts `cost` bytes in the connection's budget (already
+    /// added by the caller; released when answered).
+    pub(crate) fn new(shared: Arc<ClientShared>, request_id: i64, cost: usize) -> Self {
         RpcResponder {
             inner: Some(ResponderInner {
-                tx,
+                shared,
                 request_id,
-                peer,
+                cost,
             }),
         }
     }
@@ -142,7 +178,7 @@ impl RpcResponder {
 
     /// The requester's address.
     pub fn peer(&self) -> Option<SocketAddr> {
-        self.inner.as_ref().map(|i| i.peer)
+        self.inner.as_ref().map(|i| i.shared.remote)
     }
 
     /// Answer with an RpcResponse carrying `body`.
@@ -152,6 +188,29 @@ impl RpcResponder {
                 request_id: inner.request_id,
                 body,
             });
+        }
+    }
+
+    /// Answer with an RpcResponse carrying `body`, written from this thread when the
+    /// connection's task is not busy (the flush hook, see [`TransportClient::try_flush`]): no
+    /// hand-off to the task and no wake-up of it. When the task is busy the answer is queued
+    /// for it, as [`respond`](Self::respond). For producer threads; on the connection's own
+    /// task (inside a handler callback) it is `respond`. Returns true when this thread wrote
+    /// the answer.
+    pub fn respond_now(mut self, body: Bytes) -> bool {
+        let Some(inner) = self.inner.take() else {
+            return false;
+        };
+        let msg = Message::RpcResponse {
+            request_id: inner.request_id,
+            body,
+        };
+        if inner.shared.try_flush(Some(&msg)) {
+            inner.shared.inbound.release(inner.cost);
+            true
+        } else {
+            inner.send(msg);
+            false
         }
     }
 
@@ -168,9 +227,10 @@ impl RpcResponder {
 
 impl ResponderInner {
     fn send(&self, msg: Message) {
-        if self.tx.send(Command::Send(msg)).is_err() {
-            tracing::debug!(peer = %self.peer, request_id = self.request_id, "response dropped: connection closed");
+        if self.shared.enqueue(Command::Send(msg)).is_err() {
+            tracing::debug!(peer = %self.shared.remote, request_id = self.request_id, "response dropped: connection closed");
         }
+        self.shared.inbound.release(self.cost);
     }
 }
 

@@ -26,7 +26,9 @@
 //!    `bootstrap`, `auth`, `tls`.
 
 pub mod auth;
+mod body;
 mod bootstrap;
+mod budget;
 mod client;
 mod codec;
 mod command;
@@ -36,6 +38,7 @@ mod error;
 mod factory;
 pub mod frame;
 mod handler;
+mod liveness;
 pub mod message;
 mod response;
 mod server;
@@ -45,6 +48,7 @@ pub mod tls;
 pub use auth::{
     AuthCipher, AuthClientBootstrap, AuthConf, AuthServerBootstrap, AuthVersion, Secret,
 };
+pub use body::{BodySource, FileRegion, ReplyBody, BODY_PIECE};
 pub use bootstrap::{AsyncIo, BootstrapFuture, BoxedIo, ClientBootstrap, ServerBootstrap};
 pub use client::{ResponseFuture, RpcFuture, TransportClient};
 pub use codec::WriteQueue;

@@ -280,8 +280,13 @@ impl Message {
 
     /// Write the length field, type byte and header fields (not the body).
     pub fn encode_header(&self, dst: &mut BytesMut) {
+        self.encode_header_for_body(self.body().map_or(0, Bytes::len), dst);
+    }
+
+    /// As [`Message::encode_header`], for a body of `body_len` bytes that is not in `self` (a
+    /// reply body written in pieces after the header).
+    pub(crate) fn encode_header_for_body(&self, body_len: usize, dst: &mut BytesMut) {
         let header_len = self.header_len();
-        let body_len = self.body().map_or(0, Bytes::len);
         let frame_len =
             LENGTH_FIELD + 1 + header_len + if self.body_in_frame() { body_len } else { 0 };
         dst.reserve(LENGTH_FIELD + 1 + header_len);
@@ -297,37 +302,31 @@ impl Message {
                 dst.put_i32(chunk.chunk_index);
                 put_string(dst, error);
             }
-            Message::RpcRequest { request_id, body }
-            | Message::RpcResponse { request_id, body } => {
+            Message::RpcRequest { request_id, .. } | Message::RpcResponse { request_id, .. } => {
                 dst.put_i64(*request_id);
-                dst.put_i32(body.len() as i32);
+                dst.put_i32(body_len as i32);
             }
             Message::RpcFailure { request_id, error } => {
                 dst.put_i64(*request_id);
                 put_string(dst, error);
             }
             Message::StreamRequest { stream_id } => put_string(dst, stream_id),
-            Message::StreamResponse {
-                stream_id, body, ..
-            } => {
+            Message::StreamResponse { stream_id, .. } => {
                 put_string(dst, stream_id);
-                dst.put_i64(body.len() as i64);
+                dst.put_i64(body_len as i64);
             }
             Message::StreamFailure { stream_id, error } => {
                 put_string(dst, stream_id);
                 put_string(dst, error);
             }
-            Message::OneWayMessage { body } => dst.put_i32(body.len() as i32),
+            Message::OneWayMessage { .. } => dst.put_i32(body_len as i32),
             Message::UploadStream {
-                request_id,
-                meta,
-                body,
-                ..
+                request_id, meta, ..
             } => {
                 dst.put_i64(*request_id);
                 dst.put_i32(meta.len() as i32);
                 dst.put_slice(meta);
-                dst.put_i64(body.len() as i64);
+                dst.put_i64(body_len as i64);
             }
             Message::MergedBlockMetaRequest {
                 request_id,

@@ -3,10 +3,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::budget::Inbound;
 use crate::error::TransportError;
 use crate::message::{Message, StreamChunkId};
 
@@ -42,11 +44,16 @@ pub(crate) type ChunkReply = oneshot::Sender<Result<Bytes, TransportError>>;
 pub(crate) type StreamReply = oneshot::Sender<Result<ByteStream, TransportError>>;
 
 /// The body of a stream, delivered in pieces as it arrives.
+///
+/// Pieces not yet taken count in the connection's byte budget: a reader that falls behind makes
+/// the connection stop reading from the socket (TCP then slows the sender) instead of buffering
+/// the body without bound.
 #[derive(Debug)]
 pub struct ByteStream {
     stream_id: String,
     len: u64,
     rx: mpsc::UnboundedReceiver<Result<Bytes, TransportError>>,
+    inbound: Arc<Inbound>,
 }
 
 impl ByteStream {
@@ -54,8 +61,14 @@ impl ByteStream {
         stream_id: String,
         len: u64,
         rx: mpsc::UnboundedReceiver<Result<Bytes, TransportError>>,
+        inbound: Arc<Inbound>,
     ) -> Self {
-        ByteStream { stream_id, len, rx }
+        ByteStream {
+            stream_id,
+            len,
+            rx,
+            inbound,
+        }
     }
 
     /// The stream id the server answered with.
@@ -73,19 +86,39 @@ impl ByteStream {
         self.len == 0
     }
 
+    fn taken(
+        &self,
+        piece: Option<Result<Bytes, TransportError>>,
+    ) -> Option<Result<Bytes, TransportError>> {
+        if let Some(Ok(b)) = &piece {
+            self.inbound.release(b.len());
+        }
+        piece
+    }
+
     /// The next piece; `None` once the body is complete.
     pub async fn next_chunk(&mut self) -> Option<Result<Bytes, TransportError>> {
-        self.rx.recv().await
+        let piece = self.rx.recv().await;
+        self.taken(piece)
     }
 
     /// The next piece if one has arrived (`None` when none is ready or the body is complete).
     pub fn try_next(&mut self) -> Option<Result<Bytes, TransportError>> {
-        self.rx.try_recv().ok()
+        let piece = self.rx.try_recv().ok();
+        self.taken(piece)
     }
 
-    /// Wait for the whole body.
-    pub async fn collect(mut self) -> Result<Bytes, TransportError> {
-        let first = match self.rx.recv().await {
+    /// Waits for the whole body, refusing one announced longer than `limit` bytes (the peer
+    /// chooses the announced length: memory is reserved for at most `limit`).
+    pub async fn collect(mut self, limit: u64) -> Result<Bytes, TransportError> {
+        if self.len > limit {
+            return Err(TransportError::StreamTooLarge {
+                stream_id: self.stream_id.clone(),
+                len: self.len,
+                limit,
+            });
+        }
+        let first = match self.next_chunk().await {
             None => return Ok(Bytes::new()),
             Some(r) => r?,
         };
@@ -94,10 +127,20 @@ impl ByteStream {
         }
         let mut all = BytesMut::with_capacity(self.len as usize);
         all.extend_from_slice(&first);
-        while let Some(piece) = self.rx.recv().await {
+        while let Some(piece) = self.next_chunk().await {
             all.extend_from_slice(&piece?);
         }
         Ok(all.freeze())
+    }
+}
+
+impl Drop for ByteStream {
+    fn drop(&mut self) {
+        // Pieces never taken are released; later ones are dropped by the connection.
+        self.rx.close();
+        while let Ok(piece) = self.rx.try_recv() {
+            self.taken(Some(piece));
+        }
     }
 }
 
@@ -115,16 +158,25 @@ pub(crate) struct ResponseRouter {
     chunks: HashMap<StreamChunkId, ChunkReply>,
     streams: VecDeque<(String, StreamReply)>,
     active_stream: Option<ActiveStream>,
+    /// Stream pieces not yet taken by their reader count here (the connection's byte budget).
+    inbound: Arc<Inbound>,
 }
 
 impl ResponseRouter {
+    #[cfg(test)]
     pub(crate) fn new(peer: SocketAddr) -> Self {
+        Self::with_inbound(peer, Arc::default())
+    }
+
+    /// A router whose stream pieces count in `inbound` until their reader takes them.
+    pub(crate) fn with_inbound(peer: SocketAddr, inbound: Arc<Inbound>) -> Self {
         ResponseRouter {
             peer,
             rpcs: HashMap::new(),
             chunks: HashMap::new(),
             streams: VecDeque::new(),
             active_stream: None,
+            inbound,
         }
     }
 
@@ -253,7 +305,12 @@ impl ResponseRouter {
                 }
                 let (tx, rx) = mpsc::unbounded_channel();
                 if reply
-                    .send(Ok(ByteStream::new(stream_id.clone(), byte_count, rx)))
+                    .send(Ok(ByteStream::new(
+                        stream_id.clone(),
+                        byte_count,
+                        rx,
+                        self.inbound.clone(),
+                    )))
                     .is_err()
                 {
                     tracing::debug!(%peer, %stream_id, "stream abandoned by its requester; body discarded");
@@ -290,7 +347,12 @@ impl ResponseRouter {
         match &mut self.active_stream {
             Some(active) => {
                 active.received += data.len() as u64;
-                let _ = active.tx.send(Ok(data));
+                let len = data.len();
+                self.inbound.add(len);
+                if active.tx.send(Ok(data)).is_err() {
+                    // Its reader is gone: the piece is dropped.
+                    self.inbound.release(len);
+                }
                 if last {
                     self.active_stream = None;
                 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -225,6 +226,54 @@ fn task_finished(inner: &ServerInner) {
     inner.alive.send_modify(|n| *n -= 1);
 }
 
+/// Pause of the accept loop after a failed accept, or at the connection cap.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Whether an accept error means the process is out of descriptors (EMFILE, ENFILE) or memory.
+fn out_of_resources(e: &std::io::Error) -> bool {
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    matches!(e.raw_os_error(), Some(ENFILE | EMFILE)) || e.kind() == std::io::ErrorKind::OutOfMemory
+}
+
+/// Closes the connection that has waited longest without completing a frame, if any: a peer
+/// that connects and stalls must not keep a well-behaved one out. Returns whether one was shed.
+fn shed_stalled(inner: &ServerInner, why: &str) -> bool {
+    let victim = inner
+        .connections
+        .lock()
+        .expect("connections lock")
+        .values()
+        .filter(|c| c.is_active() && !c.shared.frame_seen.load(Ordering::Acquire))
+        .min_by_key(|c| c.shared.opened)
+        .cloned();
+    match victim {
+        Some(c) => {
+            tracing::warn!(peer = %c.remote_addr(), stalled_ms = c.shared.opened.elapsed().as_millis() as u64, "{why}: closing the connection stalled longest without a complete frame");
+            c.close();
+            true
+        }
+        None => false,
+    }
+}
+
+/// Open connections (tasks besides the accept loop).
+fn open_connections(inner: &ServerInner) -> usize {
+    inner.alive.borrow().saturating_sub(1)
+}
+
+/// Waits until a connection ends, or the backoff passes, or the server shuts down; false on
+/// shutdown.
+async fn back_off(inner: &ServerInner, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let mut alive = inner.alive.subscribe();
+    alive.borrow_and_update();
+    tokio::select! {
+        _ = shutdown.wait_for(|s| *s) => false,
+        _ = tokio::time::sleep(ACCEPT_BACKOFF) => true,
+        _ = alive.changed() => true,
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     inner: Arc<ServerInner>,
@@ -233,7 +282,18 @@ async fn accept_loop(
     handler: Arc<dyn RpcHandler>,
     bootstraps: Arc<Vec<Arc<dyn ServerBootstrap>>>,
 ) {
+    let cap = conf.max_inbound_connections;
     loop {
+        if cap > 0 && open_connections(&inner) >= cap {
+            shed_stalled(
+                &inner,
+                "at the connection cap (rpc.io.maxInboundConnections)",
+            );
+            if !back_off(&inner, &mut shutdown).await {
+                break;
+            }
+            continue;
+        }
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
             r = listener.accept() => r,
@@ -254,11 +314,14 @@ async fn accept_loop(
                 });
             }
             Err(e) => {
-                // Out of file descriptors and the like: log, back off briefly, keep serving.
-                tracing::error!(error = %e, "accept failed");
-                tokio::select! {
-                    _ = shutdown.wait_for(|s| *s) => break,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                // Out of file descriptors and the like: make room, back off (no hot loop),
+                // keep serving.
+                tracing::error!(error = %e, open = open_connections(&inner), "accept failed");
+                if out_of_resources(&e) {
+                    shed_stalled(&inner, "out of file descriptors");
+                }
+                if !back_off(&inner, &mut shutdown).await {
+                    break;
                 }
             }
         }
@@ -307,16 +370,33 @@ async fn setup_connection(
             Some(on_exit),
         )
     } else {
-        let mut io: BoxedIo = Box::new(stream);
-        for b in bootstraps {
-            io = match b.bootstrap(peer, io).await {
-                Ok(io) => io,
-                Err(e) => {
-                    tracing::warn!(%peer, error = %e, "server bootstrap failed; connection closed");
-                    return false;
-                }
-            };
-        }
+        let handshake = async {
+            let mut io: BoxedIo = Box::new(stream);
+            for b in bootstraps {
+                io = b.bootstrap(peer, io).await?;
+            }
+            Ok::<_, TransportError>(io)
+        };
+        let limit = conf.handshake_timeout.filter(|t| !t.is_zero());
+        let done = match limit {
+            Some(t) => tokio::time::timeout(t, handshake)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(TransportError::HandshakeTimeout {
+                        peer,
+                        after: t,
+                        setting: format!("spark.{}.io.handshakeTimeout", conf.module),
+                    })
+                }),
+            None => handshake.await,
+        };
+        let io = match done {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "server bootstrap failed; connection closed");
+                return false;
+            }
+        };
         spawn_connection(io, local, peer, conf, handler, Side::Server, Some(on_exit))
     };
     inner

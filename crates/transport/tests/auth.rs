@@ -84,7 +84,7 @@ async fn every_cipher_and_version_carries_all_message_kinds() {
         }
         let s = within(c.stream("largeBuffer")).await.unwrap();
         assert_eq!(
-            within(s.collect()).await.unwrap(),
+            within(s.collect(64 << 20)).await.unwrap(),
             pattern(100_000),
             "{what}"
         );

@@ -74,7 +74,8 @@ async fn a_paused_reader_holds_the_senders_queue_until_it_resumes() {
     server_side.resume_reading();
     tokio::time::timeout(Duration::from_secs(30), client.wait_queued_at_most(0))
         .await
-        .expect("the queue drains once reading resumes");
+        .expect("the queue drains once reading resumes")
+        .expect("the connection stays open");
     tokio::time::timeout(Duration::from_secs(30), async {
         while handler.count.load(Ordering::SeqCst) < MESSAGES {
             tokio::time::sleep(Duration::from_millis(5)).await;

@@ -118,7 +118,7 @@ async fn handshake_and_cipher_wrap_the_connection() {
         "Hello, xor!".as_bytes()
     );
     let s = within(c.stream("largeBuffer")).await.unwrap();
-    assert_eq!(within(s.collect()).await.unwrap(), pattern(100_000));
+    assert_eq!(within(s.collect(64 << 20)).await.unwrap(), pattern(100_000));
 
     // A client without the handshake is refused by the server bootstrap; the server goes on.
     let plain =

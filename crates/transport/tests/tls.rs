@@ -89,7 +89,10 @@ async fn ca_verified_tls_carries_rpcs_streams_and_chunks() {
         let big = pattern(4 << 20);
         assert_eq!(within(c.send_rpc(big.clone())).await.unwrap(), big);
         let st = within(c.stream("largeBuffer")).await.unwrap();
-        assert_eq!(within(st.collect()).await.unwrap(), pattern(100_000));
+        assert_eq!(
+            within(st.collect(64 << 20)).await.unwrap(),
+            pattern(100_000)
+        );
         assert_eq!(within(c.fetch_chunk(1, 0)).await.unwrap(), pattern(100_000));
         f.close();
     }

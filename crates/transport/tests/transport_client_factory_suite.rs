@@ -207,3 +207,27 @@ fn connect_timeout_error_names_the_peer_and_the_timeout() {
     };
     assert_eq!(e.to_string(), "Connecting to h:1 timed out (1500 ms)");
 }
+
+/// The pool keeps no entry for peers whose connections are gone: 20 peers seen one after the
+/// other, each closing its connection, leave one entry, and a new peer's entry replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_peers_whose_connections_are_gone_are_dropped() {
+    let f = factory(TransportConf::default());
+    for _ in 0..20 {
+        let (server, _) = test_server().await;
+        let client = within(f.create_client("127.0.0.1", server.port()))
+            .await
+            .unwrap();
+        server.close();
+        within(server.closed()).await;
+        within(client.closed()).await;
+    }
+    // Each new peer's entry replaced the gone ones.
+    assert_eq!(f.pooled_peers(), 1);
+    let (server, _) = test_server().await;
+    within(f.create_client("127.0.0.1", server.port()))
+        .await
+        .unwrap();
+    assert_eq!(f.pooled_peers(), 1);
+    f.close();
+}

@@ -216,6 +216,10 @@ fn transport_conf(conf: &RpcConf, name: &str) -> TransportConf {
         port_max_retries: conf.port_max_retries(),
         service_name: format!("RpcEnv '{name}'"),
         retry_wait: conf.io_retry_wait(),
+        max_queued_bytes_per_connection: usize::try_from(conf.max_queued_bytes_per_connection())
+            .unwrap_or(usize::MAX),
+        handshake_timeout: non_zero(conf.handshake_timeout()),
+        max_inbound_connections: conf.max_inbound_connections(),
         ..TransportConf::default()
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rpcenv_transport::{
-    RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportConf,
-    TransportError, TransportServer,
+    BodySource, ReplyBody, RpcHandler, RpcResponder, TransportClient, TransportClientFactory,
+    TransportConf, TransportError, TransportServer,
 };
 
 /// Generous deadline for conditions that should hold quickly.
@@ -119,6 +119,36 @@ impl RpcHandler for TestHandler {
         }
     }
 
+    /// `sourced/<n>`: the pattern of n bytes, produced a piece at a time as it is written.
+    fn open_stream_body(
+        &self,
+        client: &TransportClient,
+        stream_id: &str,
+    ) -> Result<ReplyBody, String> {
+        match stream_id
+            .strip_prefix("sourced/")
+            .and_then(|n| n.parse().ok())
+        {
+            Some(n) => Ok(ReplyBody::source(PatternSource { next: 0, end: n })),
+            None => self.open_stream(client, stream_id).map(ReplyBody::Bytes),
+        }
+    }
+
+    /// Stream 2: chunk i is the pattern of i * 100,000 bytes, produced a piece at a time.
+    fn get_chunk_body(
+        &self,
+        client: &TransportClient,
+        stream_id: i64,
+        chunk_index: i32,
+    ) -> Result<ReplyBody, String> {
+        if stream_id == 2 && chunk_index >= 0 {
+            let end = chunk_index as u64 * 100_000;
+            return Ok(ReplyBody::source(PatternSource { next: 0, end }));
+        }
+        self.get_chunk(client, stream_id, chunk_index)
+            .map(ReplyBody::Bytes)
+    }
+
     fn get_chunk(
         &self,
         _client: &TransportClient,
@@ -186,4 +216,25 @@ pub(crate) async fn client_of(
         .await
         .expect("connect");
     (factory, client)
+}
+
+/// [`pattern`] generated a piece at a time.
+pub(crate) struct PatternSource {
+    next: u64,
+    end: u64,
+}
+
+impl BodySource for PatternSource {
+    fn len(&self) -> u64 {
+        self.end - self.next
+    }
+
+    fn next_piece(&mut self, max: usize) -> std::io::Result<Bytes> {
+        let n = (self.end - self.next).min(max as u64);
+        let piece: Vec<u8> = (self.next..self.next + n)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        self.next += n;
+        Ok(Bytes::from(piece))
+    }
 }
