@@ -285,14 +285,19 @@ impl<B: Behaviour> Inbox<B> {
         self.post_from(message, None)
     }
 
-    /// Queues a message that came over `feeder`; past `capacity` queued messages, reading from
-    /// that connection pauses until the inbox has drained to half (TCP then slows the sender).
+    /// Queues a message that came over `feeder`. A request waits within that connection's byte
+    /// budget (`rpc.io.maxQueuedBytesPerConnection`: its responder holds its bytes until it is
+    /// answered), so a full inbox does not stop the connection by itself: replies arriving on
+    /// it keep being delivered, and a handler that asks back over it completes. A one-way
+    /// message holds no budget: past `capacity` queued messages it pauses reading from its
+    /// connection until the inbox has drained to half (TCP then slows the sender).
     pub(crate) fn post_from(
         &self,
         message: InboxMessage<B::Message>,
         feeder: Option<&TransportClient>,
     ) -> Result<(), InboxMessage<B::Message>> {
         let schedule = {
+            let one_way = matches!(message, InboxMessage::OneWay(_));
             let mut st = self.lock();
             if st.stopped {
                 return Err(message);
@@ -300,7 +305,7 @@ impl<B: Behaviour> Inbox<B> {
             st.queue.push_back(message);
             st.posted = st.posted.wrapping_add(1);
             self.posted.store(st.posted, Ordering::Relaxed);
-            if let Some(c) = feeder {
+            if let Some(c) = feeder.filter(|_| one_way) {
                 if st.queue.len() >= self.capacity && !c.is_reading_paused() {
                     tracing::debug!(endpoint = %self.name, peer = %c.remote_addr(), queued = st.queue.len(), "inbox full: pausing the connection");
                     c.pause_reading();
