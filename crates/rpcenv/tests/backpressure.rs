@@ -174,7 +174,10 @@ impl RpcEndpoint for AsksBack {
 
 /// Holds the asks it gets until opened, then answers them and every later one with their text.
 #[derive(Clone, Default)]
-struct Latch(Arc<Mutex<(bool, Vec<(rpcenv::RpcCallContext, String)>)>>);
+struct Latch(Arc<Mutex<(bool, Vec<HeldAsk>)>>);
+
+/// An ask the latch holds, and its text.
+type HeldAsk = (rpcenv::RpcCallContext, String);
 
 impl Latch {
     fn open(&self) {
