@@ -221,35 +221,31 @@ fn a_forwarded_client_mode_ref_is_unreachable_and_never_misdelivered() {
     }
 }
 
+/// Sends `r` from `from` to a new `store` endpoint of `to`; returns the ref as `to` received it.
+fn hand_over(
+    from: &rpcenv::RpcEnv,
+    to: &rpcenv::RpcEnv,
+    r: RpcEndpointRef<String>,
+) -> RpcEndpointRef<String> {
+    let (tx, rx) = channel();
+    to.setup_endpoint("store", RefStore(tx)).unwrap();
+    let store: RpcEndpointRef<Registry> = from
+        .setup_endpoint_ref(to.address().unwrap(), "store")
+        .unwrap();
+    let ok: String = store.ask_sync(Registry::Register(r)).unwrap();
+    assert_eq!(ok, "okay");
+    rx.recv_timeout(WAIT).unwrap().0
+}
+
 /// The error C sees is the typed one.
 #[test]
 fn a_forwarded_client_mode_ref_fails_with_client_endpoint_unreachable() {
     let (a, b, c) = (client("A"), server("B"), server("C"));
     let a_service = a.setup_endpoint("a-service", Echo).unwrap();
-    let (tx, rx) = channel();
-    c.setup_endpoint("store", RefStore(tx)).unwrap();
-    let (btx, brx) = channel();
-    b.setup_endpoint("store", RefStore(btx)).unwrap();
-    let b_store: RpcEndpointRef<Registry> =
-        a.setup_endpoint_ref(b.address().unwrap(), "store").unwrap();
-    assert_eq!(
-        b_store
-            .ask_sync::<String>(Registry::Register(a_service))
-            .unwrap(),
-        "okay"
-    );
-    let (at_b, _) = brx.recv_timeout(WAIT).unwrap();
+    let at_b = hand_over(&a, &b, a_service);
     // B holds the ref over A's connection: it works from B.
     assert_eq!(at_b.ask_sync::<String>("from B".into()).unwrap(), "from B");
-    let c_store: RpcEndpointRef<Registry> =
-        b.setup_endpoint_ref(c.address().unwrap(), "store").unwrap();
-    assert_eq!(
-        c_store
-            .ask_sync::<String>(Registry::Register(at_b))
-            .unwrap(),
-        "okay"
-    );
-    let (at_c, _) = rx.recv_timeout(WAIT).unwrap();
+    let at_c = hand_over(&b, &c, at_b);
     let e = at_c.ask_sync::<String>("from C".into()).unwrap_err();
     assert!(
         matches!(e, RpcError::ClientEndpointUnreachable { .. }),

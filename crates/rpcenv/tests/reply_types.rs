@@ -4,26 +4,11 @@
 //!
 //! Every env binds 127.0.0.1 with port 0.
 
-use rpcenv::{EndpointCtx, HandlerResult, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcError};
+use rpcenv::{RpcEndpointRef, RpcError};
 
 mod common;
-use common::server;
-
-/// Replies the string it is sent, whatever type the asker expects.
-struct Stringer;
-
-impl RpcEndpoint for Stringer {
-    type Message = String;
-    fn receive_and_reply(
-        &mut self,
-        _: &EndpointCtx<String>,
-        m: String,
-        ctx: RpcCallContext,
-    ) -> HandlerResult {
-        ctx.reply(m);
-        Ok(())
-    }
-}
+// `Echo` replies the string it is sent, whatever type the asker expects.
+use common::{server, Echo};
 
 fn assert_names_both(e: RpcError) {
     match &e {
@@ -51,7 +36,7 @@ fn check(r: &RpcEndpointRef<String>) {
 #[test]
 fn local_ask_for_u64_answered_with_a_string_names_both_types() {
     let env = server("local");
-    let r = env.setup_endpoint("stringer", Stringer).unwrap();
+    let r = env.setup_endpoint("stringer", Echo).unwrap();
     check(&r);
     env.shutdown();
 }
@@ -59,7 +44,7 @@ fn local_ask_for_u64_answered_with_a_string_names_both_types() {
 #[test]
 fn remote_ask_for_u64_answered_with_a_string_names_both_types() {
     let env = server("local");
-    env.setup_endpoint("stringer", Stringer).unwrap();
+    env.setup_endpoint("stringer", Echo).unwrap();
     let other = server("remote");
     let r: RpcEndpointRef<String> = other
         .setup_endpoint_ref(env.address().unwrap(), "stringer")
