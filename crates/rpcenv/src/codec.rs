@@ -12,8 +12,11 @@
 //! (Spark writes hosts and names with Java's modified UTF-8, which equals UTF-8 for every string
 //! without NUL or characters outside the BMP; endpoint names and hosts are such strings.)
 //!
-//! A reply body starts with a status byte: `0` then the codec tag and the value, or `1` then an
-//! encoded `WireError` (a failure or a delivery error, typed so the asker can act on it).
+//! A reply body starts with a status byte: `0` then the reply's type name (u16 length + UTF-8,
+//! Rust's `type_name` of the replied type), the codec tag and the value; or `1` then an encoded
+//! `WireError` (a failure or a delivery error, typed so the asker can act on it). The type name
+//! lets the asker refuse a reply of another type than it asked for instead of decoding whatever
+//! the bytes happen to decode as (an empty `String` and `0u64` have the same postcard bytes).
 //!
 //! The content codec is chosen by its tag byte, so formats can evolve without breaking peers: the
 //! default, and today the only one, is [postcard](https://docs.rs/postcard) (compact, no schema,
@@ -408,10 +411,13 @@ impl WireError {
     }
 }
 
-/// Encodes a successful reply; a value that cannot be serialized becomes a failure reply.
-pub(crate) fn encode_reply_ok<T: Serialize + ?Sized>(value: &T, endpoint: &str) -> Bytes {
-    let mut out = BytesMut::with_capacity(32);
+/// Encodes a successful reply, named by its type; a value that cannot be serialized becomes a
+/// failure reply.
+pub(crate) fn encode_reply_ok<T: Serialize>(value: &T, endpoint: &str) -> Bytes {
+    let type_name = std::any::type_name::<T>();
+    let mut out = BytesMut::with_capacity(32 + type_name.len());
     out.put_u8(REPLY_OK);
+    put_str(&mut out, type_name);
     match encode_content(value, &mut out) {
         Ok(()) => out.freeze(),
         Err(reason) => encode_reply_error(&WireError::Failed {
@@ -430,7 +436,18 @@ pub(crate) fn encode_reply_error(error: &WireError) -> Bytes {
     out.freeze()
 }
 
-/// Splits a reply into its content (still encoded) or its error.
+/// Splits the content of a successful reply (as [`decode_reply`] returns it) into the name of the
+/// replied type and the encoded value.
+pub(crate) fn split_typed_reply(typed: &[u8]) -> Result<(&str, &[u8]), DecodeError> {
+    let mut r = Reader { buf: typed };
+    let type_name = r
+        .str()
+        .map_err(|e| decode_error("reply", format!("type name: {}", e.reason)))?;
+    Ok((type_name, r.buf))
+}
+
+/// Splits a reply into its typed content (type name and encoded value, see
+/// [`split_typed_reply`]) or its error.
 pub(crate) fn decode_reply(body: &Bytes) -> Result<Result<Bytes, WireError>, DecodeError> {
     match body.first() {
         Some(&REPLY_OK) => Ok(Ok(body.slice(1..))),
@@ -465,14 +482,20 @@ pub mod bench {
     }
 
     /// Encodes a successful reply carrying `value`.
-    pub fn encode_reply<T: Serialize + ?Sized>(value: &T) -> Bytes {
+    pub fn encode_reply<T: Serialize>(value: &T) -> Bytes {
         encode_reply_ok(value, "bench")
     }
 
-    /// Decodes a reply written by [`encode_reply`].
+    /// Decodes a reply written by [`encode_reply`], checking its type name as an asker does.
     pub fn decode_reply_value<T: DeserializeOwned>(body: &Bytes) -> Result<T, DecodeError> {
         match decode_reply(body)? {
-            Ok(content) => decode_content::<T>(&content),
+            Ok(typed) => {
+                let (type_name, content) = split_typed_reply(&typed)?;
+                if type_name != std::any::type_name::<T>() {
+                    return Err(decode_error("reply", format!("a {type_name}")));
+                }
+                decode_content::<T>(content)
+            }
             Err(wire) => Err(decode_error("reply", format!("{wire:?}"))),
         }
     }
@@ -573,8 +596,13 @@ mod tests {
     #[test]
     fn replies_round_trip() {
         let ok = encode_reply_ok(&"hi".to_string(), "ep");
-        let content = decode_reply(&ok).unwrap().unwrap();
-        assert_eq!(decode_content::<String>(&content).unwrap(), "hi");
+        let typed = decode_reply(&ok).unwrap().unwrap();
+        let (type_name, content) = split_typed_reply(&typed).unwrap();
+        assert_eq!(type_name, std::any::type_name::<String>());
+        assert_eq!(decode_content::<String>(content).unwrap(), "hi");
+        // The codec tag byte still leads the value.
+        assert_eq!(content[0], ContentCodec::Postcard as u8);
+        assert!(split_typed_reply(&typed[..3]).is_err());
         let err = encode_reply_error(&WireError::EndpointStopped { name: "x".into() });
         assert_eq!(
             decode_reply(&err).unwrap().unwrap_err(),

@@ -179,6 +179,12 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
         doc: "Bytes that may wait to be sent to one remote address; past it `send` fails with QueueFull at once and `send_async` waits.",
     },
     KnownKey {
+        key: "rpc.messageLoop.maxExtraThreads",
+        kind: ValueKind::Int(0, 1024),
+        default: Some("16"),
+        doc: "Compensating threads the shared message loop may run while handlers block in ask_sync (each blocked handler holds a loop thread); 0 never adds one.",
+    },
+    KnownKey {
         key: "rpc.messageLoop.spinMicros",
         kind: ValueKind::Int(0, 10_000),
         default: Some("50"),
@@ -567,6 +573,11 @@ impl RpcConf {
     /// closely.
     pub fn spin_window(&self) -> Duration {
         Duration::from_micros(self.known_int("rpc.messageLoop.spinMicros", 50) as u64)
+    }
+
+    /// `rpc.messageLoop.maxExtraThreads` (16).
+    pub fn max_extra_loop_threads(&self) -> usize {
+        self.known_int("rpc.messageLoop.maxExtraThreads", 16) as usize
     }
 
     /// `rpc.inbox.capacity` (65536 messages).

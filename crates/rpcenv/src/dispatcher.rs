@@ -11,13 +11,14 @@
 
 use std::any::Any;
 use std::borrow::Cow;
-use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Condvar, Mutex, RwLock};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
+use std::thread::ThreadId;
+use std::time::Duration;
 
 use crate::address::RpcEndpointAddress;
+use crate::blocking::LoopThreads;
 use crate::endpoint::EndpointCtx;
 use crate::endpoint_ref::{RefDefaults, Route, RpcEndpointRef};
 use crate::error::RpcError;
@@ -26,76 +27,196 @@ use crate::inbox::{Inbox, Job, Scheduler, TerminationListener};
 use crate::mailbox::{Event, InboxControl};
 use crate::message::RpcMessage;
 
-thread_local! {
-    /// A thread-identity flag, not a parameter: set once on each message loop thread, so that
-    /// blocking operations (shutdown) can tell they must not wait for the loops from one of them.
-    static ON_MESSAGE_LOOP: Cell<bool> = const { Cell::new(false) };
-}
-
 /// Whether the current thread is a message loop thread (a handler is running on it).
-pub(crate) fn on_message_loop_thread() -> bool {
-    ON_MESSAGE_LOOP.with(Cell::get)
-}
+pub(crate) use crate::blocking::on_message_loop_thread;
+
+/// How long a compensating thread stays without work before it leaves (when no handler of its
+/// loop blocks any more).
+const EXTRA_IDLE: Duration = Duration::from_millis(500);
 
 /// A pool of threads running inboxes that need a thread.
 pub(crate) struct MessageLoop {
+    me: Weak<MessageLoop>,
+    name: String,
     tx: crossbeam_channel::Sender<Job>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    rx: crossbeam_channel::Receiver<Job>,
+    /// The threads running (taken off when they end), and the signal that one did.
+    threads: Mutex<Vec<ThreadId>>,
+    ended: Condvar,
     size: usize,
+    /// At most this many compensating threads run while handlers block.
+    max_extra: usize,
+    /// Compensating threads running.
+    extra: AtomicUsize,
+    /// Threads of this loop blocked in an `ask_sync`.
+    blocked: AtomicUsize,
 }
 
 impl MessageLoop {
-    pub(crate) fn start(name: impl Fn(usize) -> String, size: usize) -> std::io::Result<Arc<Self>> {
+    /// Starts `size` threads named `name-N` (`numbered`) or `name`; while handlers block in
+    /// `ask_sync`, up to `max_extra` more (`name-extra`).
+    pub(crate) fn start(
+        name: &str,
+        numbered: bool,
+        size: usize,
+        max_extra: usize,
+    ) -> std::io::Result<Arc<Self>> {
         let (tx, rx) = crossbeam_channel::unbounded::<Job>();
-        let mut threads = Vec::with_capacity(size);
+        let message_loop = Arc::new_cyclic(|me| MessageLoop {
+            me: me.clone(),
+            name: name.to_string(),
+            tx,
+            rx,
+            threads: Mutex::new(Vec::with_capacity(size)),
+            ended: Condvar::new(),
+            size,
+            max_extra,
+            extra: AtomicUsize::new(0),
+            blocked: AtomicUsize::new(0),
+        });
         for i in 0..size {
-            let rx = rx.clone();
-            let handle = std::thread::Builder::new().name(name(i)).spawn(move || {
-                ON_MESSAGE_LOOP.with(|f| f.set(true));
-                while let Ok(job) = rx.recv() {
-                    match job {
-                        Job::Run(inbox) => inbox.run(),
-                        Job::Exit => break,
-                    }
-                }
-            });
-            match handle {
-                Ok(h) => threads.push(h),
-                Err(e) => {
-                    for _ in 0..threads.len() {
-                        let _ = tx.send(Job::Exit);
-                    }
-                    return Err(e);
-                }
+            let thread_name = if numbered {
+                format!("{name}-{i}")
+            } else {
+                name.to_string()
+            };
+            if let Err(e) = message_loop.spawn(thread_name, false) {
+                message_loop.signal_exit();
+                message_loop.join();
+                return Err(e);
             }
         }
-        Ok(Arc::new(MessageLoop {
-            tx,
-            threads: Mutex::new(threads),
-            size,
-        }))
+        Ok(message_loop)
+    }
+
+    /// Starts a thread of the loop. It is detached (its resources go back when it ends, even if
+    /// nobody is there to join it: a stopped isolated endpoint's loop ends on its own thread)
+    /// and listed in `threads` while it runs, which is what [`join`](Self::join) waits on.
+    fn spawn(&self, thread_name: String, extra: bool) -> std::io::Result<()> {
+        let me = self
+            .me
+            .upgrade()
+            .expect("a loop spawns threads while it exists");
+        // Listed before it starts, so that a join never misses it.
+        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        let spawned = std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || {
+                let _ = rx.recv();
+                let _listed = Listed(me.clone());
+                let jobs = me.rx.clone();
+                crate::blocking::set_loop_thread(me.clone());
+                if extra {
+                    me.run_extra(&jobs);
+                } else {
+                    while let Ok(job) = jobs.recv() {
+                        match job {
+                            Job::Run(inbox) => inbox.run(),
+                            Job::Exit => break,
+                        }
+                    }
+                }
+            })?;
+        self.threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(spawned.thread().id());
+        let _ = tx.send(());
+        Ok(())
+    }
+
+    /// A compensating thread: runs jobs until it has been idle for a while and no more threads
+    /// of the loop block than compensating threads remain, or the loop ends.
+    fn run_extra(&self, rx: &crossbeam_channel::Receiver<Job>) {
+        loop {
+            match rx.recv_timeout(EXTRA_IDLE) {
+                Ok(Job::Run(inbox)) => inbox.run(),
+                Ok(Job::Exit) => break,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    let extra = self.extra.load(Ordering::Acquire);
+                    if self.blocked.load(Ordering::Acquire) < extra
+                        && self
+                            .extra
+                            .compare_exchange(extra, extra - 1, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok()
+                    {
+                        return;
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.extra.fetch_sub(1, Ordering::AcqRel);
     }
 
     pub(crate) fn scheduler(&self) -> Scheduler {
         Scheduler::Loop(self.tx.clone())
     }
 
-    /// Asks every thread to exit once the jobs queued before are done.
+    /// Asks every thread (compensating ones included) to exit once the jobs queued before are
+    /// done.
     fn signal_exit(&self) {
-        for _ in 0..self.size {
+        for _ in 0..self.size + self.max_extra {
             let _ = self.tx.send(Job::Exit);
         }
     }
 
-    /// Waits for the threads to exit (never for the calling thread itself).
+    /// Whether every thread of the loop has ended.
+    fn is_finished(&self) -> bool {
+        self.threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Waits for the threads to end (never for the calling thread itself).
     fn join(&self) {
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         let me = std::thread::current().id();
-        for t in threads {
-            if t.thread().id() != me {
-                let _ = t.join();
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        while threads.iter().any(|t| *t != me) {
+            threads = self.ended.wait(threads).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Takes its thread off its loop's list when the thread ends (returns or unwinds).
+struct Listed(Arc<MessageLoop>);
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        let me = std::thread::current().id();
+        let mut threads = self.0.threads.lock().unwrap_or_else(|p| p.into_inner());
+        threads.retain(|t| *t != me);
+        drop(threads);
+        self.0.ended.notify_all();
+    }
+}
+
+impl LoopThreads for MessageLoop {
+    fn blocking_started(&self) {
+        let blocked = self.blocked.fetch_add(1, Ordering::AcqRel) + 1;
+        loop {
+            let extra = self.extra.load(Ordering::Acquire);
+            if extra >= blocked || extra >= self.max_extra {
+                return;
+            }
+            if self
+                .extra
+                .compare_exchange(extra, extra + 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                let name = format!("{}-extra", self.name);
+                if let Err(e) = self.spawn(name, true) {
+                    self.extra.fetch_sub(1, Ordering::AcqRel);
+                    tracing::warn!(error = %e, "cannot start a compensating message loop thread");
+                }
+                return;
             }
         }
+    }
+
+    fn blocking_ended(&self) {
+        self.blocked.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -149,8 +270,12 @@ pub(crate) struct Dispatcher {
 
 impl Dispatcher {
     /// Starts the shared message loop of `threads` threads (`dispatcher-event-loop-N`).
-    pub(crate) fn start_shared_loop(threads: usize) -> std::io::Result<Arc<MessageLoop>> {
-        MessageLoop::start(|i| format!("dispatcher-event-loop-{i}"), threads.max(1))
+    /// While its handlers block in `ask_sync`, it may run up to `max_extra` more threads.
+    pub(crate) fn start_shared_loop(
+        threads: usize,
+        max_extra: usize,
+    ) -> std::io::Result<Arc<MessageLoop>> {
+        MessageLoop::start("dispatcher-event-loop", true, threads.max(1), max_extra)
     }
 
     /// A dispatcher whose endpoints run on `shared_loop` unless isolated, and whose refs share
@@ -195,6 +320,7 @@ impl Dispatcher {
         dedicated_threads: usize,
         make_ctx: impl FnOnce(RpcEndpointRef<B::Message>) -> EndpointCtx<B::Message>,
     ) -> Result<RpcEndpointRef<B::Message>, RpcError> {
+        self.reap_dedicated();
         let mut endpoints = self.endpoints.write().unwrap_or_else(|p| p.into_inner());
         if self.is_stopped() {
             return Err(RpcError::EnvStopped);
@@ -207,11 +333,13 @@ impl Dispatcher {
         let (scheduler, max_threads, listener): (_, _, Arc<dyn TerminationListener>) =
             if dedicated_threads > 0 {
                 let threads = if B::CONCURRENT { dedicated_threads } else { 1 };
-                let message_loop = MessageLoop::start(|_| format!("dispatcher-{name}"), threads)
-                    .map_err(|e| RpcError::Startup {
-                        name: name.to_string(),
-                        reason: format!("cannot start the endpoint's message loop: {e}"),
-                    })?;
+                let message_loop =
+                    MessageLoop::start(&format!("dispatcher-{name}"), false, threads, 0).map_err(
+                        |e| RpcError::Startup {
+                            name: name.to_string(),
+                            reason: format!("cannot start the endpoint's message loop: {e}"),
+                        },
+                    )?;
                 self.dedicated
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -258,6 +386,14 @@ impl Dispatcher {
         Ok(endpoint_ref)
     }
 
+    /// Forgets the loops of isolated endpoints that have stopped and whose threads have ended.
+    fn reap_dedicated(&self) {
+        self.dedicated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|l| !l.is_finished());
+    }
+
     /// The ref of a registered endpoint. Fails with [`RpcError::EndpointNotFound`], or
     /// [`RpcError::MessageTypeMismatch`] naming both types when `M` is not its message type.
     pub(crate) fn lookup<M: RpcMessage>(&self, name: &str) -> Result<RpcEndpointRef<M>, RpcError> {
@@ -296,6 +432,7 @@ impl Dispatcher {
             }
         }
         control.stop();
+        self.reap_dedicated();
     }
 
     /// The inbox of the endpoint called `name`.
@@ -320,6 +457,9 @@ impl Dispatcher {
             self.defaults.env_stopped.store(true, Ordering::Release);
             endpoints.drain().map(|(_, r)| r).collect()
         };
+        // Handlers blocked in an ask (even one without a timeout) return before they are
+        // waited for.
+        self.defaults.blocked.fail_all();
         for reg in &registrations {
             reg.control.stop();
         }

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use rpcenv_transport::TransportClient;
 
 use crate::address::{RpcAddress, RpcEndpointAddress};
+use crate::blocking::{self, BlockedAsks};
 use crate::call_context::{ReplyTarget, RpcCallContext};
 use crate::codec::encode_request;
 use crate::error::RpcError;
@@ -77,8 +78,13 @@ pub(crate) struct RefDefaults {
     pub(crate) waits: Arc<Waits>,
     /// The address of the env the refs belong to (the sender of their messages).
     pub(crate) sender: Option<RpcAddress>,
+    /// A random identity of the env, which refs to its client-mode endpoints carry: they have no
+    /// address, so this is how an env recognizes its own endpoints among address-less refs.
+    pub(crate) env_id: u64,
     /// The env's network, for remote routes.
     pub(crate) network: Weak<dyn RefNetwork>,
+    /// The asks blocking message loop threads, failed first by the shutdown.
+    pub(crate) blocked: BlockedAsks,
     /// Set when the env begins to shut down: remote sends are refused from then on.
     pub(crate) env_stopped: Arc<AtomicBool>,
 }
@@ -89,8 +95,13 @@ pub(crate) enum Route<M> {
     Local(Arc<dyn Mailbox<M>>),
     /// Another env's endpoint: through the outbox of its address.
     Outbox(RpcAddress),
-    /// An endpoint of a client-mode env: over the connection that env opened.
-    Connection(TransportClient),
+    /// An endpoint of a client-mode env: over the connection that env opened; with the identity
+    /// of that env (`RefDefaults::env_id` there).
+    Connection(TransportClient, u64),
+    /// An endpoint of a client-mode env whose connection this env does not hold (the ref was
+    /// forwarded by a third env): every send and ask fails with
+    /// [`RpcError::ClientEndpointUnreachable`]. With the identity of the endpoint's env.
+    Unreachable(u64),
 }
 
 struct RefInner<M> {
@@ -148,7 +159,7 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
     ) -> Self {
         let name: Arc<str> = address.name().into();
         let described = match (&route, address.address()) {
-            (Route::Connection(c), None) => Arc::new(RpcEndpointAddress::new(
+            (Route::Connection(c, _), None) => Arc::new(RpcEndpointAddress::new(
                 Some(RpcAddress::from_socket_addr(c.remote_addr())),
                 address.name(),
             )),
@@ -195,7 +206,10 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
     fn post_remote(&self, net: &dyn RefNetwork, message: OutboxMessage) -> Result<(), Refused> {
         match &self.inner.route {
             Route::Outbox(address) => net.post_to(address, message),
-            Route::Connection(client) => net.post_over(client, message),
+            Route::Connection(client, _) => net.post_over(client, message),
+            Route::Unreachable(_) => Err(Refused::Failed(RpcError::ClientEndpointUnreachable {
+                uri: self.inner.address.to_string(),
+            })),
             Route::Local(_) => unreachable!("a local ref posts to its inbox"),
         }
     }
@@ -205,8 +219,8 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
     async fn room(&self, net: &dyn RefNetwork, need: usize) -> Result<(), RpcError> {
         match &self.inner.route {
             Route::Outbox(address) => net.room_at(address, need).await,
-            Route::Connection(client) => net.room_over(client, need).await,
-            Route::Local(_) => Ok(()),
+            Route::Connection(client, _) => net.room_over(client, need).await,
+            Route::Local(_) | Route::Unreachable(_) => Ok(()),
         }
     }
 
@@ -216,7 +230,7 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
             Refused::Failed(e) => e,
             Refused::Full(_, queued) => RpcError::QueueFull {
                 peer: match &self.inner.route {
-                    Route::Connection(c) => c.remote_addr().to_string(),
+                    Route::Connection(c, _) => c.remote_addr().to_string(),
                     _ => self.inner.address.to_string(),
                 },
                 queued,
@@ -257,6 +271,8 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
                 pace: crate::pace::Pace::new(Duration::ZERO),
             }),
             sender: None,
+            env_id: 0,
+            blocked: BlockedAsks::default(),
             network: Weak::<NoNetwork>::new(),
             env_stopped: Arc::new(AtomicBool::new(false)),
         });
@@ -328,9 +344,29 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
     /// Returns [`RpcError::BlockingInAsyncContext`] without sending anything when called on a
     /// tokio runtime thread: `.await` an [`ask`](Self::ask) there. Blocking inside a handler ties
     /// up a message loop thread for the wait; prefer answering from a task.
+    ///
+    /// From a handler, an ask that could only be answered after that handler returns (an
+    /// endpoint that processes one message at a time asking itself, directly or through other
+    /// handlers blocked in `ask_sync`) fails at once with [`RpcError::Deadlock`]; while the
+    /// handler waits, the shared message loop may run a compensating thread
+    /// (`rpc.messageLoop.maxExtraThreads`), and the env's shutdown fails the ask.
     pub fn ask_sync<R: RpcReply>(&self, message: M) -> Result<R, RpcError> {
         ensure_blocking_allowed("RpcEndpointRef::ask_sync")?;
-        self.ask(message).wait()
+        self.ask_blocking(message, self.inner.defaults.ask_timeout.clone())
+    }
+
+    /// Asks and blocks for the reply, with the precautions of a blocking ask (see
+    /// [`ask_sync`](Self::ask_sync)).
+    fn ask_blocking<R: RpcReply>(&self, message: M, timeout: RpcTimeout) -> Result<R, RpcError> {
+        let target = match &self.inner.route {
+            Route::Local(mailbox) => Some(mailbox.control().wait_node()),
+            _ => None,
+        };
+        let mut blocking =
+            blocking::enter(target, &self.inner.address, &self.inner.defaults.blocked)?;
+        let ask = self.ask_with_timeout(message, timeout);
+        blocking.watch(ask.slot());
+        ask.wait()
     }
 
     /// [`ask_sync`](Self::ask_sync) with an explicit timeout.
@@ -340,7 +376,7 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
         timeout: RpcTimeout,
     ) -> Result<R, RpcError> {
         ensure_blocking_allowed("RpcEndpointRef::ask_sync_with_timeout")?;
-        self.ask_with_timeout(message, timeout).wait()
+        self.ask_blocking(message, timeout)
     }
 
     /// Asks up to `rpc.numRetries` times (default 3), `rpc.retry.wait` apart (default 3 s), each
@@ -360,12 +396,13 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
         let attempts = self.inner.defaults.num_retries.max(1);
         let mut last = None;
         for attempt in 1..=attempts {
-            match self.ask::<R>(message.clone()).wait() {
+            match self.ask_blocking::<R>(message.clone(), self.inner.defaults.ask_timeout.clone()) {
                 Ok(reply) => return Ok(reply),
                 Err(
                     e @ (RpcError::EnvStopped
                     | RpcError::EndpointStopped { .. }
                     | RpcError::UnexpectedReplyType { .. }
+                    | RpcError::Deadlock { .. }
                     | RpcError::BlockingInAsyncContext { .. }),
                 ) => return Err(e),
                 Err(e) => {
@@ -388,7 +425,18 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
     pub(crate) fn control(&self) -> Option<&dyn InboxControl> {
         match &self.inner.route {
             Route::Local(mailbox) => Some(mailbox.control()),
-            Route::Outbox(_) | Route::Connection(_) => None,
+            Route::Outbox(_) | Route::Connection(..) | Route::Unreachable(_) => None,
+        }
+    }
+
+    /// For a ref to a client-mode endpoint, how it travels: the identity of the endpoint's env,
+    /// and whether this env holds the ref second-hand (it is not the endpoint's own env, so the
+    /// connection a message from here travels on does not lead to the endpoint).
+    pub(crate) fn client_origin(&self) -> (u64, bool) {
+        match &self.inner.route {
+            Route::Local(_) => (self.inner.defaults.env_id, false),
+            Route::Connection(_, owner) | Route::Unreachable(owner) => (*owner, true),
+            Route::Outbox(_) => (0, true),
         }
     }
 }

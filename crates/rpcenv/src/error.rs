@@ -269,11 +269,20 @@ pub enum RpcError {
         /// What could not be decoded.
         message: String,
     },
-    /// A ref to an endpoint of a client-mode env, with no connection to reach it over.
-    #[error("Cannot send message to client endpoint {uri} with no listen address: it can only be reached over the connection its env opened, and this ref has none")]
+    /// A ref to an endpoint of a client-mode env, with no connection to reach it over (e.g. it
+    /// was forwarded by a third env).
+    #[error("Cannot send message to client endpoint {uri} with no listen address: it is a client-mode endpoint of another connection, reachable only over the connection its env opened, which this env does not hold")]
     ClientEndpointUnreachable {
         /// The endpoint's URI.
         uri: String,
+    },
+    /// A blocking ask from a handler that could only be answered after that handler returned.
+    #[error("ask_sync to {endpoint} would deadlock: {reason}; answer from a task (`ask(..).await`) or reply later instead")]
+    Deadlock {
+        /// The endpoint asked.
+        endpoint: String,
+        /// The chain of endpoints waiting for each other.
+        reason: String,
     },
     /// A blocking call was made on a tokio runtime thread.
     #[error("{operation} blocks and was called on a tokio runtime thread, where it could deadlock; use the async form instead (e.g. `ask(..).await`)")]

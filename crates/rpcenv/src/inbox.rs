@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use crate::blocking::{self, WaitNode};
 use crate::call_context::{with_handler_scope, CallOutcome, RpcCallContext};
 use crate::codec::decode_content;
 use crate::decode_scope::DecodeScope;
@@ -125,6 +126,8 @@ pub(crate) struct Inbox<B: Behaviour> {
     capacity: usize,
     env_stopped: Arc<AtomicBool>,
     listener: Option<Arc<dyn TerminationListener>>,
+    /// The endpoint in the graph of handlers blocked in `ask_sync`.
+    node: Arc<WaitNode>,
 }
 
 /// Batches a processor runs before it yields its thread to other inboxes waiting for one.
@@ -211,7 +214,9 @@ impl<B: Behaviour> Inbox<B> {
     ) -> Arc<Self> {
         let mut queue = VecDeque::new();
         queue.push_back(InboxMessage::Event(Event::OnStart));
+        let node = WaitNode::new(name.clone(), !B::CONCURRENT);
         Arc::new_cyclic(|me| Inbox {
+            node,
             name,
             me: me.clone(),
             state: Mutex::new(State {
@@ -280,14 +285,19 @@ impl<B: Behaviour> Inbox<B> {
         self.post_from(message, None)
     }
 
-    /// Queues a message that came over `feeder`; past `capacity` queued messages, reading from
-    /// that connection pauses until the inbox has drained to half (TCP then slows the sender).
+    /// Queues a message that came over `feeder`. A request waits within that connection's byte
+    /// budget (`rpc.io.maxQueuedBytesPerConnection`: its responder holds its bytes until it is
+    /// answered), so a full inbox does not stop the connection by itself: replies arriving on
+    /// it keep being delivered, and a handler that asks back over it completes. A one-way
+    /// message holds no budget: past `capacity` queued messages it pauses reading from its
+    /// connection until the inbox has drained to half (TCP then slows the sender).
     pub(crate) fn post_from(
         &self,
         message: InboxMessage<B::Message>,
         feeder: Option<&TransportClient>,
     ) -> Result<(), InboxMessage<B::Message>> {
         let schedule = {
+            let one_way = matches!(message, InboxMessage::OneWay(_));
             let mut st = self.lock();
             if st.stopped {
                 return Err(message);
@@ -295,7 +305,7 @@ impl<B: Behaviour> Inbox<B> {
             st.queue.push_back(message);
             st.posted = st.posted.wrapping_add(1);
             self.posted.store(st.posted, Ordering::Relaxed);
-            if let Some(c) = feeder {
+            if let Some(c) = feeder.filter(|_| one_way) {
                 if st.queue.len() >= self.capacity && !c.is_reading_paused() {
                     tracing::debug!(endpoint = %self.name, peer = %c.remote_addr(), queued = st.queue.len(), "inbox full: pausing the connection");
                     c.pause_reading();
@@ -427,6 +437,7 @@ impl<B: Behaviour> Inbox<B> {
             rounds += 1;
             let handled = batch.len();
             let _span = tracing::trace_span!("endpoint", name = %self.name).entered();
+            let _running = blocking::running(&self.node);
             core.behaviour.with(|callbacks| {
                 while let Some(mut message) = batch.pop_front() {
                     if batch.is_empty() {
@@ -624,6 +635,10 @@ impl<B: Behaviour> InboxControl for Inbox<B> {
 
     fn endpoint_name(&self) -> Arc<str> {
         self.name.clone()
+    }
+
+    fn wait_node(&self) -> &Arc<WaitNode> {
+        &self.node
     }
 
     fn post_remote(&self, content: &[u8], reply: Option<RpcCallContext>, scope: DecodeScope) {

@@ -40,6 +40,8 @@
 //! 4. `env`: the façade ([`RpcEnv`], [`RpcEnvBuilder`]) that wires them together.
 
 pub mod address;
+mod announced;
+mod blocking;
 mod call_context;
 pub mod codec;
 pub mod conf;

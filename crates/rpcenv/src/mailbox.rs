@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use crate::address::RpcAddress;
+use crate::blocking::WaitNode;
 use crate::call_context::RpcCallContext;
 use crate::decode_scope::DecodeScope;
 use crate::error::RpcError;
@@ -60,6 +61,8 @@ pub(crate) trait InboxControl: Send + Sync {
     fn stop(&self) -> bool;
     /// Queues a network event (a stopped endpoint no longer hears them).
     fn post_event(&self, event: &Event);
+    /// The endpoint as the deadlock check of blocking asks sees it.
+    fn wait_node(&self) -> &Arc<WaitNode>;
     /// The endpoint's name (shared, so contexts of remote asks need not copy it).
     fn endpoint_name(&self) -> Arc<str>;
     /// Decodes a message that came over the network (refs in it are rebound through `scope`)

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 use rpcenv_transport::{
@@ -13,7 +13,8 @@ use rpcenv_transport::{
     TransportServer,
 };
 
-use crate::address::RpcAddress;
+use crate::address::{RpcAddress, RpcEndpointAddress};
+use crate::announced::Announced;
 use crate::call_context::{ReplyTarget, RpcCallContext};
 use crate::codec::{decode_request, encode_reply_error, WireAddress, WireError};
 use crate::decode_scope::DecodeScope;
@@ -37,9 +38,8 @@ pub(crate) struct Network {
     cx: Arc<OutboxContext>,
     server: Mutex<Option<TransportServer>>,
     outboxes: Mutex<HashMap<RpcAddress, Arc<Outbox>>>,
-    /// Connection id -> the listening address its peer announced as sender. Read for every
-    /// incoming message, written once per connection.
-    listen_addresses: RwLock<HashMap<u64, RpcAddress>>,
+    /// The listening addresses peers announced on their connections.
+    announced: Announced,
     max_message_size: usize,
     stopped: AtomicBool,
 }
@@ -75,7 +75,7 @@ impl Network {
             dispatcher: parts.dispatcher,
             server: Mutex::new(parts.server),
             outboxes: Mutex::new(HashMap::new()),
-            listen_addresses: RwLock::new(HashMap::new()),
+            announced: Announced::default(),
             max_message_size: parts.max_message_size,
             stopped: AtomicBool::new(false),
         }
@@ -164,38 +164,9 @@ impl Network {
         }
     }
 
-    /// Records the listening address a connection's peer announced; true the first time.
-    fn note_listen_address(&self, client: &TransportClient, address: &RpcAddress) -> bool {
-        let mut map = self
-            .listen_addresses
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
-        match map.get(&client.id()) {
-            Some(known) if known == address => false,
-            _ => {
-                map.insert(client.id(), address.clone());
-                true
-            }
-        }
-    }
-
-    /// The listening address `client`'s peer announced, when it is `wire` and was recorded
-    /// already (nothing to note): a shared read of the map, and no address allocated.
-    fn known_listen_address(
-        &self,
-        client: &TransportClient,
-        wire: WireAddress<'_>,
-    ) -> Option<RpcAddress> {
-        self.listen_addresses
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&client.id())
-            .filter(|known| wire.is(known))
-            .cloned()
-    }
-
-    /// A connection closed: forget its outbox and its peer's listening address.
-    fn connection_closed(&self, client: &TransportClient) -> Option<RpcAddress> {
+    /// A connection closed: forget its outbox and the listening addresses its peer announced;
+    /// returns those that disconnect (see `announced`).
+    fn connection_closed(&self, client: &TransportClient) -> Vec<RpcAddress> {
         let stale: Vec<Arc<Outbox>> = {
             let outboxes = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
             outboxes
@@ -207,18 +178,11 @@ impl Network {
         for outbox in stale {
             self.remove_outbox(&outbox);
         }
-        self.listen_addresses
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&client.id())
+        self.announced.closed(client.id())
     }
 
     fn listen_address_of(&self, client: &TransportClient) -> Option<RpcAddress> {
-        self.listen_addresses
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&client.id())
-            .cloned()
+        self.announced.current(client.id())
     }
 
     /// Fails queued messages, closes the server and every connection. After the dispatcher
@@ -315,6 +279,16 @@ impl RefNetwork for Network {
     }
 }
 
+/// Whether an envelope naming `receiver` is for the env whose address is `own` (see
+/// `Network::addressed_here`).
+fn addressed_to(receiver: Option<WireAddress<'_>>, own: Option<&RpcAddress>) -> bool {
+    match (receiver, own) {
+        (None, None) => true,
+        (Some(wire), Some(own)) => wire.port == own.port(),
+        (None, Some(_)) | (Some(_), None) => false,
+    }
+}
+
 /// The transport handler of an env (Spark's `NettyRpcHandler`).
 pub(crate) struct RpcEnvHandler {
     network: OnceLock<Weak<Network>>,
@@ -370,7 +344,7 @@ impl RpcHandler for RpcEnvHandler {
         let listen = net.connection_closed(client);
         net.dispatcher
             .post_to_all(Event::Disconnected(socket_address(client)));
-        if let Some(listen) = listen {
+        for listen in listen {
             net.dispatcher.post_to_all(Event::Disconnected(listen));
         }
     }
@@ -406,12 +380,25 @@ impl Network {
                 return;
             }
         };
+        if !self.addressed_here(envelope.receiver) {
+            let requested = RpcEndpointAddress::new(
+                envelope.receiver.map(WireAddress::to_address),
+                envelope.name,
+            );
+            tracing::warn!(env = %self.name, peer = %client.remote_addr(), endpoint = %requested, "message for another env refused");
+            if let Some(r) = responder {
+                r.respond(encode_reply_error(&WireError::EndpointNotFound {
+                    uri: requested.to_string(),
+                }));
+            }
+            return;
+        }
         let sender = match envelope.sender {
-            Some(wire) => match self.known_listen_address(client, wire) {
+            Some(wire) => match self.announced.known(client.id(), wire) {
                 Some(known) => known,
                 None => {
                     let listen = wire.to_address();
-                    if self.note_listen_address(client, &listen) {
+                    if self.announced.note(client.id(), &listen) {
                         self.dispatcher
                             .post_to_all(Event::Connected(listen.clone()));
                     }
@@ -425,6 +412,15 @@ impl Network {
         let env: Weak<Dispatcher> = Arc::downgrade(&self.dispatcher);
         let scope = DecodeScope::new(env, Some(client.clone())).with_source(message.clone());
         self.post_remote(envelope.name, envelope.content, sender, responder, scope);
+    }
+
+    /// Whether a message whose envelope names `receiver` is for this env, so that a message meant
+    /// for another env is never handed to a local endpoint that merely has the same name. An
+    /// address-less receiver is an endpoint of a client-mode env, reached over the connection
+    /// that env opened: this env, only if it is in client mode itself. An addressed one must
+    /// have this env's port (its host may be an alias of ours: `localhost`, a DNS name, an IP).
+    fn addressed_here(&self, receiver: Option<WireAddress<'_>>) -> bool {
+        addressed_to(receiver, self.dispatcher.defaults().sender.as_ref())
     }
 
     /// Posts a message that came over the network to the endpoint called `name`.
@@ -464,5 +460,26 @@ impl Network {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_messages_for_this_env_are_delivered() {
+        let own = RpcAddress::new("127.0.0.1", 4000);
+        let wire = |host, port| Some(WireAddress { host, port });
+        assert!(addressed_to(wire("127.0.0.1", 4000), Some(&own)));
+        assert!(
+            addressed_to(wire("localhost", 4000), Some(&own)),
+            "a host alias"
+        );
+        assert!(!addressed_to(wire("127.0.0.1", 4001), Some(&own)));
+        // An address-less receiver is a client-mode endpoint: only a client-mode env has it.
+        assert!(!addressed_to(None, Some(&own)));
+        assert!(addressed_to(None, None));
+        assert!(!addressed_to(wire("127.0.0.1", 4000), None));
     }
 }

@@ -53,8 +53,8 @@ impl OutboxContext {
         move |result| {
             let outcome = match result {
                 Ok(body) => match decode_reply(&body) {
-                    Ok(Ok(content)) => Ok(ReplyValue::Remote {
-                        content,
+                    Ok(Ok(typed)) => Ok(ReplyValue::Remote {
+                        typed,
                         scope: DecodeScope::new(env, Some(client)),
                     }),
                     Ok(Err(wire)) => Err(wire.into_error(&client.remote_addr().to_string())),

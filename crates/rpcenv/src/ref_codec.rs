@@ -1,7 +1,10 @@
 //! How a ref travels inside a message, and how it is rebound when it arrives: a ref to an
 //! endpoint of the receiving env becomes local, a ref to another env's endpoint goes through the
 //! outbox of its address, and a ref to a client-mode endpoint goes over the connection the
-//! message came on.
+//! message came on, when that message came from the endpoint's own env. A client-mode endpoint
+//! has no address, only the connection its env opened: a ref to it forwarded by a third env
+//! cannot reach it (the third env's connection leads elsewhere, and delivering by name there
+//! would reach an unrelated endpoint of the same name), so it arrives unreachable.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -12,22 +15,31 @@ use crate::address::RpcEndpointAddress;
 use crate::decode_scope::current_env;
 use crate::dispatcher::Dispatcher;
 use crate::endpoint_ref::{Route, RpcEndpointRef};
-use crate::error::RpcError;
 use crate::message::RpcMessage;
 
-/// How a ref travels: its endpoint address and the protocol name of its message type.
+/// How a ref travels: its endpoint address, the protocol name of its message type, and for a
+/// client-mode endpoint (no address) the identity of its env and whether the sender holds the
+/// ref second-hand.
 #[derive(Serialize, Deserialize)]
 struct WireRef<'a> {
     address: RpcEndpointAddress,
     #[serde(borrow)]
     protocol: std::borrow::Cow<'a, str>,
+    owner: u64,
+    forwarded: bool,
 }
 
 impl<M: RpcMessage> Serialize for RpcEndpointRef<M> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (owner, forwarded) = match self.address() {
+            None => self.client_origin(),
+            Some(_) => (0, false),
+        };
         WireRef {
             address: self.endpoint_address().clone(),
             protocol: M::protocol_name(),
+            owner,
+            forwarded,
         }
         .serialize(serializer)
     }
@@ -46,36 +58,34 @@ impl<'de, M: RpcMessage> Deserialize<'de> for RpcEndpointRef<M> {
                 M::protocol_name()
             )));
         }
-        rebind::<M>(wire.address).map_err(serde::de::Error::custom)
+        rebind::<M>(wire.address, wire.owner, wire.forwarded).map_err(serde::de::Error::custom)
     }
 }
 
 /// Rebinds a deserialized ref to the env decoding the message it arrived in (the decode scope
 /// in force), through that env's dispatcher.
-fn rebind<M: RpcMessage>(address: RpcEndpointAddress) -> Result<RpcEndpointRef<M>, String> {
+fn rebind<M: RpcMessage>(
+    address: RpcEndpointAddress,
+    owner: u64,
+    forwarded: bool,
+) -> Result<RpcEndpointRef<M>, String> {
     let (env, client) = current_env()
         .and_then(|(env, client)| Some((as_dispatcher(env)?, client)))
         .ok_or_else(|| {
             format!("cannot deserialize a ref to {address}: refs are rebound by the RpcEnv that receives them, and none is decoding")
         })?;
     let defaults = env.defaults();
-    if address.address() == defaults.sender.as_ref() {
-        match env.lookup::<M>(address.name()) {
-            Ok(local) => return Ok(local),
-            Err(e) if address.address().is_some() => return Err(e.to_string()),
-            // A client-mode endpoint of another env (both have no address).
-            Err(_) => {}
-        }
+    let own = match address.address() {
+        Some(host) => defaults.sender.as_ref() == Some(host),
+        None => owner == defaults.env_id,
+    };
+    if own {
+        return env.lookup::<M>(address.name()).map_err(|e| e.to_string());
     }
     let route = match (address.address(), client) {
         (Some(host), _) => Route::Outbox(host.clone()),
-        (None, Some(client)) => Route::Connection(client),
-        (None, None) => {
-            return Err(RpcError::ClientEndpointUnreachable {
-                uri: address.to_string(),
-            }
-            .to_string())
-        }
+        (None, Some(client)) if !forwarded => Route::Connection(client, owner),
+        (None, _) => Route::Unreachable(owner),
     };
     Ok(RpcEndpointRef::new(address, route, defaults.clone()))
 }

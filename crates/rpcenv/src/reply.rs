@@ -12,7 +12,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::address::RpcEndpointAddress;
-use crate::codec::decode_content;
+use crate::codec::{decode_content, split_typed_reply};
 use crate::decode_scope::DecodeScope;
 use crate::error::{BoxError, RpcError};
 use crate::message::RpcReply;
@@ -26,10 +26,8 @@ pub(crate) enum ReplyValue {
         value: Box<dyn Any + Send>,
         type_name: &'static str,
     },
-    Remote {
-        content: Bytes,
-        scope: DecodeScope,
-    },
+    /// `typed`: the reply's type name and its encoded value (`codec::split_typed_reply`).
+    Remote { typed: Bytes, scope: DecodeScope },
 }
 
 impl ReplyValue {
@@ -50,15 +48,29 @@ impl ReplyValue {
                     actual: type_name.to_string(),
                 }),
             },
-            ReplyValue::Remote { content, scope } => scope
-                .with_source(content.clone())
-                .run(|| decode_content::<R>(&content))
-                .0
-                .map_err(|e| RpcError::UnexpectedReplyType {
+            ReplyValue::Remote { typed, scope } => {
+                let expected = std::any::type_name::<R>();
+                let mismatch = |actual: String| RpcError::UnexpectedReplyType {
                     endpoint: endpoint.to_string(),
-                    expected: std::any::type_name::<R>(),
-                    actual: format!("a reply that does not decode as one ({})", e.reason),
-                }),
+                    expected,
+                    actual,
+                };
+                let (type_name, content) = split_typed_reply(&typed)
+                    .map_err(|e| mismatch(format!("reply that cannot be read ({e})")))?;
+                if type_name != expected {
+                    return Err(mismatch(type_name.to_string()));
+                }
+                scope
+                    .with_source(typed.clone())
+                    .run(|| decode_content::<R>(content))
+                    .0
+                    .map_err(|e| {
+                        mismatch(format!(
+                            "{type_name} that does not decode as one ({})",
+                            e.reason
+                        ))
+                    })
+            }
         }
     }
 }
@@ -109,11 +121,20 @@ impl ReplySlot {
     }
 
     /// Registers how to withdraw the request; runs it at once if the ask already ended.
+    ///
+    /// An ask can end before its hook is registered (a timeout, an abort or the caller's drop
+    /// racing the send): the request is then still pending on its connection, and keeping it
+    /// there would hold an entry in the connection's response map that no reply removes (and
+    /// that keeps a quiet connection from being idle). Running the hook when the reply itself
+    /// won is harmless: the connection already removed the request.
     pub(crate) fn set_cancel(&self, hook: CancelHook) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let SlotState::Pending { cancel, .. } = &mut *state {
             *cancel = Some(hook);
+            return;
         }
+        drop(state);
+        hook();
     }
 
     fn finish(&self, result: ReplyResult, run_cancel: bool) -> bool {
@@ -281,6 +302,11 @@ impl<R: RpcReply> Ask<R> {
         self.abort_handle().abort(reason);
     }
 
+    /// The slot the reply arrives in.
+    pub(crate) fn slot(&self) -> &Arc<ReplySlot> {
+        &self.slot
+    }
+
     /// The timeout bounding this ask.
     pub fn timeout(&self) -> &RpcTimeout {
         &self.timeout
@@ -387,6 +413,25 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Barrier;
+
+    /// A hook registered after the ask ended runs at once.
+    #[test]
+    fn a_late_cancel_hook_runs_at_once() {
+        for end in [true, false] {
+            let slot = ReplySlot::new();
+            if end {
+                slot.cancel_with(Err(RpcError::EnvStopped));
+            } else {
+                slot.complete(Ok(ReplyValue::local(1u8)));
+            }
+            let ran = Arc::new(AtomicUsize::new(0));
+            let r = ran.clone();
+            slot.set_cancel(Box::new(move || {
+                r.fetch_add(1, Ordering::SeqCst);
+            }));
+            assert_eq!(ran.load(Ordering::SeqCst), 1);
+        }
+    }
 
     /// A reply, a timeout, an abort and a drop racing for one slot: exactly one wins, the
     /// cancel hook runs only when the asker's side won, and a blocked waiter always wakes.

@@ -147,3 +147,129 @@ fn backpressure_from_a_slow_endpoint_reaches_the_sender() {
     sender.shutdown();
     env.shutdown();
 }
+
+/// A request for `worker`, carrying the ref it asks back.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Job(RpcEndpointRef<String>, u32);
+
+impl rpcenv::RpcMessage for Job {}
+
+/// For every job, asks back the ref it carries (over the connection the job came on) and
+/// replies with the answer.
+struct AsksBack;
+
+impl RpcEndpoint for AsksBack {
+    type Message = Job;
+    fn receive_and_reply(
+        &mut self,
+        _: &EndpointCtx<Job>,
+        Job(back, n): Job,
+        ctx: rpcenv::RpcCallContext,
+    ) -> HandlerResult {
+        let answer = back.ask_sync::<String>(n.to_string())?;
+        ctx.reply(answer);
+        Ok(())
+    }
+}
+
+/// Holds the asks it gets until opened, then answers them and every later one with their text.
+#[derive(Clone, Default)]
+struct Latch(Arc<Mutex<(bool, Vec<HeldAsk>)>>);
+
+/// An ask the latch holds, and its text.
+type HeldAsk = (rpcenv::RpcCallContext, String);
+
+impl Latch {
+    fn open(&self) {
+        let held = {
+            let mut st = self.0.lock().unwrap();
+            st.0 = true;
+            std::mem::take(&mut st.1)
+        };
+        for (ctx, m) in held {
+            ctx.reply(m);
+        }
+    }
+}
+
+struct Held(Latch, std::sync::mpsc::Sender<()>);
+
+impl RpcEndpoint for Held {
+    type Message = String;
+    fn receive_and_reply(
+        &mut self,
+        _: &EndpointCtx<String>,
+        m: String,
+        ctx: rpcenv::RpcCallContext,
+    ) -> HandlerResult {
+        let mut st = (self.0).0.lock().unwrap();
+        if st.0 {
+            drop(st);
+            ctx.reply(m);
+        } else {
+            st.1.push((ctx, m));
+            self.1.send(())?;
+        }
+        Ok(())
+    }
+}
+
+/// While a handler waits for the answer to its ask back over the connection its requests come
+/// on, more requests than `rpc.inbox.capacity` queue up behind it from that connection. They
+/// wait within the connection's byte budget instead of pausing it: a later message on the same
+/// connection (a probe) is still read, and the answer the handler waits for still arrives, so
+/// every request completes (a paused connection would hold that answer until the ask timed
+/// out).
+#[test]
+fn a_handler_asking_back_over_the_connection_feeding_its_full_inbox_completes() {
+    let env = RpcEnv::builder("server")
+        .conf(
+            suite_conf()
+                .with("rpc.inbox.capacity", "4")
+                .unwrap()
+                .with("rpc.askTimeout", "30s")
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    env.setup_endpoint("worker", AsksBack).unwrap();
+    env.setup_endpoint("probe", Echo).unwrap();
+    // A client-mode env: its endpoint is reached over the very connection it opened.
+    let client = RpcEnv::builder("client")
+        .client_mode(true)
+        .conf(suite_conf().with("rpc.askTimeout", "30s").unwrap())
+        .build()
+        .unwrap();
+    let latch = Latch::default();
+    let (arrived_tx, arrived) = std::sync::mpsc::channel();
+    let held = client
+        .setup_endpoint("held", Held(latch.clone(), arrived_tx))
+        .unwrap();
+    let worker: RpcEndpointRef<Job> = client
+        .setup_endpoint_ref(env.address().unwrap(), "worker")
+        .unwrap();
+    let probe: RpcEndpointRef<String> = client
+        .setup_endpoint_ref(env.address().unwrap(), "probe")
+        .unwrap();
+    let first = worker.ask::<String>(Job(held.clone(), 0));
+    // The worker's handler now waits for its ask back.
+    arrived.recv_timeout(common::WAIT).unwrap();
+    let more: Vec<_> = (1..=16)
+        .map(|n| worker.ask::<String>(Job(held.clone(), n)))
+        .collect();
+    // The connection is still read past the 16 queued requests.
+    let wait = RpcTimeout::new(common::WAIT, "test.wait");
+    assert_eq!(
+        probe
+            .ask_sync_with_timeout::<String>("probe".into(), wait)
+            .unwrap(),
+        "probe"
+    );
+    latch.open();
+    assert_eq!(first.wait().unwrap(), "0");
+    for (n, ask) in more.into_iter().enumerate() {
+        assert_eq!(ask.wait().unwrap(), (n + 1).to_string());
+    }
+    client.shutdown();
+    env.shutdown();
+}

@@ -156,3 +156,107 @@ fn three_node_ref_chain() {
         env.shutdown();
     }
 }
+
+/// Counts what it receives and answers with the name of its env.
+struct Named(&'static str, std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl RpcEndpoint for Named {
+    type Message = String;
+    fn receive_and_reply(
+        &mut self,
+        _: &EndpointCtx<String>,
+        m: String,
+        ctx: RpcCallContext,
+    ) -> HandlerResult {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        ctx.reply(format!("{}'s own a-service answers {m}", self.0));
+        Ok(())
+    }
+}
+
+/// A (client mode, connected to B) sends its ref to B, B forwards it to C, C asks it: the ref
+/// cannot reach A from C (A's connection is to B), and B's endpoint of the same name must not
+/// answer in A's place.
+#[test]
+fn a_forwarded_client_mode_ref_is_unreachable_and_never_misdelivered() {
+    let (a, b, c) = (client("A"), server("B"), server("C"));
+    let a_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let b_count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let a_service = a
+        .setup_endpoint("a-service", Named("A", a_count.clone()))
+        .unwrap();
+    let b_service = b
+        .setup_endpoint("a-service", Named("B", b_count.clone()))
+        .unwrap();
+    let (tx, rx) = channel();
+    c.setup_endpoint("asker", Asker(tx)).unwrap();
+    let c_from_b: RpcEndpointRef<Chain> =
+        b.setup_endpoint_ref(c.address().unwrap(), "asker").unwrap();
+    b.setup_endpoint("forwarder", Forwarder(c_from_b)).unwrap();
+    let b_from_a: RpcEndpointRef<Chain> = a
+        .setup_endpoint_ref(b.address().unwrap(), "forwarder")
+        .unwrap();
+    let start = std::time::Instant::now();
+    b_from_a.send(Chain::Forward(a_service)).unwrap();
+    let e = rx.recv_timeout(WAIT).unwrap().unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(e.contains("rpc-client://a-service"), "{e}");
+    assert!(
+        e.contains("client-mode endpoint of another connection"),
+        "{e}"
+    );
+    // B's own a-service received nothing: the first message it gets is this one.
+    assert_eq!(
+        b_service.ask_sync::<String>("hi".into()).unwrap(),
+        "B's own a-service answers hi"
+    );
+    assert_eq!(b_count.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(a_count.load(std::sync::atomic::Ordering::SeqCst), 0);
+    for env in [a, b, c] {
+        env.shutdown();
+    }
+}
+
+/// Sends `r` from `from` to a new `store` endpoint of `to`; returns the ref as `to` received it.
+fn hand_over(
+    from: &rpcenv::RpcEnv,
+    to: &rpcenv::RpcEnv,
+    r: RpcEndpointRef<String>,
+) -> RpcEndpointRef<String> {
+    let (tx, rx) = channel();
+    to.setup_endpoint("store", RefStore(tx)).unwrap();
+    let store: RpcEndpointRef<Registry> = from
+        .setup_endpoint_ref(to.address().unwrap(), "store")
+        .unwrap();
+    let ok: String = store.ask_sync(Registry::Register(r)).unwrap();
+    assert_eq!(ok, "okay");
+    rx.recv_timeout(WAIT).unwrap().0
+}
+
+/// The error C sees is the typed one.
+#[test]
+fn a_forwarded_client_mode_ref_fails_with_client_endpoint_unreachable() {
+    let (a, b, c) = (client("A"), server("B"), server("C"));
+    let a_service = a.setup_endpoint("a-service", Echo).unwrap();
+    let at_b = hand_over(&a, &b, a_service);
+    // B holds the ref over A's connection: it works from B.
+    assert_eq!(at_b.ask_sync::<String>("from B".into()).unwrap(), "from B");
+    let at_c = hand_over(&b, &c, at_b);
+    let e = at_c.ask_sync::<String>("from C".into()).unwrap_err();
+    assert!(
+        matches!(e, RpcError::ClientEndpointUnreachable { .. }),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("rpc-client://a-service"), "{e}");
+    assert!(matches!(
+        at_c.send("one way".into()).unwrap_err(),
+        RpcError::ClientEndpointUnreachable { .. }
+    ));
+    for env in [a, b, c] {
+        env.shutdown();
+    }
+}

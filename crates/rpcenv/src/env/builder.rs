@@ -10,6 +10,7 @@ use rpcenv_transport::{RpcHandler, TransportClientFactory, TransportConf, Transp
 use super::api::RpcEnv;
 use super::lifecycle::{EnvInner, Termination};
 use crate::address::RpcAddress;
+use crate::blocking::BlockedAsks;
 use crate::conf::RpcConf;
 use crate::dispatcher::Dispatcher;
 use crate::endpoint_ref::{RefDefaults, RefNetwork};
@@ -136,8 +137,11 @@ impl RpcEnvBuilder {
             let host = self.advertise_host.as_deref().unwrap_or(&self.bind_host);
             RpcAddress::new(host, server.port())
         });
-        let shared_loop = Dispatcher::start_shared_loop(self.conf.dispatcher_threads())
-            .map_err(|e| startup(format!("cannot start message loop threads: {e}")))?;
+        let shared_loop = Dispatcher::start_shared_loop(
+            self.conf.dispatcher_threads(),
+            self.conf.max_extra_loop_threads(),
+        )
+        .map_err(|e| startup(format!("cannot start message loop threads: {e}")))?;
         let factory = TransportClientFactory::with_bootstraps(
             tconf,
             handler.clone(),
@@ -156,6 +160,8 @@ impl RpcEnvBuilder {
                     pace: Pace::new(self.conf.spin_window()),
                 }),
                 sender: address.clone(),
+                env_id: random_env_id(),
+                blocked: BlockedAsks::default(),
                 network: ref_network,
                 env_stopped: Arc::new(AtomicBool::new(false)),
             });
@@ -245,4 +251,13 @@ fn bind_server(
         .join()
         .map_err(|_| startup("the bind thread panicked".into()))?
         .map_err(|e| startup(e.to_string()))
+}
+
+/// A random identity for an env (refs to its client-mode endpoints carry it): std's randomly
+/// keyed hasher, so no random-number crate is needed for one number per env.
+fn random_env_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.finish()
 }

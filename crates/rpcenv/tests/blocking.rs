@@ -1,0 +1,212 @@
+//! Blocking inside handlers: an `ask_sync` that can only deadlock fails at once naming the
+//! deadlock, handlers blocked in `ask_sync` do not stop the shared pool (a compensating loop
+//! thread serves it), and shutdown fails the asks such handlers wait in.
+//!
+//! Every env binds 127.0.0.1 with port 0. Waits are on channels with deadlines.
+
+use std::sync::mpsc::{channel, Sender};
+use std::time::{Duration, Instant};
+
+use rpcenv::{
+    EndpointCtx, HandlerResult, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcError, RpcTimeout,
+};
+
+mod common;
+use common::{env_with, Echo, WAIT};
+
+/// Asks itself (one message at a time) from its handler and replies with the outcome.
+struct SelfAsker;
+
+impl RpcEndpoint for SelfAsker {
+    type Message = String;
+    fn receive_and_reply(
+        &mut self,
+        ctx: &EndpointCtx<String>,
+        m: String,
+        reply: RpcCallContext,
+    ) -> HandlerResult {
+        if m == "inner" {
+            reply.reply("inner".to_string());
+            return Ok(());
+        }
+        let me = ctx.self_ref().cloned().ok_or("no self ref")?;
+        let outcome = me.ask_sync::<String>("inner".into());
+        reply.reply(format!("{outcome:?}"));
+        Ok(())
+    }
+}
+
+#[test]
+fn a_one_at_a_time_endpoint_asking_itself_fails_at_once_naming_the_deadlock() {
+    let env = env_with(&[("rpc.askTimeout", "120s")]);
+    let r = env.setup_endpoint("self-asker", SelfAsker).unwrap();
+    let outcome = r
+        .ask_sync_with_timeout::<String>("go".into(), RpcTimeout::new(WAIT, "test.wait"))
+        .unwrap();
+    assert!(outcome.contains("Deadlock"), "{outcome}");
+    assert!(outcome.contains("asked itself"), "{outcome}");
+    // The endpoint still works.
+    assert_eq!(r.ask_sync::<String>("inner".into()).unwrap(), "inner");
+    env.shutdown();
+}
+
+/// `a` asks `b`, whose handler asks `a` back: the second ask fails at once.
+struct ChainA(RpcEndpointRef<String>);
+
+impl RpcEndpoint for ChainA {
+    type Message = String;
+    fn receive_and_reply(
+        &mut self,
+        _: &EndpointCtx<String>,
+        m: String,
+        reply: RpcCallContext,
+    ) -> HandlerResult {
+        if m == "back" {
+            reply.reply("a answers".to_string());
+            return Ok(());
+        }
+        let outcome = self.0.ask_sync::<String>("go".into());
+        reply.reply(format!("{outcome:?}"));
+        Ok(())
+    }
+}
+
+struct ChainB(Option<RpcEndpointRef<String>>);
+
+impl RpcEndpoint for ChainB {
+    type Message = String;
+    fn receive_and_reply(
+        &mut self,
+        ctx: &EndpointCtx<String>,
+        _: String,
+        reply: RpcCallContext,
+    ) -> HandlerResult {
+        let a = self
+            .0
+            .clone()
+            .or_else(|| ctx.env()?.endpoint_ref::<String>("a").ok())
+            .ok_or("no a")?;
+        match a.ask_sync::<String>("back".into()) {
+            Ok(s) => reply.reply(s),
+            Err(e) => reply.reply(format!("b: {e:?}")),
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_chain_of_blocking_asks_back_to_a_one_at_a_time_endpoint_fails_at_once() {
+    let env = env_with(&[("rpc.askTimeout", "120s")]);
+    let b = env.setup_endpoint("b", ChainB(None)).unwrap();
+    let a = env.setup_endpoint("a", ChainA(b)).unwrap();
+    let outcome = a
+        .ask_sync_with_timeout::<String>("go".into(), RpcTimeout::new(WAIT, "test.wait"))
+        .unwrap();
+    assert!(outcome.contains("Deadlock"), "{outcome}");
+    // b's ask to a fails: a waits for b.
+    assert!(outcome.contains("chain a -> b"), "{outcome}");
+    env.shutdown();
+}
+
+/// Keeps every ask unanswered and reports each arrival.
+struct Sink(Vec<RpcCallContext>, Sender<()>);
+
+impl RpcEndpoint for Sink {
+    type Message = String;
+    fn receive_and_reply(
+        &mut self,
+        _: &EndpointCtx<String>,
+        _: String,
+        ctx: RpcCallContext,
+    ) -> HandlerResult {
+        self.0.push(ctx);
+        self.1.send(())?;
+        Ok(())
+    }
+}
+
+/// On any message, blocks in an ask to the sink, then reports how it ended.
+struct Blocker(
+    RpcEndpointRef<String>,
+    RpcTimeout,
+    Sender<Result<String, RpcError>>,
+);
+
+impl RpcEndpoint for Blocker {
+    type Message = String;
+    fn receive(&mut self, _: &EndpointCtx<String>, m: String) -> HandlerResult {
+        let outcome = self.0.ask_sync_with_timeout::<String>(m, self.1.clone());
+        let _ = self.2.send(outcome);
+        Ok(())
+    }
+}
+
+#[test]
+fn two_handlers_blocked_in_ask_sync_do_not_stop_a_third_endpoint() {
+    let env = env_with(&[
+        ("rpc.netty.dispatcher.numThreads", "2"),
+        ("rpc.askTimeout", "120s"),
+    ]);
+    let (arrived_tx, arrived) = channel();
+    let sink = env
+        .setup_endpoint("sink", Sink(Vec::new(), arrived_tx))
+        .unwrap();
+    let (done_tx, done) = channel();
+    let long = RpcTimeout::new(Duration::from_secs(120), "rpc.askTimeout");
+    let blockers: Vec<_> = (0..2)
+        .map(|i| {
+            env.setup_endpoint(
+                &format!("blocker-{i}"),
+                Blocker(sink.clone(), long.clone(), done_tx.clone()),
+            )
+            .unwrap()
+        })
+        .collect();
+    let echo = env.setup_endpoint("echo", Echo).unwrap();
+    for b in &blockers {
+        b.send("wait".into()).unwrap();
+    }
+    // Both handlers are blocked in their asks once the sink has both.
+    for _ in 0..2 {
+        arrived.recv_timeout(WAIT).unwrap();
+    }
+    let answer = echo.ask_sync_with_timeout::<String>(
+        "still here".into(),
+        RpcTimeout::new(Duration::from_secs(1), "test.wait"),
+    );
+    assert_eq!(answer.unwrap(), "still here");
+    // Shutdown fails the blocked asks.
+    env.shutdown();
+    for _ in 0..2 {
+        let outcome = done.recv_timeout(WAIT).unwrap();
+        assert!(matches!(outcome, Err(RpcError::EnvStopped)), "{outcome:?}");
+    }
+}
+
+#[test]
+fn shutdown_returns_while_a_handler_waits_in_an_ask_without_timeout() {
+    let env = env_with(&[]);
+    let (arrived_tx, arrived) = channel();
+    let sink = env
+        .setup_endpoint("sink", Sink(Vec::new(), arrived_tx))
+        .unwrap();
+    let (done_tx, done) = channel();
+    let blocker = env
+        .setup_endpoint("blocker", Blocker(sink, RpcTimeout::infinite(), done_tx))
+        .unwrap();
+    blocker.send("forever".into()).unwrap();
+    arrived.recv_timeout(WAIT).unwrap();
+    let (shut_tx, shut) = channel();
+    let start = Instant::now();
+    std::thread::spawn(move || {
+        env.shutdown();
+        let _ = shut_tx.send(());
+    });
+    shut.recv_timeout(Duration::from_secs(5))
+        .expect("shutdown returns within 5 s");
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(matches!(
+        done.recv_timeout(WAIT).unwrap(),
+        Err(RpcError::EnvStopped)
+    ));
+}
