@@ -8,6 +8,7 @@ use std::io::IoSlice;
 use bytes::{Buf, Bytes, BytesMut};
 
 use crate::message::Message;
+use crate::metrics::FrameCounters;
 
 /// Bodies up to this size are copied into the batch buffer; larger ones are queued by handle.
 pub(crate) const INLINE_BODY_MAX: usize = 16 * 1024;
@@ -16,11 +17,19 @@ pub(crate) const INLINE_BODY_MAX: usize = 16 * 1024;
 pub(crate) const MAX_IO_SLICES: usize = 64;
 
 /// Encoded bytes waiting to be written, in order.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WriteQueue {
     segs: VecDeque<Bytes>,
     cur: BytesMut,
     len: usize,
+    /// Frames and bytes queued (the `rpcenv_frames_out_total` / `rpcenv_bytes_out_total` metrics).
+    counters: FrameCounters,
+}
+
+impl Default for WriteQueue {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl WriteQueue {
@@ -30,6 +39,7 @@ impl WriteQueue {
             segs: VecDeque::new(),
             cur: BytesMut::with_capacity(16 * 1024),
             len: 0,
+            counters: FrameCounters::outbound(),
         }
     }
 
@@ -54,7 +64,9 @@ impl WriteQueue {
                 self.segs.push_back(body.clone());
             }
         }
-        self.len += msg.wire_len();
+        let len = msg.wire_len();
+        self.len += len;
+        self.counters.frame(msg.type_id(), len);
     }
 
     /// Fill `dst` with the next slices to write; returns how many were filled.

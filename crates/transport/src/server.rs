@@ -312,6 +312,9 @@ async fn setup_connection(
             io = match b.bootstrap(peer, io).await {
                 Ok(io) => io,
                 Err(e) => {
+                    if matches!(e, TransportError::AuthFailed { .. }) {
+                        crate::metrics::auth_failed();
+                    }
                     tracing::warn!(%peer, error = %e, "server bootstrap failed; connection closed");
                     return false;
                 }
@@ -319,6 +322,7 @@ async fn setup_connection(
         }
         spawn_connection(io, local, peer, conf, handler, Side::Server, Some(on_exit))
     };
+    crate::metrics::connection_opened(true);
     inner
         .connections
         .lock()
