@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use crate::address::RpcEndpointAddress;
 use crate::endpoint::EndpointCtx;
@@ -25,6 +26,7 @@ use crate::flavour::Behaviour;
 use crate::inbox::{Inbox, Job, Scheduler, TerminationListener};
 use crate::mailbox::{Event, InboxControl};
 use crate::message::RpcMessage;
+use crate::stats::EndpointStats;
 
 thread_local! {
     /// A thread-identity flag, not a parameter: set once on each message loop thread, so that
@@ -145,6 +147,8 @@ pub(crate) struct Dispatcher {
     dedicated: Mutex<Vec<Arc<MessageLoop>>>,
     live: Arc<Live>,
     inbox_capacity: usize,
+    /// `rpc.slowHandler.threshold`.
+    slow_handler: Duration,
 }
 
 impl Dispatcher {
@@ -158,6 +162,7 @@ impl Dispatcher {
     pub(crate) fn new(
         shared_loop: Arc<MessageLoop>,
         inbox_capacity: usize,
+        slow_handler: Duration,
         defaults: Arc<RefDefaults>,
     ) -> Self {
         Dispatcher {
@@ -170,6 +175,7 @@ impl Dispatcher {
                 cond: Condvar::new(),
             }),
             inbox_capacity,
+            slow_handler,
         }
     }
 
@@ -235,6 +241,7 @@ impl Dispatcher {
             max_threads,
             self.inbox_capacity,
             self.defaults.waits.pace.window(),
+            self.slow_handler,
             self.defaults.env_stopped.clone(),
             Some(listener),
         );
@@ -296,6 +303,17 @@ impl Dispatcher {
             }
         }
         control.stop();
+    }
+
+    /// Snapshots of the registered endpoints, by name.
+    pub(crate) fn endpoint_stats(&self) -> Vec<EndpointStats> {
+        let controls: Vec<Arc<dyn InboxControl>> = {
+            let endpoints = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
+            endpoints.values().map(|r| r.control.clone()).collect()
+        };
+        let mut stats: Vec<EndpointStats> = controls.iter().map(|c| c.stats()).collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
     }
 
     /// The inbox of the endpoint called `name`.

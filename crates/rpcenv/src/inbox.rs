@@ -30,7 +30,10 @@ use crate::endpoint::EndpointCtx;
 use crate::error::{panic_message, Failure, FailureKind, HandlerResult, RpcError, SharedError};
 use crate::flavour::{Behaviour, Callbacks};
 use crate::mailbox::{Event, InboxControl, InboxMessage, Mailbox};
+use crate::metrics::{seconds, EndpointMetrics};
 use crate::pace::{spin_until, Pace};
+use crate::slow_handler::SlowHandler;
+use crate::stats::{EndpointCounters, EndpointStats};
 use rpcenv_transport::TransportClient;
 
 /// Something a message loop thread can run.
@@ -102,6 +105,9 @@ struct State<M, C> {
     posted: usize,
     /// When the last batch was taken (what the inbox's pace learns from).
     last_batch: Option<Instant>,
+    /// When the oldest queued message was posted (stamped when the queue was empty): the queue
+    /// time of a batch, measured once per batch.
+    oldest: Option<Instant>,
 }
 
 /// Told when an inbox has terminated (`on_stop` ran), so shutdown can wait for all of them.
@@ -125,6 +131,11 @@ pub(crate) struct Inbox<B: Behaviour> {
     capacity: usize,
     env_stopped: Arc<AtomicBool>,
     listener: Option<Arc<dyn TerminationListener>>,
+    /// The endpoint's metric handles (registered once, here).
+    metrics: EndpointMetrics,
+    /// What `RpcEnv::stats` reads.
+    counters: EndpointCounters,
+    slow: SlowHandler,
 }
 
 /// Batches a processor runs before it yields its thread to other inboxes waiting for one.
@@ -206,9 +217,11 @@ impl<B: Behaviour> Inbox<B> {
         max_threads: usize,
         capacity: usize,
         spin: Duration,
+        slow_handler: Duration,
         env_stopped: Arc<AtomicBool>,
         listener: Option<Arc<dyn TerminationListener>>,
     ) -> Arc<Self> {
+        let metrics = EndpointMetrics::new(&name);
         let mut queue = VecDeque::new();
         queue.push_back(InboxMessage::Event(Event::OnStart));
         Arc::new_cyclic(|me| Inbox {
@@ -225,6 +238,7 @@ impl<B: Behaviour> Inbox<B> {
                 paused: Vec::new(),
                 posted: 0,
                 last_batch: None,
+                oldest: None,
             }),
             posted: AtomicUsize::new(0),
             pace: Pace::new(spin),
@@ -233,6 +247,9 @@ impl<B: Behaviour> Inbox<B> {
             capacity: capacity.max(1),
             env_stopped,
             listener,
+            metrics,
+            counters: EndpointCounters::default(),
+            slow: SlowHandler::new(slow_handler),
         })
     }
 
@@ -292,9 +309,14 @@ impl<B: Behaviour> Inbox<B> {
             if st.stopped {
                 return Err(message);
             }
+            if st.queue.is_empty() {
+                st.oldest = Some(Instant::now());
+            }
             st.queue.push_back(message);
             st.posted = st.posted.wrapping_add(1);
             self.posted.store(st.posted, Ordering::Relaxed);
+            self.metrics.received.increment(1);
+            self.metrics.depth.set(st.queue.len() as f64);
             if let Some(c) = feeder {
                 if st.queue.len() >= self.capacity && !c.is_reading_paused() {
                     tracing::debug!(endpoint = %self.name, peer = %c.remote_addr(), queued = st.queue.len(), "inbox full: pausing the connection");
@@ -372,7 +394,7 @@ impl<B: Behaviour> Inbox<B> {
         let mut linger = Linger::new(self.scheduler.is_manual());
         loop {
             let mut resume = Vec::new();
-            let core = {
+            let (core, queued) = {
                 let mut st = self.lock();
                 if st.spare.capacity() < batch.capacity() {
                     st.spare = std::mem::take(&mut batch);
@@ -416,10 +438,16 @@ impl<B: Behaviour> Inbox<B> {
                     batch = std::mem::take(&mut st.spare);
                     std::mem::swap(&mut st.queue, &mut batch);
                 }
+                let queued = st
+                    .oldest
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                st.oldest = (!st.queue.is_empty()).then_some(now);
+                self.metrics.depth.set(st.queue.len() as f64);
+                self.metrics.queue_time.record(seconds(queued));
                 if !st.paused.is_empty() && st.queue.len() <= self.capacity / 2 {
                     resume = std::mem::take(&mut st.paused);
                 }
-                st.core.clone().expect("checked above")
+                (st.core.clone().expect("checked above"), queued)
             };
             for c in resume {
                 c.resume_reading();
@@ -427,11 +455,28 @@ impl<B: Behaviour> Inbox<B> {
             rounds += 1;
             let handled = batch.len();
             let _span = tracing::trace_span!("endpoint", name = %self.name).entered();
+            let mut busy = Duration::ZERO;
+            let mut start = Instant::now();
             core.behaviour.with(|callbacks| {
                 while let Some(message) = batch.pop_front() {
+                    let kind = message.kind();
                     self.deliver(callbacks, &core.ctx, message);
+                    // One clock read per message: the end of one call is the start of the next.
+                    let end = Instant::now();
+                    let took = end - start;
+                    start = end;
+                    busy += took;
+                    self.metrics.processing_time.record(seconds(took));
+                    self.slow.check(
+                        &self.name,
+                        std::any::type_name::<B::Message>(),
+                        kind,
+                        took,
+                        end,
+                    );
                 }
             });
+            self.counters.batch(handled, busy, queued);
             linger.handled(handled);
         }
     }
@@ -465,6 +510,11 @@ impl<B: Behaviour> Inbox<B> {
                         )),
                     },
                 );
+                if r.is_ok() {
+                    self.metrics.answered.increment(1);
+                } else {
+                    self.metrics.failed.increment(1);
+                }
                 self.report(cb, ctx, r);
             }
             InboxMessage::Event(event) => self.deliver_event(cb, ctx, event),
@@ -523,10 +573,13 @@ impl<B: Behaviour> Inbox<B> {
                     source: e,
                 },
             },
-            Err(Problem::Panic(message)) => RpcError::Panicked {
-                endpoint: self.name.to_string(),
-                message,
-            },
+            Err(Problem::Panic(message)) => {
+                self.metrics.panics.increment(1);
+                RpcError::Panicked {
+                    endpoint: self.name.to_string(),
+                    message,
+                }
+            }
         };
         match guarded(|| cb.on_error(ctx, error)) {
             Ok(()) => {}
@@ -617,6 +670,11 @@ impl<B: Behaviour> InboxControl for Inbox<B> {
 
     fn endpoint_name(&self) -> Arc<str> {
         self.name.clone()
+    }
+
+    fn stats(&self) -> EndpointStats {
+        let depth = self.lock().queue.len();
+        self.counters.snapshot(&self.name, depth)
     }
 
     fn post_remote(&self, content: &[u8], reply: Option<RpcCallContext>, scope: DecodeScope) {
@@ -764,6 +822,7 @@ mod tests {
             1,
             1024,
             Duration::from_micros(50),
+            Duration::from_secs(1),
             Arc::new(AtomicBool::new(false)),
             None,
         );

@@ -23,6 +23,7 @@ use crate::endpoint_ref::{OutboxMessage, RefNetwork, Refused, Waiting};
 use crate::error::RpcError;
 use crate::mailbox::Event;
 use crate::outbox::{admits, dispatch, Outbox, OutboxContext, Posted};
+use crate::stats::PeerStats;
 
 /// Headroom the frame cap allows above `rpc.message.maxSize` (envelope and frame headers).
 pub(crate) const FRAME_HEADROOM: usize = 64 * 1024;
@@ -92,7 +93,7 @@ impl Network {
                 let net = self.me.clone();
                 Outbox::open(address.clone(), &self.cx, move |outbox| {
                     if let Some(net) = net.upgrade() {
-                        net.remove_outbox(outbox);
+                        net.remove_outbox(outbox, "connect_failed");
                     }
                 })
             })
@@ -112,7 +113,7 @@ impl Network {
                 Posted::Full(m, queued) => return Err(Refused::Full(m, queued)),
                 Posted::Stale(m) => {
                     // Its connection is gone: drop the outbox so the next one reconnects.
-                    self.remove_outbox(&outbox);
+                    self.remove_outbox(&outbox, "connection_lost");
                     message = m;
                 }
             }
@@ -138,15 +139,50 @@ impl Network {
         Ok(())
     }
 
-    /// Forgets `outbox` if it is still the one registered for its address.
-    pub(crate) fn remove_outbox(&self, outbox: &Arc<Outbox>) {
+    /// Forgets `outbox` if it is still the one registered for its address; `cause` labels the
+    /// close in the metrics (`rpcenv_peer_closes_total`).
+    pub(crate) fn remove_outbox(&self, outbox: &Arc<Outbox>, cause: &'static str) {
         let mut outboxes = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
         if outboxes
             .get(outbox.address())
             .is_some_and(|o| Arc::ptr_eq(o, outbox))
         {
             outboxes.remove(outbox.address());
+            outbox.metrics().closed(cause);
         }
+    }
+
+    /// Snapshots of the outboxes (by address) and the number of connections the server
+    /// accepted that are open.
+    pub(crate) fn peer_stats(&self) -> (Vec<PeerStats>, usize) {
+        let outboxes: Vec<Arc<Outbox>> = self
+            .outboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut peers: Vec<PeerStats> = outboxes
+            .iter()
+            .map(|o| {
+                let (outbox_bytes, connected) = o.queued();
+                PeerStats {
+                    address: o.address().to_string(),
+                    outbox_bytes,
+                    connected,
+                }
+            })
+            .collect();
+        peers.sort_by(|a, b| a.address.cmp(&b.address));
+        let accepted = self
+            .server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |s| {
+                s.connections().iter().filter(|c| c.is_active()).count()
+            });
+        (peers, accepted)
     }
 
     /// Records the listening address a connection's peer announced; true the first time.
@@ -190,7 +226,7 @@ impl Network {
                 .collect()
         };
         for outbox in stale {
-            self.remove_outbox(&outbox);
+            self.remove_outbox(&outbox, "connection_lost");
         }
         self.listen_addresses
             .write()
@@ -218,6 +254,7 @@ impl Network {
             .map(|(_, o)| o)
             .collect();
         for outbox in outboxes {
+            outbox.metrics().closed("shutdown");
             outbox.close(&|| RpcError::EnvStopped);
         }
         if let Some(server) = self.server.lock().unwrap_or_else(|p| p.into_inner()).take() {

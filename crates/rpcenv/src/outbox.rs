@@ -20,6 +20,7 @@ use crate::decode_scope::DecodeScope;
 use crate::dispatcher::Dispatcher;
 use crate::endpoint_ref::OutboxMessage;
 use crate::error::RpcError;
+use crate::metrics::PeerMetrics;
 use crate::reply::{ReplySlot, ReplyValue};
 
 /// The admission rule of the outbox budget (`rpc.outbox.maxBytes`), for every route to a peer:
@@ -94,6 +95,8 @@ pub(crate) struct Outbox {
     state: Mutex<State>,
     /// Signalled when the connection opens or fails (for senders waiting for room).
     settled: tokio::sync::Notify,
+    /// The peer's metric handles (registered once, here).
+    metrics: PeerMetrics,
 }
 
 /// What `Outbox::post` did.
@@ -118,6 +121,7 @@ impl Outbox {
             address: address.clone(),
             state: Mutex::new(State::Connecting(VecDeque::new(), 0)),
             settled: tokio::sync::Notify::new(),
+            metrics: PeerMetrics::new(&address.to_string()),
         });
         let weak_cx: Weak<OutboxContext> = Arc::downgrade(cx);
         let me = outbox.clone();
@@ -130,8 +134,12 @@ impl Outbox {
                 .create_client(address.host().trim_matches(['[', ']']), address.port())
                 .await;
             match connected {
-                Ok(client) => me.connected(client, &cx),
+                Ok(client) => {
+                    me.metrics.connects.increment(1);
+                    me.connected(client, &cx)
+                }
                 Err(e) => {
+                    me.metrics.connect_failures.increment(1);
                     tracing::warn!(peer = %address, error = %e, "cannot connect");
                     forget(&me);
                     me.close(&|| RpcError::Connection {
@@ -148,6 +156,20 @@ impl Outbox {
         &self.address
     }
 
+    /// The outbox's metric handles.
+    pub(crate) fn metrics(&self) -> &PeerMetrics {
+        &self.metrics
+    }
+
+    /// Bytes waiting to be written, and whether the connection is open.
+    pub(crate) fn queued(&self) -> (usize, bool) {
+        match &*self.lock() {
+            State::Connecting(_, queued) => (*queued, false),
+            State::Connected(c) => (c.queued_bytes(), c.is_active()),
+            State::Closed => (0, false),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -159,17 +181,26 @@ impl Outbox {
         match &mut *state {
             State::Connecting(queue, queued) => {
                 if !admits(*queued, message.len(), cx.max_bytes) {
+                    self.metrics.queue_full.increment(1);
                     return Posted::Full(message, *queued);
                 }
                 *queued += message.len();
                 queue.push_back(message);
+                self.metrics.sent.increment(1);
+                self.metrics.queued_bytes.set(*queued as f64);
+                self.metrics.queued_messages.set(queue.len() as f64);
                 Posted::Done
             }
             State::Connected(client) if client.is_active() => {
                 let queued = client.queued_bytes();
                 if !admits(queued, message.len(), cx.max_bytes) {
+                    self.metrics.queue_full.increment(1);
                     return Posted::Full(message, queued);
                 }
+                self.metrics.sent.increment(1);
+                self.metrics
+                    .queued_bytes
+                    .set((queued + message.len()) as f64);
                 let client = client.clone();
                 // Sent under the lock: a concurrent post cannot overtake this one.
                 dispatch(&client, message, cx);
@@ -195,6 +226,7 @@ impl Outbox {
         for message in queued {
             dispatch(&client, message, cx);
         }
+        self.metrics.queued_messages.set(0.0);
         drop(state);
         self.settled.notify_waiters();
     }

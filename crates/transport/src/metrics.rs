@@ -169,10 +169,18 @@ pub fn describe() {
         d(CONNECTIONS_IN, Unit::Count, "connections accepted");
         d(CONNECTIONS_OUT, Unit::Count, "connections opened");
         d(BYTES_IN, Unit::Bytes, "bytes read from connections");
-        d(BYTES_OUT, Unit::Bytes, "bytes queued for writing to connections");
+        d(
+            BYTES_OUT,
+            Unit::Bytes,
+            "bytes queued for writing to connections",
+        );
         d(FRAMES_IN, Unit::Count, "frames read, by message type");
         d(FRAMES_OUT, Unit::Count, "frames written, by message type");
-        d(AUTH_FAILURES, Unit::Count, "handshakes that failed authentication");
+        d(
+            AUTH_FAILURES,
+            Unit::Count,
+            "handshakes that failed authentication",
+        );
     }
 }
 
@@ -211,74 +219,5 @@ mod disabled {
     impl Histogram {
         /// Does nothing.
         pub fn record(&self, _: f64) {}
-    }
-}
-
-#[cfg(all(test, feature = "metrics"))]
-mod tests {
-    use super::*;
-    use crate::frame::FrameDecoder;
-    use crate::message::Message;
-    use bytes::{Bytes, BytesMut};
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    use metrics_util::{CompositeKey, MetricKind};
-
-    fn counter_value(
-        snapshot: &[(CompositeKey, Option<metrics::Unit>, Option<SharedString>, DebugValue)],
-        name: &str,
-        labels: &[(&str, &str)],
-    ) -> u64 {
-        snapshot
-            .iter()
-            .filter(|(k, ..)| k.kind() == MetricKind::Counter && k.key().name() == name)
-            .filter(|(k, ..)| {
-                labels.iter().all(|(lk, lv)| {
-                    k.key()
-                        .labels()
-                        .any(|l| l.key() == *lk && l.value() == *lv)
-                })
-            })
-            .map(|(.., v)| match v {
-                DebugValue::Counter(n) => *n,
-                _ => 0,
-            })
-            .sum()
-    }
-
-    #[test]
-    fn decoder_and_write_queue_count_frames_by_type_and_bytes() {
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        metrics::with_local_recorder(&recorder, || {
-            let mut queue = crate::codec::WriteQueue::new();
-            let request = Message::RpcRequest {
-                request_id: 7,
-                body: Bytes::from_static(b"hello"),
-            };
-            let one_way = Message::OneWayMessage {
-                body: Bytes::from_static(b"x"),
-            };
-            queue.push(&request);
-            queue.push(&request);
-            queue.push(&one_way);
-            let mut wire = BytesMut::new();
-            let mut slices = [std::io::IoSlice::new(&[]); 8];
-            let n = queue.fill_slices(&mut slices);
-            for s in &slices[..n] {
-                wire.extend_from_slice(s);
-            }
-            let total = wire.len() as u64;
-            let mut decoder = FrameDecoder::new(1 << 20);
-            while decoder.decode(&mut wire).expect("valid frames").is_some() {}
-
-            let snap = snapshotter.snapshot().into_vec();
-            assert_eq!(counter_value(&snap, FRAMES_OUT, &[("type", "RpcRequest")]), 2);
-            assert_eq!(counter_value(&snap, FRAMES_OUT, &[("type", "OneWayMessage")]), 1);
-            assert_eq!(counter_value(&snap, FRAMES_IN, &[("type", "RpcRequest")]), 2);
-            assert_eq!(counter_value(&snap, FRAMES_IN, &[("type", "OneWayMessage")]), 1);
-            assert_eq!(counter_value(&snap, FRAMES_IN, &[("type", "RpcResponse")]), 0);
-            assert_eq!(counter_value(&snap, BYTES_OUT, &[]), total);
-            assert_eq!(counter_value(&snap, BYTES_IN, &[]), total);
-        });
     }
 }

@@ -14,9 +14,12 @@ use crate::conf::RpcConf;
 use crate::dispatcher::Dispatcher;
 use crate::endpoint_ref::{RefDefaults, RefNetwork};
 use crate::error::RpcError;
+use crate::metrics::AskMetrics;
 use crate::net::{Network, NetworkParts, RpcEnvHandler, FRAME_HEADROOM};
 use crate::pace::Pace;
 use crate::reply::Waits;
+use crate::stats::STATS_NAME;
+use crate::stats_endpoint::StatsEndpoint;
 use crate::verifier::{Verifier, VERIFIER_NAME};
 
 /// Builds an [`RpcEnv`].
@@ -154,6 +157,7 @@ impl RpcEnvBuilder {
                 waits: Arc::new(Waits {
                     runtime: runtime.clone(),
                     pace: Pace::new(self.conf.spin_window()),
+                    metrics: AskMetrics::new(),
                 }),
                 sender: address.clone(),
                 network: ref_network,
@@ -167,6 +171,7 @@ impl RpcEnvBuilder {
                 dispatcher: Arc::new(Dispatcher::new(
                     shared_loop,
                     self.conf.inbox_capacity(),
+                    self.conf.slow_handler_threshold(),
                     defaults,
                 )),
                 max_message_size: usize::try_from(self.conf.max_message_size())
@@ -191,6 +196,12 @@ impl RpcEnvBuilder {
         if !self.client_mode {
             let verifier = Verifier::new(Arc::downgrade(&env.inner().dispatcher));
             env.setup_endpoint(VERIFIER_NAME, verifier)?;
+            let stats = StatsEndpoint::new(
+                Arc::downgrade(&env.inner().network),
+                env.name().to_string(),
+                env.address().map(|a| a.to_string()),
+            );
+            env.setup_endpoint(STATS_NAME, stats)?;
         }
         tracing::debug!(env = %env.name(), address = ?env.address(), "RpcEnv started");
         Ok(env)
