@@ -55,12 +55,15 @@ fn auth_conf() -> RpcConf {
     c
 }
 
+/// One series: kind, name and labels.
+type Series = (MetricKind, String, Vec<(String, String)>);
+
 /// The totals of what the recorder saw. The debugging recorder's snapshots drain it (counters
 /// and gauges swap to 0, histograms empty), so every reading is added to these: counters and
 /// up/down gauges sum, histograms count their samples.
 struct Totals {
     snap: Snapshotter,
-    seen: Mutex<HashMap<(MetricKind, String, Vec<(String, String)>), f64>>,
+    seen: Mutex<HashMap<Series, f64>>,
 }
 
 impl Totals {
