@@ -232,7 +232,7 @@ fn the_metrics_address_serves_prometheus_text_with_every_family() {
 }
 
 #[test]
-fn a_master_logging_to_a_file_writes_no_escape_byte() {
+fn a_master_logging_to_a_file_writes_no_escape_byte_and_names_env_and_peer() {
     let dir = std::env::temp_dir().join(format!("rpcenv-observe-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("master.log");

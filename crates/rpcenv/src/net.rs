@@ -49,6 +49,8 @@ pub(crate) struct Network {
 /// The parts a [`Network`] is built from.
 pub(crate) struct NetworkParts {
     pub(crate) name: String,
+    /// The env's span: the parent of the connections its outboxes open.
+    pub(crate) span: tracing::Span,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) factory: TransportClientFactory,
     pub(crate) server: Option<TransportServer>,
@@ -69,6 +71,7 @@ impl Network {
                 runtime: parts.runtime,
                 factory: parts.factory,
                 max_bytes: parts.outbox_max_bytes,
+                span: parts.span,
                 dispatcher: Arc::downgrade(&parts.dispatcher),
             }),
             dispatcher: parts.dispatcher,

@@ -38,6 +38,8 @@ pub(crate) struct OutboxContext {
     pub(crate) factory: TransportClientFactory,
     /// `rpc.outbox.maxBytes`.
     pub(crate) max_bytes: usize,
+    /// The env's span, which connect tasks run in (their connections' log lines name the env).
+    pub(crate) span: tracing::Span,
     /// The env's dispatcher: replies rebind refs to it, and it tells whether the env stopped.
     pub(crate) dispatcher: Weak<Dispatcher>,
 }
@@ -125,7 +127,8 @@ impl Outbox {
         });
         let weak_cx: Weak<OutboxContext> = Arc::downgrade(cx);
         let me = outbox.clone();
-        cx.runtime.spawn(async move {
+        let span = cx.span.clone();
+        let connect = async move {
             let Some(cx) = weak_cx.upgrade() else {
                 return;
             };
@@ -148,7 +151,9 @@ impl Outbox {
                     });
                 }
             }
-        });
+        };
+        cx.runtime
+            .spawn(tracing::Instrument::instrument(connect, span));
         outbox
     }
 

@@ -1,3 +1,4 @@
+#![cfg(feature = "metrics")]
 //! The metrics an env records through the `metrics` facade, read back with metrics-util's
 //! debugging recorder after a scripted sequence: asks (answered, failed, panicked, timed out),
 //! a send refused with QueueFull, a handshake that fails authentication, and outboxes closed by a

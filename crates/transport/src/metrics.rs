@@ -188,8 +188,15 @@ pub fn describe() {
 mod disabled {
     //! Empty handles for builds without the `metrics` feature.
 
-    /// A label (unused).
-    pub type Label = (&'static str, SharedString);
+    /// A label (dropped).
+    #[derive(Debug, Clone)]
+    pub struct Label;
+    impl Label {
+        /// A label that goes nowhere.
+        pub fn new(_: &'static str, _: impl Into<SharedString>) -> Self {
+            Label
+        }
+    }
     /// A label value (unused).
     pub type SharedString = std::borrow::Cow<'static, str>;
 

@@ -247,11 +247,12 @@ async fn accept_loop(
                     handler.clone(),
                     bootstraps.clone(),
                 );
-                tokio::spawn(async move {
+                // In the server's span: the connection's span (and its log lines) hang under it.
+                tokio::spawn(tracing::Instrument::in_current_span(async move {
                     if !setup_connection(stream, peer, &inner, &conf, handler, &bootstraps).await {
                         task_finished(&inner);
                     }
-                });
+                }));
             }
             Err(e) => {
                 // Out of file descriptors and the like: log, back off briefly, keep serving.

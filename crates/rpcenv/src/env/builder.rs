@@ -121,12 +121,16 @@ impl RpcEnvBuilder {
             None => crate::runtime::shared_runtime(self.conf.io_threads()),
         };
         let tconf = transport_conf(&self.conf, &self.name);
+        // The parent of the env's server and connection spans, so that every log line about a
+        // connection names the env as well as the peer.
+        let span = tracing::info_span!("rpcenv", env = %self.name);
         let handler = RpcEnvHandler::new();
         let server = if self.client_mode {
             None
         } else {
             Some(bind_server(
                 &runtime,
+                &span,
                 &tconf,
                 &self.bind_host,
                 self.port,
@@ -165,6 +169,7 @@ impl RpcEnvBuilder {
             });
             let parts = NetworkParts {
                 name: self.name.clone(),
+                span: span.clone(),
                 runtime: runtime.clone(),
                 factory,
                 server,
@@ -229,6 +234,7 @@ fn transport_conf(conf: &RpcConf, name: &str) -> TransportConf {
 /// env works the same from plain threads and from async code.
 fn bind_server(
     runtime: &tokio::runtime::Handle,
+    span: &tracing::Span,
     conf: &TransportConf,
     host: &str,
     port: u16,
@@ -239,11 +245,17 @@ fn bind_server(
         name: format!("{host}:{port}"),
         reason,
     };
-    let (rt, conf, bind_host) = (runtime.clone(), conf.clone(), host.to_string());
+    let (rt, conf, bind_host, span) = (
+        runtime.clone(),
+        conf.clone(),
+        host.to_string(),
+        span.clone(),
+    );
     std::thread::Builder::new()
         .name("rpcenv-bind".into())
         .spawn(move || {
             let handler: Arc<dyn RpcHandler> = handler;
+            let _env = span.enter();
             rt.block_on(TransportServer::bind_with_bootstraps(
                 conf, &bind_host, port, handler, bootstraps,
             ))
