@@ -51,7 +51,8 @@ struct Cli {
     log_format: LogFormat,
 
     /// Serve this process's metrics at http://HOST:PORT/metrics in the Prometheus text format
-    /// (master, worker and demo).
+    /// (master, worker and demo; bench too, to measure the recorder's cost: one workload at a
+    /// time, or port 0).
     #[arg(long, global = true, value_name = "HOST:PORT")]
     metrics_addr: Option<std::net::SocketAddr>,
 
@@ -106,13 +107,13 @@ fn main() -> ExitCode {
     if let Some(addr) = cli.metrics_addr {
         let serves = matches!(
             cli.command,
-            Command::Master(_) | Command::Worker(_) | Command::Demo(_)
+            Command::Master(_) | Command::Worker(_) | Command::Demo(_) | Command::Bench(_)
         );
         let served = if serves {
             observe::serve_metrics(addr)
         } else {
             Err(anyhow::anyhow!(
-                "--metrics-addr applies to master, worker and demo only"
+                "--metrics-addr applies to master, worker, demo and bench only"
             ))
         };
         if let Err(e) = served {

@@ -14,7 +14,9 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rpcenv_transport::metrics::{counter, gauge, histogram, label, Counter, Gauge, Histogram};
+use rpcenv_transport::metrics::{
+    counter, describe_metric, gauge, histogram, label, Counter, Gauge, Histogram, Kind, Unit,
+};
 
 /// Messages queued in an endpoint's inbox (asks, one-way messages and events), label `endpoint`.
 pub const RECEIVED: &str = "rpcenv_endpoint_messages_received_total";
@@ -28,7 +30,8 @@ pub const PANICS: &str = "rpcenv_endpoint_handler_panics_total";
 pub const INBOX_DEPTH: &str = "rpcenv_endpoint_inbox_depth_messages";
 /// How long the oldest message of each batch waited in the inbox, label `endpoint`.
 pub const QUEUE_TIME: &str = "rpcenv_endpoint_queue_time_seconds";
-/// How long each handler call took, label `endpoint`.
+/// How long each handler call took, label `endpoint` (a busy inbox times its calls in runs of up
+/// to 32 and records each call of a run at the run's average).
 pub const PROCESSING_TIME: &str = "rpcenv_endpoint_processing_time_seconds";
 /// Bytes waiting to be written to a remote address, label `peer`.
 pub const OUTBOX_BYTES: &str = "rpcenv_outbox_queued_bytes";
@@ -160,64 +163,67 @@ pub(crate) fn seconds(d: Duration) -> f64 {
 /// Registers the units and descriptions of every rpcenv and transport metric with the installed
 /// recorder (the Prometheus exporter prints them as `# HELP`); call once after installing one.
 pub fn describe() {
+    use Kind::{Counter as C, Gauge as G, Histogram as H};
     rpcenv_transport::metrics::describe();
-    #[cfg(feature = "metrics")]
-    {
-        use metrics::Unit;
-        let c = |name: &'static str, unit: Unit, text: &'static str| {
-            metrics::with_recorder(|r| r.describe_counter(name.into(), Some(unit), text.into()))
-        };
-        let g = |name: &'static str, unit: Unit, text: &'static str| {
-            metrics::with_recorder(|r| r.describe_gauge(name.into(), Some(unit), text.into()))
-        };
-        let h = |name: &'static str, text: &'static str| {
-            metrics::with_recorder(|r| {
-                r.describe_histogram(name.into(), Some(Unit::Seconds), text.into())
-            })
-        };
-        c(
+    for (kind, name, unit, text) in [
+        (
+            C,
             RECEIVED,
             Unit::Count,
             "messages queued in the endpoint's inbox",
-        );
-        c(ASKS_ANSWERED, Unit::Count, "asks whose handler returned");
-        c(
+        ),
+        (C, ASKS_ANSWERED, Unit::Count, "asks whose handler returned"),
+        (
+            C,
             ASKS_FAILED,
             Unit::Count,
             "asks whose handler failed or panicked",
-        );
-        c(PANICS, Unit::Count, "handler calls that panicked");
-        g(INBOX_DEPTH, Unit::Count, "messages waiting in the inbox");
-        h(
+        ),
+        (C, PANICS, Unit::Count, "handler calls that panicked"),
+        (G, INBOX_DEPTH, Unit::Count, "messages waiting in the inbox"),
+        (
+            H,
             QUEUE_TIME,
+            Unit::Seconds,
             "wait of the oldest message of each batch in the inbox",
-        );
-        h(PROCESSING_TIME, "time of each handler call");
-        g(
+        ),
+        (
+            H,
+            PROCESSING_TIME,
+            Unit::Seconds,
+            "time of each handler call",
+        ),
+        (
+            G,
             OUTBOX_BYTES,
             Unit::Bytes,
             "bytes waiting to be written to the peer",
-        );
-        g(
+        ),
+        (
+            G,
             OUTBOX_MESSAGES,
             Unit::Count,
             "messages waiting for the connection to open",
-        );
-        c(
+        ),
+        (
+            C,
             OUTBOX_SENT,
             Unit::Count,
             "messages handed to the peer's outbox",
-        );
-        c(QUEUE_FULL, Unit::Count, "sends refused with QueueFull");
-        c(CONNECTS, Unit::Count, "connections opened to the peer");
-        c(
+        ),
+        (C, QUEUE_FULL, Unit::Count, "sends refused with QueueFull"),
+        (C, CONNECTS, Unit::Count, "connections opened to the peer"),
+        (
+            C,
             CONNECT_FAILURES,
             Unit::Count,
             "connects to the peer that failed",
-        );
-        c(CLOSES, Unit::Count, "outboxes closed, by cause");
-        c(ASK_TIMEOUTS, Unit::Count, "asks that timed out");
-        g(PENDING_ASKS, Unit::Count, "asks waiting for their reply");
+        ),
+        (C, CLOSES, Unit::Count, "outboxes closed, by cause"),
+        (C, ASK_TIMEOUTS, Unit::Count, "asks that timed out"),
+        (G, PENDING_ASKS, Unit::Count, "asks waiting for their reply"),
+    ] {
+        describe_metric(kind, name, unit, text);
     }
 }
 

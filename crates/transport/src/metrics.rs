@@ -12,10 +12,10 @@
 //! the callers do not change.
 
 #[cfg(feature = "metrics")]
-pub use metrics::{Counter, Gauge, Histogram, Label, SharedString};
+pub use metrics::{Counter, Gauge, Histogram, Label, SharedString, Unit};
 
 #[cfg(not(feature = "metrics"))]
-pub use disabled::{Counter, Gauge, Histogram, Label, SharedString};
+pub use disabled::{Counter, Gauge, Histogram, Label, SharedString, Unit};
 
 /// Connections accepted by this process's servers.
 pub const CONNECTIONS_IN: &str = "rpcenv_connections_in_total";
@@ -157,30 +157,51 @@ pub(crate) fn auth_failed() {
     counter(AUTH_FAILURES, Vec::new()).increment(1);
 }
 
-/// Registers the units and descriptions of the transport's metrics with the installed recorder
-/// (the exporter prints them as `# HELP`); call once after installing one.
-pub fn describe() {
+/// The kinds of metric, for [`describe_metric`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A counter.
+    Counter,
+    /// A gauge.
+    Gauge,
+    /// A histogram.
+    Histogram,
+}
+
+/// Registers the unit and description of the metric `name` with the installed recorder (the
+/// Prometheus exporter prints them as `# HELP`).
+pub fn describe_metric(kind: Kind, name: &'static str, unit: Unit, text: &'static str) {
     #[cfg(feature = "metrics")]
-    {
-        use metrics::Unit;
-        let d = |name: &'static str, unit: Unit, text: &'static str| {
-            metrics::with_recorder(|r| r.describe_counter(name.into(), Some(unit), text.into()))
-        };
-        d(CONNECTIONS_IN, Unit::Count, "connections accepted");
-        d(CONNECTIONS_OUT, Unit::Count, "connections opened");
-        d(BYTES_IN, Unit::Bytes, "bytes read from connections");
-        d(
+    metrics::with_recorder(|r| match kind {
+        Kind::Counter => r.describe_counter(name.into(), Some(unit), text.into()),
+        Kind::Gauge => r.describe_gauge(name.into(), Some(unit), text.into()),
+        Kind::Histogram => r.describe_histogram(name.into(), Some(unit), text.into()),
+    });
+    #[cfg(not(feature = "metrics"))]
+    let _ = (kind, name, unit, text);
+}
+
+/// Registers the units and descriptions of the transport's metrics with the installed recorder;
+/// call once after installing one.
+pub fn describe() {
+    for (name, unit, text) in [
+        (CONNECTIONS_IN, Unit::Count, "connections accepted"),
+        (CONNECTIONS_OUT, Unit::Count, "connections opened"),
+        (BYTES_IN, Unit::Bytes, "bytes read from connections"),
+        (
             BYTES_OUT,
             Unit::Bytes,
             "bytes queued for writing to connections",
-        );
-        d(FRAMES_IN, Unit::Count, "frames read, by message type");
-        d(FRAMES_OUT, Unit::Count, "frames written, by message type");
-        d(
+        ),
+        (FRAMES_IN, Unit::Count, "frames read, by message type"),
+        (FRAMES_OUT, Unit::Count, "frames written, by message type"),
+        (
             AUTH_FAILURES,
             Unit::Count,
             "handshakes that failed authentication",
-        );
+        ),
+    ] {
+        describe_metric(Kind::Counter, name, unit, text);
     }
 }
 
@@ -220,11 +241,24 @@ mod disabled {
         pub fn decrement(&self, _: f64) {}
     }
 
+    /// The unit of a metric (unused).
+    #[derive(Debug, Clone, Copy)]
+    pub enum Unit {
+        /// A count.
+        Count,
+        /// Bytes.
+        Bytes,
+        /// Seconds.
+        Seconds,
+    }
+
     /// A histogram that records nothing.
     #[derive(Debug, Clone, Default)]
     pub struct Histogram;
     impl Histogram {
         /// Does nothing.
         pub fn record(&self, _: f64) {}
+        /// Does nothing.
+        pub fn record_many(&self, _: f64, _: usize) {}
     }
 }
