@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{free_port, master, rpcenv, run, Proc, PATIENCE};
+use common::{free_port, master, rpcenv, run, worker, Proc, PATIENCE};
 
 /// The rows of a status table, as whitespace-separated cells.
 fn rows(table: &str) -> Vec<Vec<String>> {
@@ -163,14 +163,16 @@ fn the_metrics_address_serves_prometheus_text_with_every_family() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let (_master, uri) = master(&["--metrics-addr", &addr]);
+    // A worker and tasks for it: the master opens an outbox to it (the per-peer families).
+    let _worker = worker(&uri, "w1", &[]);
+    let (ok, _, err) = run(&["submit", &uri, "--tasks", "2", "--wait"]);
+    assert!(ok, "{err}");
     // Traffic for the families: lookups and asks through a ping.
     let (ok, _, err) = run(&["ping", &uri, "--count", "2", "--interval", "1ms"]);
     assert!(ok, "{err}");
     let deadline = Instant::now() + PATIENCE;
     let body = loop {
-        if let Some(body) =
-            scrape(port).filter(|b| b.contains("rpcenv_endpoint_asks_answered_total"))
-        {
+        if let Some(body) = scrape(port).filter(|b| b.contains("rpcenv_peer_connects_total")) {
             break body;
         }
         assert!(Instant::now() < deadline, "no metrics at {addr}");
@@ -210,6 +212,15 @@ fn the_metrics_address_serves_prometheus_text_with_every_family() {
         "rpcenv_bytes_out_total",
         "rpcenv_frames_in_total",
         "rpcenv_frames_out_total",
+        "rpcenv_connections_out_total",
+        "rpcenv_auth_failures_total",
+        "rpcenv_ask_timeouts_total",
+        "rpcenv_asks_pending",
+        "rpcenv_outbox_queued_bytes",
+        "rpcenv_outbox_messages_total",
+        "rpcenv_outbox_queue_full_total",
+        "rpcenv_peer_connects_total",
+        "rpcenv_peer_connect_failures_total",
     ] {
         assert!(families.contains(family), "{family} missing from:\n{body}");
     }

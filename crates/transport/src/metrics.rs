@@ -181,8 +181,9 @@ pub fn describe_metric(kind: Kind, name: &'static str, unit: Unit, text: &'stati
     let _ = (kind, name, unit, text);
 }
 
-/// Registers the units and descriptions of the transport's metrics with the installed recorder;
-/// call once after installing one.
+/// Registers the units and descriptions of the transport's metrics with the installed recorder,
+/// and the process-wide counters themselves (at 0, so that a scrape shows them before anything
+/// happened); call once after installing one.
 pub fn describe() {
     for (name, unit, text) in [
         (CONNECTIONS_IN, Unit::Count, "connections accepted"),
@@ -202,6 +203,15 @@ pub fn describe() {
         ),
     ] {
         describe_metric(Kind::Counter, name, unit, text);
+    }
+    for name in [
+        CONNECTIONS_IN,
+        CONNECTIONS_OUT,
+        BYTES_IN,
+        BYTES_OUT,
+        AUTH_FAILURES,
+    ] {
+        counter(name, Vec::new()).increment(0);
     }
 }
 
