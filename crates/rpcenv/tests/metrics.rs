@@ -12,7 +12,7 @@ use std::sync::mpsc::{channel, Receiver};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::{suite_conf, WAIT};
+use common::WAIT;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::MetricKind;
 use rpcenv::metrics::*;
@@ -49,8 +49,10 @@ impl RpcEndpoint for Calc {
     }
 }
 
+/// AES authentication (its own security settings, not the suite's: the auth failure below is a
+/// handshake the AES protocol fails).
 fn auth_conf() -> RpcConf {
-    let mut c = suite_conf();
+    let mut c = RpcConf::new();
     c.set("authenticate", "true").unwrap();
     c.set("authenticate.secret", "good").unwrap();
     c
