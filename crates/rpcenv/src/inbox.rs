@@ -398,7 +398,7 @@ impl<B: Behaviour> Inbox<B> {
         let mut linger = Linger::new(self.scheduler.is_manual());
         loop {
             let mut resume = Vec::new();
-            let (core, queued) = {
+            let (core, queued, taken) = {
                 let mut st = self.lock();
                 if st.spare.capacity() < batch.capacity() {
                     st.spare = std::mem::take(&mut batch);
@@ -451,7 +451,7 @@ impl<B: Behaviour> Inbox<B> {
                 if !st.paused.is_empty() && st.queue.len() <= self.capacity / 2 {
                     resume = std::mem::take(&mut st.paused);
                 }
-                (st.core.clone().expect("checked above"), queued)
+                (st.core.clone().expect("checked above"), queued, now)
             };
             for c in resume {
                 c.resume_reading();
@@ -460,7 +460,8 @@ impl<B: Behaviour> Inbox<B> {
             let handled = batch.len();
             let _span = tracing::trace_span!("endpoint", name = %self.name).entered();
             let mut busy = Duration::ZERO;
-            let mut start = Instant::now();
+            // The batch's clock read (taken under the lock) starts the first run.
+            let mut start = taken;
             let mut calls = 0u32;
             core.behaviour.with(|callbacks| {
                 while let Some(message) = batch.pop_front() {
