@@ -6,6 +6,8 @@
 //!   on a master and follows them.
 //! - `rpcenv ping URI`: round trips to an endpoint.
 //! - `rpcenv bench`: the shared benchmark workloads W1-W7.
+//! - `rpcenv status URI` / `rpcenv top URI`: what a running env is doing (once, or every
+//!   second); `--metrics-addr` serves the process's metrics to Prometheus.
 
 // A binary: no item is reachable from outside it, so `pub` inside it means "the crate" already.
 #![allow(unreachable_pub)]
@@ -13,6 +15,7 @@
 mod bench;
 mod demo;
 mod hosts;
+mod observe;
 mod ping;
 mod roles;
 mod settings;
@@ -42,6 +45,17 @@ struct Cli {
     #[arg(long, global = true, default_value = DEFAULT_LOG_LEVEL, value_name = "LEVEL")]
     log_level: String,
 
+    /// How log lines are written on stderr: `text` (coloured only when stderr is a terminal) or
+    /// `json` (one object per line).
+    #[arg(long, global = true, default_value = "text", value_name = "FORMAT")]
+    log_format: LogFormat,
+
+    /// Serve this process's metrics at http://HOST:PORT/metrics in the Prometheus text format
+    /// (master, worker and demo; bench too, to measure the recorder's cost: one workload at a
+    /// time, or port 0).
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -61,6 +75,17 @@ enum Command {
     Ping(ping::PingArgs),
     /// Run the benchmark workloads W1-W7 and print one JSON line per workload.
     Bench(bench::BenchArgs),
+    /// Print what a running env is doing: its endpoints, outboxes and connections.
+    Status(observe::StatusArgs),
+    /// Show what a running env is doing, redrawn every second with rates (q quits).
+    Top(observe::TopArgs),
+}
+
+/// The formats of `--log-format`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
@@ -71,7 +96,7 @@ fn main() -> ExitCode {
         // names the connect failure that rpcenv's outbox would log too.
         filter.push_str(",rpcenv::outbox=error");
     }
-    init_logging(&filter);
+    init_logging(&filter, cli.log_format);
     let conf = match settings::conf_from_args(&cli.conf) {
         Ok(conf) => conf,
         Err(e) => {
@@ -79,6 +104,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(addr) = cli.metrics_addr {
+        let serves = matches!(
+            cli.command,
+            Command::Master(_) | Command::Worker(_) | Command::Demo(_) | Command::Bench(_)
+        );
+        let served = if serves {
+            observe::serve_metrics(addr)
+        } else {
+            Err(anyhow::anyhow!(
+                "--metrics-addr applies to master, worker, demo and bench only"
+            ))
+        };
+        if let Err(e) = served {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    }
     let result = match &cli.command {
         Command::Demo(args) => demo::run(args, &conf, &cli.conf, &cli.log_level),
         Command::Master(args) => roles::run_master(args, &conf),
@@ -86,6 +128,8 @@ fn main() -> ExitCode {
         Command::Submit(args) => submit::run(args, &conf),
         Command::Ping(args) => ping::run(args, &conf),
         Command::Bench(args) => bench::run(args, &conf),
+        Command::Status(args) => observe::run_status(args, &conf),
+        Command::Top(args) => observe::run_top(args, &conf),
     };
     match result {
         Ok(code) => code,
@@ -96,12 +140,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
+fn init_logging(level: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
-        .try_init();
+        // Colour escapes only where a person reads them, never into a file or a pipe.
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }

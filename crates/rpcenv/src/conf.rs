@@ -191,6 +191,12 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
         doc: "Microseconds a message-loop thread (or a caller blocked in ask_sync) may stay awake waiting for the next message, used only while messages have recently been arriving that closely; 0 turns spinning off.",
     },
     KnownKey {
+        key: "rpc.slowHandler.threshold",
+        kind: ValueKind::Duration(TimeUnit::Millis),
+        default: Some("1s"),
+        doc: "A handler call longer than this is logged as a warning naming the endpoint, the message type and the time (at most once per 10 s per endpoint); 0 turns the warning off.",
+    },
+    KnownKey {
         key: "rpc.inbox.capacity",
         kind: ValueKind::Int(1, 1 << 30),
         default: Some("65536"),
@@ -578,6 +584,12 @@ impl RpcConf {
     /// `rpc.messageLoop.maxExtraThreads` (16).
     pub fn max_extra_loop_threads(&self) -> usize {
         self.known_int("rpc.messageLoop.maxExtraThreads", 16) as usize
+    }
+
+    /// `rpc.slowHandler.threshold` (1 s): handler calls longer than this are logged.
+    pub fn slow_handler_threshold(&self) -> Duration {
+        self.known_duration("rpc.slowHandler.threshold")
+            .unwrap_or(Duration::from_secs(1))
     }
 
     /// `rpc.inbox.capacity` (65536 messages).

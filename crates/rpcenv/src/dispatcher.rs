@@ -26,6 +26,7 @@ use crate::flavour::Behaviour;
 use crate::inbox::{Inbox, Job, Scheduler, TerminationListener};
 use crate::mailbox::{Event, InboxControl};
 use crate::message::RpcMessage;
+use crate::stats::EndpointStats;
 
 /// Whether the current thread is a message loop thread (a handler is running on it).
 pub(crate) use crate::blocking::on_message_loop_thread;
@@ -266,6 +267,8 @@ pub(crate) struct Dispatcher {
     dedicated: Mutex<Vec<Arc<MessageLoop>>>,
     live: Arc<Live>,
     inbox_capacity: usize,
+    /// `rpc.slowHandler.threshold`.
+    slow_handler: Duration,
 }
 
 impl Dispatcher {
@@ -283,6 +286,7 @@ impl Dispatcher {
     pub(crate) fn new(
         shared_loop: Arc<MessageLoop>,
         inbox_capacity: usize,
+        slow_handler: Duration,
         defaults: Arc<RefDefaults>,
     ) -> Self {
         Dispatcher {
@@ -295,6 +299,7 @@ impl Dispatcher {
                 cond: Condvar::new(),
             }),
             inbox_capacity,
+            slow_handler,
         }
     }
 
@@ -363,6 +368,7 @@ impl Dispatcher {
             max_threads,
             self.inbox_capacity,
             self.defaults.waits.pace.window(),
+            self.slow_handler,
             self.defaults.env_stopped.clone(),
             Some(listener),
         );
@@ -433,6 +439,17 @@ impl Dispatcher {
         }
         control.stop();
         self.reap_dedicated();
+    }
+
+    /// Snapshots of the registered endpoints, by name.
+    pub(crate) fn endpoint_stats(&self) -> Vec<EndpointStats> {
+        let controls: Vec<Arc<dyn InboxControl>> = {
+            let endpoints = self.endpoints.read().unwrap_or_else(|p| p.into_inner());
+            endpoints.values().map(|r| r.control.clone()).collect()
+        };
+        let mut stats: Vec<EndpointStats> = controls.iter().map(|c| c.stats()).collect();
+        stats.sort_by(|a, b| a.name.cmp(&b.name));
+        stats
     }
 
     /// The inbox of the endpoint called `name`.

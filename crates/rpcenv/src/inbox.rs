@@ -31,7 +31,10 @@ use crate::endpoint::EndpointCtx;
 use crate::error::{panic_message, Failure, FailureKind, HandlerResult, RpcError, SharedError};
 use crate::flavour::{Behaviour, Callbacks};
 use crate::mailbox::{Event, InboxControl, InboxMessage, Mailbox};
+use crate::metrics::{seconds, EndpointMetrics};
 use crate::pace::{spin_until, Pace};
+use crate::slow_handler::SlowHandler;
+use crate::stats::{EndpointCounters, EndpointStats};
 use rpcenv_transport::TransportClient;
 
 /// Something a message loop thread can run.
@@ -103,6 +106,9 @@ struct State<M, C> {
     posted: usize,
     /// When the last batch was taken (what the inbox's pace learns from).
     last_batch: Option<Instant>,
+    /// When the oldest queued message was posted (stamped when the queue was empty): the queue
+    /// time of a batch, measured once per batch.
+    oldest: Option<Instant>,
 }
 
 /// Told when an inbox has terminated (`on_stop` ran), so shutdown can wait for all of them.
@@ -128,7 +134,16 @@ pub(crate) struct Inbox<B: Behaviour> {
     listener: Option<Arc<dyn TerminationListener>>,
     /// The endpoint in the graph of handlers blocked in `ask_sync`.
     node: Arc<WaitNode>,
+    /// The endpoint's metric handles (registered once, here).
+    metrics: EndpointMetrics,
+    /// What `RpcEnv::stats` reads.
+    counters: EndpointCounters,
+    slow: SlowHandler,
 }
+
+/// Handler calls timed together (processing time, busy time, the slow handler warning): the
+/// clock is read once per run of this many calls of one batch.
+const TIMED_RUN: u32 = 32;
 
 /// Batches a processor runs before it yields its thread to other inboxes waiting for one.
 const ROUNDS_BEFORE_YIELD: usize = 8;
@@ -209,9 +224,11 @@ impl<B: Behaviour> Inbox<B> {
         max_threads: usize,
         capacity: usize,
         spin: Duration,
+        slow_handler: Duration,
         env_stopped: Arc<AtomicBool>,
         listener: Option<Arc<dyn TerminationListener>>,
     ) -> Arc<Self> {
+        let metrics = EndpointMetrics::new(&name);
         let mut queue = VecDeque::new();
         queue.push_back(InboxMessage::Event(Event::OnStart));
         let node = WaitNode::new(name.clone(), !B::CONCURRENT);
@@ -230,6 +247,7 @@ impl<B: Behaviour> Inbox<B> {
                 paused: Vec::new(),
                 posted: 0,
                 last_batch: None,
+                oldest: None,
             }),
             posted: AtomicUsize::new(0),
             pace: Pace::new(spin),
@@ -238,6 +256,9 @@ impl<B: Behaviour> Inbox<B> {
             capacity: capacity.max(1),
             env_stopped,
             listener,
+            metrics,
+            counters: EndpointCounters::default(),
+            slow: SlowHandler::new(slow_handler),
         })
     }
 
@@ -302,9 +323,14 @@ impl<B: Behaviour> Inbox<B> {
             if st.stopped {
                 return Err(message);
             }
+            if st.queue.is_empty() {
+                st.oldest = Some(Instant::now());
+            }
             st.queue.push_back(message);
             st.posted = st.posted.wrapping_add(1);
             self.posted.store(st.posted, Ordering::Relaxed);
+            self.metrics.received.increment(1);
+            self.metrics.depth.set(st.queue.len() as f64);
             if let Some(c) = feeder.filter(|_| one_way) {
                 if st.queue.len() >= self.capacity && !c.is_reading_paused() {
                     tracing::debug!(endpoint = %self.name, peer = %c.remote_addr(), queued = st.queue.len(), "inbox full: pausing the connection");
@@ -382,7 +408,7 @@ impl<B: Behaviour> Inbox<B> {
         let mut linger = Linger::new(self.scheduler.is_manual());
         loop {
             let mut resume = Vec::new();
-            let core = {
+            let (core, queued, taken) = {
                 let mut st = self.lock();
                 if st.spare.capacity() < batch.capacity() {
                     st.spare = std::mem::take(&mut batch);
@@ -426,10 +452,16 @@ impl<B: Behaviour> Inbox<B> {
                     batch = std::mem::take(&mut st.spare);
                     std::mem::swap(&mut st.queue, &mut batch);
                 }
+                let queued = st
+                    .oldest
+                    .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
+                st.oldest = (!st.queue.is_empty()).then_some(now);
+                self.metrics.depth.set(st.queue.len() as f64);
+                self.metrics.queue_time.record(seconds(queued));
                 if !st.paused.is_empty() && st.queue.len() <= self.capacity / 2 {
                     resume = std::mem::take(&mut st.paused);
                 }
-                st.core.clone().expect("checked above")
+                (st.core.clone().expect("checked above"), queued, now)
             };
             for c in resume {
                 c.resume_reading();
@@ -437,9 +469,14 @@ impl<B: Behaviour> Inbox<B> {
             rounds += 1;
             let handled = batch.len();
             let _span = tracing::trace_span!("endpoint", name = %self.name).entered();
+            let mut busy = Duration::ZERO;
+            // The batch's clock read (taken under the lock) starts the first run.
+            let mut start = taken;
+            let mut calls = 0u32;
             let _running = blocking::running(&self.node);
             core.behaviour.with(|callbacks| {
                 while let Some(mut message) = batch.pop_front() {
+                    let kind = message.kind();
                     if batch.is_empty() {
                         // The batch's last answer is written by this thread (see
                         // `RpcCallContext::write_answer_now`).
@@ -448,8 +485,31 @@ impl<B: Behaviour> Inbox<B> {
                         }
                     }
                     self.deliver(callbacks, &core.ctx, message);
+                    // The clock is read once per run of up to TIMED_RUN calls (the end of one run
+                    // is the start of the next): at a light load every call is timed alone, and
+                    // a busy endpoint pays one clock read per TIMED_RUN messages.
+                    calls += 1;
+                    if calls == TIMED_RUN || batch.is_empty() {
+                        let end = Instant::now();
+                        let took = end - start;
+                        start = end;
+                        busy += took;
+                        self.metrics
+                            .processing_time
+                            .record_many(seconds(took / calls), calls as usize);
+                        self.slow.check(
+                            &self.name,
+                            std::any::type_name::<B::Message>(),
+                            kind,
+                            calls,
+                            took,
+                            end,
+                        );
+                        calls = 0;
+                    }
                 }
             });
+            self.counters.batch(handled, busy, queued);
             linger.handled(handled);
         }
     }
@@ -483,6 +543,11 @@ impl<B: Behaviour> Inbox<B> {
                         )),
                     },
                 );
+                if r.is_ok() {
+                    self.metrics.answered.increment(1);
+                } else {
+                    self.metrics.failed.increment(1);
+                }
                 self.report(cb, ctx, r);
             }
             InboxMessage::Event(event) => self.deliver_event(cb, ctx, event),
@@ -541,10 +606,13 @@ impl<B: Behaviour> Inbox<B> {
                     source: e,
                 },
             },
-            Err(Problem::Panic(message)) => RpcError::Panicked {
-                endpoint: self.name.to_string(),
-                message,
-            },
+            Err(Problem::Panic(message)) => {
+                self.metrics.panics.increment(1);
+                RpcError::Panicked {
+                    endpoint: self.name.to_string(),
+                    message,
+                }
+            }
         };
         match guarded(|| cb.on_error(ctx, error)) {
             Ok(()) => {}
@@ -639,6 +707,11 @@ impl<B: Behaviour> InboxControl for Inbox<B> {
 
     fn wait_node(&self) -> &Arc<WaitNode> {
         &self.node
+    }
+
+    fn stats(&self) -> EndpointStats {
+        let depth = self.lock().queue.len();
+        self.counters.snapshot(&self.name, depth)
     }
 
     fn post_remote(&self, content: &[u8], reply: Option<RpcCallContext>, scope: DecodeScope) {
@@ -786,6 +859,7 @@ mod tests {
             1,
             1024,
             Duration::from_micros(50),
+            Duration::from_secs(1),
             Arc::new(AtomicBool::new(false)),
             None,
         );

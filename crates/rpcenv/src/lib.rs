@@ -31,7 +31,8 @@
 //! a trait object.
 //!
 //! 1. core: [`address`], [`conf`], `error`, `message`, `timeout`, `runtime`, `backoff`,
-//!    [`codec`] (the wire formats), `decode_scope`;
+//!    [`codec`] (the wire formats), `decode_scope`, [`metrics`] (what an env measures, through
+//!    the `metrics` facade), [`stats`] (the snapshot `RpcEnv::stats` returns), `slow_handler`;
 //! 2. local, everything inside one env: `reply`, `call_context`, `mailbox`, `endpoint_ref`,
 //!    `endpoint`, `flavour` (both endpoint flavours behind one interface), `inbox`,
 //!    `dispatcher` (registry and message loops), `ref_codec`;
@@ -55,6 +56,7 @@ mod flavour;
 mod inbox;
 mod mailbox;
 mod message;
+pub mod metrics;
 mod net;
 mod outbox;
 mod pace;
@@ -62,6 +64,9 @@ mod ref_codec;
 mod reply;
 mod runtime;
 mod security;
+mod slow_handler;
+pub mod stats;
+mod stats_endpoint;
 mod timeout;
 mod verifier;
 
@@ -74,5 +79,6 @@ pub use env::{RpcEnv, RpcEnvBuilder};
 pub use error::{BoxError, Failure, FailureKind, HandlerResult, RpcError, SharedError};
 pub use message::{RpcMessage, RpcReply};
 pub use reply::{AbortHandle, Ask};
+pub use stats::{EndpointStats, EnvStats, PeerStats, StatsRequest, STATS_NAME};
 pub use timeout::RpcTimeout;
 pub use verifier::VERIFIER_NAME;

@@ -12,6 +12,7 @@ use crate::blocking::WaitNode;
 use crate::call_context::RpcCallContext;
 use crate::decode_scope::DecodeScope;
 use crate::error::RpcError;
+use crate::stats::EndpointStats;
 
 /// A lifecycle or network event, delivered to an endpoint's callback of the same name.
 #[derive(Clone)]
@@ -37,6 +38,15 @@ pub(crate) enum InboxMessage<M> {
 }
 
 impl<M> InboxMessage<M> {
+    /// What kind of message this is, for logs: `ask`, `one-way` or `event`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            InboxMessage::OneWay(_) => "one-way",
+            InboxMessage::Rpc(..) => "ask",
+            InboxMessage::Event(_) => "event",
+        }
+    }
+
     /// Reports a message that could not be delivered: an ask fails with `error`.
     pub(crate) fn reject(self, error: RpcError) {
         if let InboxMessage::Rpc(_, ctx) = self {
@@ -65,6 +75,8 @@ pub(crate) trait InboxControl: Send + Sync {
     fn wait_node(&self) -> &Arc<WaitNode>;
     /// The endpoint's name (shared, so contexts of remote asks need not copy it).
     fn endpoint_name(&self) -> Arc<str>;
+    /// A snapshot of the inbox's counters and depth (takes its lock once).
+    fn stats(&self) -> EndpointStats;
     /// Decodes a message that came over the network (refs in it are rebound through `scope`)
     /// and queues it; an ask whose message cannot be decoded or delivered fails.
     fn post_remote(&self, content: &[u8], reply: Option<RpcCallContext>, scope: DecodeScope);

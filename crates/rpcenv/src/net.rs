@@ -23,6 +23,7 @@ use crate::endpoint_ref::{OutboxMessage, RefNetwork, Refused, Waiting};
 use crate::error::RpcError;
 use crate::mailbox::Event;
 use crate::outbox::{admits, dispatch, Outbox, OutboxContext, Posted};
+use crate::stats::PeerStats;
 
 /// Headroom the frame cap allows above `rpc.message.maxSize` (envelope and frame headers).
 pub(crate) const FRAME_HEADROOM: usize = 64 * 1024;
@@ -50,6 +51,8 @@ const SERVER_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(10
 /// The parts a [`Network`] is built from.
 pub(crate) struct NetworkParts {
     pub(crate) name: String,
+    /// The env's span: the parent of the connections its outboxes open.
+    pub(crate) span: tracing::Span,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) factory: TransportClientFactory,
     pub(crate) server: Option<TransportServer>,
@@ -70,6 +73,7 @@ impl Network {
                 runtime: parts.runtime,
                 factory: parts.factory,
                 max_bytes: parts.outbox_max_bytes,
+                span: parts.span,
                 dispatcher: Arc::downgrade(&parts.dispatcher),
             }),
             dispatcher: parts.dispatcher,
@@ -94,7 +98,7 @@ impl Network {
                 let net = self.me.clone();
                 Outbox::open(address.clone(), &self.cx, move |outbox| {
                     if let Some(net) = net.upgrade() {
-                        net.remove_outbox(outbox);
+                        net.remove_outbox(outbox, "connect_failed");
                     }
                 })
             })
@@ -117,7 +121,7 @@ impl Network {
                     // Its connection is gone: drop the outbox so the next one reconnects,
                     // unless it never connected: then the message fails with that cause (a
                     // second connect would only be refused by the fast-fail window).
-                    self.remove_outbox(&outbox);
+                    self.remove_outbox(&outbox, "connection_lost");
                     message = m;
                     if let Some(cause) = outbox.failure() {
                         failure = Some(cause.clone());
@@ -153,15 +157,50 @@ impl Network {
         Ok(())
     }
 
-    /// Forgets `outbox` if it is still the one registered for its address.
-    pub(crate) fn remove_outbox(&self, outbox: &Arc<Outbox>) {
+    /// Forgets `outbox` if it is still the one registered for its address; `cause` labels the
+    /// close in the metrics (`rpcenv_peer_closes_total`).
+    pub(crate) fn remove_outbox(&self, outbox: &Arc<Outbox>, cause: &'static str) {
         let mut outboxes = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
         if outboxes
             .get(outbox.address())
             .is_some_and(|o| Arc::ptr_eq(o, outbox))
         {
             outboxes.remove(outbox.address());
+            outbox.metrics().closed(cause);
         }
+    }
+
+    /// Snapshots of the outboxes (by address) and the number of connections the server
+    /// accepted that are open.
+    pub(crate) fn peer_stats(&self) -> (Vec<PeerStats>, usize) {
+        let outboxes: Vec<Arc<Outbox>> = self
+            .outboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut peers: Vec<PeerStats> = outboxes
+            .iter()
+            .map(|o| {
+                let (outbox_bytes, connected) = o.queued();
+                PeerStats {
+                    address: o.address().to_string(),
+                    outbox_bytes,
+                    connected,
+                }
+            })
+            .collect();
+        peers.sort_by(|a, b| a.address.cmp(&b.address));
+        let accepted = self
+            .server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |s| {
+                s.connections().iter().filter(|c| c.is_active()).count()
+            });
+        (peers, accepted)
     }
 
     /// A connection closed: forget its outbox and the listening addresses its peer announced;
@@ -176,7 +215,7 @@ impl Network {
                 .collect()
         };
         for outbox in stale {
-            self.remove_outbox(&outbox);
+            self.remove_outbox(&outbox, "connection_lost");
         }
         self.announced.closed(client.id())
     }
@@ -197,6 +236,7 @@ impl Network {
             .map(|(_, o)| o)
             .collect();
         for outbox in outboxes {
+            outbox.metrics().closed("shutdown");
             outbox.close(&|| RpcError::EnvStopped);
         }
         let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();

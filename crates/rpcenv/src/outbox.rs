@@ -20,6 +20,7 @@ use crate::decode_scope::DecodeScope;
 use crate::dispatcher::Dispatcher;
 use crate::endpoint_ref::OutboxMessage;
 use crate::error::RpcError;
+use crate::metrics::PeerMetrics;
 use crate::reply::{ReplySlot, ReplyValue};
 
 /// The admission rule of the outbox budget (`rpc.outbox.maxBytes`), for every route to a peer:
@@ -37,6 +38,8 @@ pub(crate) struct OutboxContext {
     pub(crate) factory: TransportClientFactory,
     /// `rpc.outbox.maxBytes`.
     pub(crate) max_bytes: usize,
+    /// The env's span, which connect tasks run in (their connections' log lines name the env).
+    pub(crate) span: tracing::Span,
     /// The env's dispatcher: replies rebind refs to it, and it tells whether the env stopped.
     pub(crate) dispatcher: Weak<Dispatcher>,
 }
@@ -96,6 +99,8 @@ pub(crate) struct Outbox {
     settled: tokio::sync::Notify,
     /// Why connecting failed, for messages posted after (they name the real cause and peer).
     failure: std::sync::OnceLock<TransportError>,
+    /// The peer's metric handles (registered once, here).
+    metrics: PeerMetrics,
 }
 
 /// What `Outbox::post` did.
@@ -121,10 +126,12 @@ impl Outbox {
             state: Mutex::new(State::Connecting(VecDeque::new(), 0)),
             settled: tokio::sync::Notify::new(),
             failure: std::sync::OnceLock::new(),
+            metrics: PeerMetrics::new(&address.to_string()),
         });
         let weak_cx: Weak<OutboxContext> = Arc::downgrade(cx);
         let me = outbox.clone();
-        cx.runtime.spawn(async move {
+        let span = cx.span.clone();
+        let connect = async move {
             let Some(cx) = weak_cx.upgrade() else {
                 return;
             };
@@ -133,8 +140,12 @@ impl Outbox {
                 .create_client(address.host().trim_matches(['[', ']']), address.port())
                 .await;
             match connected {
-                Ok(client) => me.connected(client, &cx),
+                Ok(client) => {
+                    me.metrics.connects.increment(1);
+                    me.connected(client, &cx)
+                }
                 Err(e) => {
+                    me.metrics.connect_failures.increment(1);
                     tracing::warn!(peer = %address, error = %e, "cannot connect");
                     let _ = me.failure.set(e.clone());
                     forget(&me);
@@ -144,7 +155,9 @@ impl Outbox {
                     });
                 }
             }
-        });
+        };
+        cx.runtime
+            .spawn(tracing::Instrument::instrument(connect, span));
         outbox
     }
 
@@ -155,6 +168,20 @@ impl Outbox {
     /// Why connecting failed, if it did.
     pub(crate) fn failure(&self) -> Option<&TransportError> {
         self.failure.get()
+    }
+
+    /// The outbox's metric handles.
+    pub(crate) fn metrics(&self) -> &PeerMetrics {
+        &self.metrics
+    }
+
+    /// Bytes waiting to be written, and whether the connection is open.
+    pub(crate) fn queued(&self) -> (usize, bool) {
+        match &*self.lock() {
+            State::Connecting(_, queued) => (*queued, false),
+            State::Connected(c) => (c.queued_bytes(), c.is_active()),
+            State::Closed => (0, false),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -168,17 +195,26 @@ impl Outbox {
         match &mut *state {
             State::Connecting(queue, queued) => {
                 if !admits(*queued, message.len(), cx.max_bytes) {
+                    self.metrics.queue_full.increment(1);
                     return Posted::Full(message, *queued);
                 }
                 *queued += message.len();
                 queue.push_back(message);
+                self.metrics.sent.increment(1);
+                self.metrics.queued_bytes.set(*queued as f64);
+                self.metrics.queued_messages.set(queue.len() as f64);
                 Posted::Done
             }
             State::Connected(client) if client.is_active() => {
                 let queued = client.queued_bytes();
                 if !admits(queued, message.len(), cx.max_bytes) {
+                    self.metrics.queue_full.increment(1);
                     return Posted::Full(message, queued);
                 }
+                self.metrics.sent.increment(1);
+                self.metrics
+                    .queued_bytes
+                    .set((queued + message.len()) as f64);
                 let client = client.clone();
                 // Sent under the lock: a concurrent post cannot overtake this one.
                 dispatch(&client, message, cx);
@@ -204,6 +240,7 @@ impl Outbox {
         for message in queued {
             dispatch(&client, message, cx);
         }
+        self.metrics.queued_messages.set(0.0);
         drop(state);
         self.settled.notify_waiters();
     }

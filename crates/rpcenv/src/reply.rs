@@ -16,6 +16,7 @@ use crate::codec::{decode_content, split_typed_reply};
 use crate::decode_scope::DecodeScope;
 use crate::error::{BoxError, RpcError};
 use crate::message::RpcReply;
+use crate::metrics::AskMetrics;
 use crate::pace::{spin_until, Pace};
 use crate::timeout::{ensure_blocking_allowed, RpcTimeout};
 
@@ -250,6 +251,8 @@ impl ReplySlot {
 pub(crate) struct Waits {
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) pace: Pace,
+    /// The env's ask metrics (pending asks, timeouts).
+    pub(crate) metrics: AskMetrics,
 }
 
 /// The pending reply of an ask: a future of the reply, or of the error that ended the wait.
@@ -278,6 +281,7 @@ impl<R: RpcReply> Ask<R> {
         waits: Arc<Waits>,
     ) -> Self {
         let deadline = timeout.deadline();
+        waits.metrics.pending.increment(1.0);
         Ask {
             slot,
             endpoint,
@@ -328,6 +332,7 @@ impl<R: RpcReply> Ask<R> {
     /// outcome to report.
     fn expire(&self) -> RpcError {
         let error = self.timeout.timeout_error(&self.endpoint);
+        self.waits.metrics.timeouts.increment(1);
         // If a reply raced in, it is discarded: the caller has already been told of the timeout.
         self.slot
             .cancel_with(Err(self.timeout.timeout_error(&self.endpoint)));
@@ -363,6 +368,7 @@ impl<R: RpcReply> Future for Ask<R> {
 
 impl<R> Drop for Ask<R> {
     fn drop(&mut self) {
+        self.waits.metrics.pending.decrement(1.0);
         // Cancel: the endpoint's reply, if it ever comes, finds the slot complete and is dropped.
         if !self.slot.is_complete() {
             self.slot.cancel_with(Err(RpcError::Aborted {

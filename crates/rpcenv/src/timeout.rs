@@ -153,9 +153,9 @@ impl std::fmt::Display for DisplayDuration {
             return f.write_str("infinity");
         }
         let ms = d.as_millis();
-        if d.subsec_nanos() % 1_000_000 != 0 {
+        if !d.subsec_nanos().is_multiple_of(1_000_000) {
             write!(f, "{}us", d.as_micros())
-        } else if ms % 1000 != 0 {
+        } else if !ms.is_multiple_of(1000) {
             write!(f, "{ms}ms")
         } else {
             write!(f, "{}s", d.as_secs())

@@ -11,6 +11,7 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use crate::body::{BodySource, ReplyBody, BODY_PIECE};
 use crate::message::Message;
+use crate::metrics::FrameCounters;
 
 /// Bodies up to this size are copied into the batch buffer; larger ones are queued by handle.
 pub(crate) const INLINE_BODY_MAX: usize = 16 * 1024;
@@ -25,11 +26,18 @@ enum Seg {
 }
 
 /// Encoded bytes waiting to be written, in order.
-#[derive(Default)]
 pub struct WriteQueue {
     segs: VecDeque<Seg>,
     cur: BytesMut,
     len: usize,
+    /// Frames and bytes queued (the `rpcenv_frames_out_total` / `rpcenv_bytes_out_total` metrics).
+    counters: FrameCounters,
+}
+
+impl Default for WriteQueue {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl std::fmt::Debug for WriteQueue {
@@ -48,6 +56,7 @@ impl WriteQueue {
             segs: VecDeque::new(),
             cur: BytesMut::with_capacity(16 * 1024),
             len: 0,
+            counters: FrameCounters::outbound(),
         }
     }
 
@@ -72,7 +81,9 @@ impl WriteQueue {
                 self.segs.push_back(Seg::Bytes(body.clone()));
             }
         }
-        self.len += msg.wire_len();
+        let len = msg.wire_len();
+        self.len += len;
+        self.counters.frame(msg.type_id(), len);
     }
 
     /// Append a stream or chunk reply whose body is given apart from `header` (whose own body,
@@ -333,5 +344,93 @@ mod tests {
         let head: usize = slices[..n].iter().map(|s| s.len()).sum();
         q.advance(head);
         assert!(q.pull().is_err());
+    }
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod metrics_tests {
+    //! The frame and byte counters of a write queue and a decoder (here: the queue is the
+    //! sending side of the pair).
+    use super::*;
+    use crate::frame::FrameDecoder;
+    use crate::metrics::{SharedString, BYTES_IN, BYTES_OUT, FRAMES_IN, FRAMES_OUT};
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use metrics_util::{CompositeKey, MetricKind};
+
+    fn counter_value(
+        snapshot: &[(
+            CompositeKey,
+            Option<metrics::Unit>,
+            Option<SharedString>,
+            DebugValue,
+        )],
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> u64 {
+        snapshot
+            .iter()
+            .filter(|(k, ..)| k.kind() == MetricKind::Counter && k.key().name() == name)
+            .filter(|(k, ..)| {
+                labels
+                    .iter()
+                    .all(|(lk, lv)| k.key().labels().any(|l| l.key() == *lk && l.value() == *lv))
+            })
+            .map(|(.., v)| match v {
+                DebugValue::Counter(n) => *n,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn decoder_and_write_queue_count_frames_by_type_and_bytes() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let mut queue = WriteQueue::new();
+            let request = Message::RpcRequest {
+                request_id: 7,
+                body: Bytes::from_static(b"hello"),
+            };
+            let one_way = Message::OneWayMessage {
+                body: Bytes::from_static(b"x"),
+            };
+            queue.push(&request);
+            queue.push(&request);
+            queue.push(&one_way);
+            let mut wire = BytesMut::new();
+            let mut slices = [std::io::IoSlice::new(&[]); 8];
+            let n = queue.fill_slices(&mut slices);
+            for s in &slices[..n] {
+                wire.extend_from_slice(s);
+            }
+            let total = wire.len() as u64;
+            let mut decoder = FrameDecoder::new(1 << 20);
+            while decoder.decode(&mut wire).expect("valid frames").is_some() {}
+
+            let snap = snapshotter.snapshot().into_vec();
+            assert_eq!(
+                counter_value(&snap, FRAMES_OUT, &[("type", "RpcRequest")]),
+                2
+            );
+            assert_eq!(
+                counter_value(&snap, FRAMES_OUT, &[("type", "OneWayMessage")]),
+                1
+            );
+            assert_eq!(
+                counter_value(&snap, FRAMES_IN, &[("type", "RpcRequest")]),
+                2
+            );
+            assert_eq!(
+                counter_value(&snap, FRAMES_IN, &[("type", "OneWayMessage")]),
+                1
+            );
+            assert_eq!(
+                counter_value(&snap, FRAMES_IN, &[("type", "RpcResponse")]),
+                0
+            );
+            assert_eq!(counter_value(&snap, BYTES_OUT, &[]), total);
+            assert_eq!(counter_value(&snap, BYTES_IN, &[]), total);
+        });
     }
 }

@@ -233,10 +233,15 @@ impl TransportClientFactory {
         } else {
             let mut io: BoxedIo = Box::new(stream);
             for b in &self.inner.bootstraps {
-                io = b.bootstrap_to(host, remote, io).await?;
+                io = b.bootstrap_to(host, remote, io).await.inspect_err(|e| {
+                    if matches!(e, TransportError::AuthFailed { .. }) {
+                        crate::metrics::auth_failed();
+                    }
+                })?;
             }
             spawn_connection(io, local, remote, conf, handler, Side::Client, None)
         };
+        crate::metrics::connection_opened(false);
         tracing::debug!(peer = %remote, elapsed_ms = started.elapsed().as_millis() as u64, "Successfully created connection to {addr}");
         Ok(client)
     }

@@ -10,6 +10,7 @@ use bytes::{Buf, BytesMut};
 
 use crate::error::TransportError;
 use crate::message::{Message, LENGTH_FIELD};
+use crate::metrics::FrameCounters;
 
 /// Largest amount the decoder suggests reserving at once for an incomplete frame.
 const MAX_RESERVE: usize = 4 << 20;
@@ -33,6 +34,8 @@ pub enum Decoded {
 pub struct FrameDecoder {
     max_frame_size: usize,
     body_remaining: u64,
+    /// Frames and bytes read (the `rpcenv_frames_in_total` / `rpcenv_bytes_in_total` metrics).
+    counters: FrameCounters,
 }
 
 impl FrameDecoder {
@@ -41,6 +44,7 @@ impl FrameDecoder {
         FrameDecoder {
             max_frame_size,
             body_remaining: 0,
+            counters: FrameCounters::inbound(),
         }
     }
 
@@ -64,6 +68,7 @@ impl FrameDecoder {
             let n = (buf.len() as u64).min(self.body_remaining) as usize;
             self.body_remaining -= n as u64;
             let data = buf.split_to(n).freeze();
+            self.counters.body(n);
             return Ok(Some(Decoded::Body {
                 data,
                 last: self.body_remaining == 0,
@@ -78,6 +83,7 @@ impl FrameDecoder {
         buf.advance(LENGTH_FIELD);
         let frame = buf.split_to(body_len).freeze();
         let msg = Message::decode(frame)?;
+        self.counters.frame(msg.type_id(), LENGTH_FIELD + body_len);
         if let Some(n) = msg.raw_body_len() {
             self.body_remaining = n;
         }

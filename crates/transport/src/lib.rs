@@ -12,6 +12,8 @@
 //! - [`auth`]: Spark's AES authentication and session ciphers (CTR, GCM), and SASL
 //!   (DIGEST-MD5 with SASL encryption), as bootstraps.
 //! - [`tls`]: TLS (rustls) as bootstraps.
+//! - [`metrics`]: what the transport counts (connections, bytes, frames, auth failures), through
+//!   the `metrics` facade (feature `metrics`, on by default).
 //!
 //! # Layers
 //!
@@ -19,7 +21,8 @@
 //! modules import each other (the table in the repository's `ARCHITECTURE.md` is the rule; the
 //! `layering` test of the `rpcenv` crate checks every `crate::` path against it):
 //!
-//! 1. wire: `error`, `conf`, `message`, `frame`, `codec` (bytes and frames, no sockets);
+//! 1. wire: `error`, `conf`, `metrics`, `message`, `frame`, `codec` (bytes and frames, no
+//!    sockets);
 //! 2. routing: `response` (outstanding requests, matching answers), `command` (what handles
 //!    queue for a connection's task);
 //! 3. handles: `client`, `handler` (the request handler trait and the RPC responder);
@@ -41,6 +44,7 @@ pub mod frame;
 mod handler;
 mod liveness;
 pub mod message;
+pub mod metrics;
 mod response;
 mod server;
 mod socket;

@@ -307,11 +307,12 @@ async fn accept_loop(
                     handler.clone(),
                     bootstraps.clone(),
                 );
-                tokio::spawn(async move {
+                // In the server's span: the connection's span (and its log lines) hang under it.
+                tokio::spawn(tracing::Instrument::in_current_span(async move {
                     if !setup_connection(stream, peer, &inner, &conf, handler, &bootstraps).await {
                         task_finished(&inner);
                     }
-                });
+                }));
             }
             Err(e) => {
                 // Out of file descriptors and the like: make room, back off (no hot loop),
@@ -393,12 +394,16 @@ async fn setup_connection(
         let io = match done {
             Ok(io) => io,
             Err(e) => {
+                if matches!(e, TransportError::AuthFailed { .. }) {
+                    crate::metrics::auth_failed();
+                }
                 tracing::warn!(%peer, error = %e, "server bootstrap failed; connection closed");
                 return false;
             }
         };
         spawn_connection(io, local, peer, conf, handler, Side::Server, Some(on_exit))
     };
+    crate::metrics::connection_opened(true);
     inner
         .connections
         .lock()

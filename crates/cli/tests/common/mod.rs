@@ -24,7 +24,7 @@ pub(crate) struct Lines {
 }
 
 impl Lines {
-    fn new(stream: impl Read + Send + 'static) -> Lines {
+    pub(crate) fn new(stream: impl Read + Send + 'static) -> Lines {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {

@@ -13,6 +13,8 @@ use crate::endpoint_ref::RpcEndpointRef;
 use crate::error::RpcError;
 use crate::flavour::{Behaviour, Concurrent, Sequential};
 use crate::message::RpcMessage;
+use crate::stats::{EnvStats, StatsRequest, STATS_NAME};
+use crate::stats_endpoint::snapshot;
 use crate::timeout::{block_on_until, ensure_blocking_allowed};
 use crate::verifier::{Existence, VerifierRequest, ANY_PROTOCOL};
 
@@ -277,6 +279,33 @@ impl RpcEnv {
     pub fn check_endpoint(&self, address: &RpcAddress, name: &str) -> Result<(), RpcError> {
         ensure_blocking_allowed("RpcEnv::check_endpoint")?;
         block_on_until(self.check_endpoint_async(address, name), None)
+            .expect("a wait without deadline completes")
+    }
+
+    /// A snapshot of what this env is doing: its endpoints (inbox depth, messages processed,
+    /// busy time, longest queue time), its outboxes (bytes waiting) and its connections.
+    pub fn stats(&self) -> EnvStats {
+        snapshot(
+            &self.inner.network,
+            &self.inner.name,
+            self.inner.address.as_ref().map(|a| a.to_string()),
+        )
+    }
+
+    /// The [`stats`](Self::stats) of the env at `address`, asked of its `rpcenv-stats`
+    /// endpoint. Bounded by `rpc.lookupTimeout`.
+    pub async fn remote_stats_async(&self, address: &RpcAddress) -> Result<EnvStats, RpcError> {
+        let target = RpcEndpointAddress::new(Some(address.clone()), STATS_NAME);
+        let stats = self.inner.remote_ref::<StatsRequest>(target, address);
+        stats
+            .ask_with_timeout(StatsRequest::Snapshot, self.inner.conf.lookup_timeout())
+            .await
+    }
+
+    /// The blocking form of [`remote_stats_async`](Self::remote_stats_async).
+    pub fn remote_stats(&self, address: &RpcAddress) -> Result<EnvStats, RpcError> {
+        ensure_blocking_allowed("RpcEnv::remote_stats")?;
+        block_on_until(self.remote_stats_async(address), None)
             .expect("a wait without deadline completes")
     }
 

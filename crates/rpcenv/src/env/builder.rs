@@ -15,9 +15,12 @@ use crate::conf::RpcConf;
 use crate::dispatcher::Dispatcher;
 use crate::endpoint_ref::{RefDefaults, RefNetwork};
 use crate::error::RpcError;
+use crate::metrics::AskMetrics;
 use crate::net::{Network, NetworkParts, RpcEnvHandler, FRAME_HEADROOM};
 use crate::pace::Pace;
 use crate::reply::Waits;
+use crate::stats::STATS_NAME;
+use crate::stats_endpoint::StatsEndpoint;
 use crate::verifier::{Verifier, VERIFIER_NAME};
 
 /// Builds an [`RpcEnv`].
@@ -119,12 +122,16 @@ impl RpcEnvBuilder {
             None => crate::runtime::shared_runtime(self.conf.io_threads()),
         };
         let tconf = transport_conf(&self.conf, &self.name);
+        // The parent of the env's server and connection spans, so that every log line about a
+        // connection names the env as well as the peer.
+        let span = tracing::info_span!("rpcenv", env = %self.name);
         let handler = RpcEnvHandler::new();
         let server = if self.client_mode {
             None
         } else {
             Some(bind_server(
                 &runtime,
+                &span,
                 &tconf,
                 &self.bind_host,
                 self.port,
@@ -158,6 +165,7 @@ impl RpcEnvBuilder {
                 waits: Arc::new(Waits {
                     runtime: runtime.clone(),
                     pace: Pace::new(self.conf.spin_window()),
+                    metrics: AskMetrics::new(),
                 }),
                 sender: address.clone(),
                 env_id: random_env_id(),
@@ -167,12 +175,14 @@ impl RpcEnvBuilder {
             });
             let parts = NetworkParts {
                 name: self.name.clone(),
+                span: span.clone(),
                 runtime: runtime.clone(),
                 factory,
                 server,
                 dispatcher: Arc::new(Dispatcher::new(
                     shared_loop,
                     self.conf.inbox_capacity(),
+                    self.conf.slow_handler_threshold(),
                     defaults,
                 )),
                 max_message_size: usize::try_from(self.conf.max_message_size())
@@ -197,6 +207,12 @@ impl RpcEnvBuilder {
         if !self.client_mode {
             let verifier = Verifier::new(Arc::downgrade(&env.inner().dispatcher));
             env.setup_endpoint(VERIFIER_NAME, verifier)?;
+            let stats = StatsEndpoint::new(
+                Arc::downgrade(&env.inner().network),
+                env.name().to_string(),
+                env.address().map(|a| a.to_string()),
+            );
+            env.setup_endpoint(STATS_NAME, stats)?;
         }
         tracing::debug!(env = %env.name(), address = ?env.address(), "RpcEnv started");
         Ok(env)
@@ -228,6 +244,7 @@ fn transport_conf(conf: &RpcConf, name: &str) -> TransportConf {
 /// env works the same from plain threads and from async code.
 fn bind_server(
     runtime: &tokio::runtime::Handle,
+    span: &tracing::Span,
     conf: &TransportConf,
     host: &str,
     port: u16,
@@ -238,11 +255,17 @@ fn bind_server(
         name: format!("{host}:{port}"),
         reason,
     };
-    let (rt, conf, bind_host) = (runtime.clone(), conf.clone(), host.to_string());
+    let (rt, conf, bind_host, span) = (
+        runtime.clone(),
+        conf.clone(),
+        host.to_string(),
+        span.clone(),
+    );
     std::thread::Builder::new()
         .name("rpcenv-bind".into())
         .spawn(move || {
             let handler: Arc<dyn RpcHandler> = handler;
+            let _env = span.enter();
             rt.block_on(TransportServer::bind_with_bootstraps(
                 conf, &bind_host, port, handler, bootstraps,
             ))

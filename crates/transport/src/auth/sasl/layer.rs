@@ -279,7 +279,7 @@ impl Opener {
     pub(crate) fn open(&mut self, buf: &mut [u8]) -> Result<usize, LayerError> {
         let bs = self.dec.block_size();
         let len = buf.len();
-        if len < MAC_LEN + TRAILER + 1 || (len - TRAILER) % bs != 0 {
+        if len < MAC_LEN + TRAILER + 1 || !(len - TRAILER).is_multiple_of(bs) {
             return Err(LayerError::Length(len));
         }
         let (body, trailer) = buf.split_at_mut(len - TRAILER);
