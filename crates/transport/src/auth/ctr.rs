@@ -17,8 +17,7 @@ use ctr::Ctr128BE;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::stream::{
-    closed_without_data, poll_flush_sealed, poll_shutdown_sealed, poll_write_sealed, sealable,
-    undecryptable, SealedBuf, SliceCursor,
+    closed_without_data, poll_write_sealed, sealable, undecryptable, SealedBuf, SliceCursor,
 };
 use crate::bootstrap::BoxedIo;
 
@@ -150,13 +149,7 @@ fn seal(enc: &mut Keystream, bufs: &[IoSlice<'_>], out: &mut Vec<u8>) -> usize {
 }
 
 impl AsyncWrite for CtrStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
-    }
+    super::stream::sealed_write_methods!();
 
     fn poll_write_vectored(
         self: Pin<&mut Self>,
@@ -170,19 +163,5 @@ impl AsyncWrite for CtrStream {
             this.wrote = true;
         }
         r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        poll_flush_sealed(&mut this.io, &mut this.out, cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        poll_shutdown_sealed(&mut this.io, &mut this.out, cx)
     }
 }

@@ -35,8 +35,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use zeroize::Zeroizing;
 
 use super::stream::{
-    closed_without_data, poll_flush_sealed, poll_shutdown_sealed, poll_write_sealed, sealable,
-    undecryptable, Next, PieceReader, ReadEnd, SealedBuf, SliceCursor,
+    closed_without_data, poll_write_sealed, sealable, undecryptable, Next, PieceReader, ReadEnd,
+    SealedBuf, SliceCursor,
 };
 use crate::bootstrap::BoxedIo;
 
@@ -380,13 +380,7 @@ impl AsyncRead for GcmStream {
 }
 
 impl AsyncWrite for GcmStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
-    }
+    super::stream::sealed_write_methods!();
 
     fn poll_write_vectored(
         self: Pin<&mut Self>,
@@ -421,20 +415,6 @@ impl AsyncWrite for GcmStream {
             this.wrote = true;
         }
         r
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        poll_flush_sealed(&mut this.io, &mut this.out, cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        poll_shutdown_sealed(&mut this.io, &mut this.out, cx)
     }
 }
 

@@ -156,6 +156,43 @@ pub(crate) fn poll_shutdown_sealed(
     Pin::new(io).poll_shutdown(cx)
 }
 
+/// The `AsyncWrite` methods every cipher stream shares (the stream has `io: BoxedIo` and
+/// `out: SealedBuf` fields): a single-buffer write goes through the vectored one, and flush and
+/// shutdown let the sealed bytes reach the socket first. Only `poll_write_vectored`, which
+/// seals, is each cipher's own.
+macro_rules! sealed_write_methods {
+    () => {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.poll_write_vectored(cx, &[std::io::IoSlice::new(buf)])
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let this = self.get_mut();
+            $crate::auth::stream::poll_flush_sealed(&mut this.io, &mut this.out, cx)
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let this = self.get_mut();
+            $crate::auth::stream::poll_shutdown_sealed(&mut this.io, &mut this.out, cx)
+        }
+    };
+}
+pub(crate) use sealed_write_methods;
+
 /// What a framed cipher's decoder found in the ciphertext buffer.
 pub(crate) enum Next {
     /// A decrypted piece of plaintext.

@@ -13,8 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::layer::{LayerError, Opener, Sealer, SecurityLayer};
 use crate::auth::stream::{
-    poll_flush_sealed, poll_shutdown_sealed, poll_write_sealed, sealable, Next, PieceReader,
-    ReadEnd, SealedBuf, SliceCursor,
+    poll_write_sealed, sealable, Next, PieceReader, ReadEnd, SealedBuf, SliceCursor,
 };
 use crate::bootstrap::BoxedIo;
 
@@ -164,13 +163,7 @@ fn seal(sealer: &mut Sealer, block: usize, bufs: &[IoSlice<'_>], out: &mut Vec<u
 }
 
 impl AsyncWrite for SaslStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
-    }
+    crate::auth::stream::sealed_write_methods!();
 
     fn poll_write_vectored(
         self: Pin<&mut Self>,
@@ -182,20 +175,6 @@ impl AsyncWrite for SaslStream {
         poll_write_sealed(&mut this.io, &mut this.out, cx, |out| {
             seal(sealer, block, bufs, out)
         })
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        poll_flush_sealed(&mut this.io, &mut this.out, cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        poll_shutdown_sealed(&mut this.io, &mut this.out, cx)
     }
 }
 
