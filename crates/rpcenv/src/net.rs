@@ -323,8 +323,7 @@ impl RefNetwork for Network {
 /// `Network::addressed_here`).
 fn addressed_to(receiver: Option<WireAddress<'_>>, own: Option<&RpcAddress>) -> bool {
     match (receiver, own) {
-        (None, None) => true,
-        (Some(wire), Some(own)) => wire.port == own.port(),
+        (None, None) | (Some(_), Some(_)) => true,
         (None, Some(_)) | (Some(_), None) => false,
     }
 }
@@ -457,8 +456,10 @@ impl Network {
     /// Whether a message whose envelope names `receiver` is for this env, so that a message meant
     /// for another env is never handed to a local endpoint that merely has the same name. An
     /// address-less receiver is an endpoint of a client-mode env, reached over the connection
-    /// that env opened: this env, only if it is in client mode itself. An addressed one must
-    /// have this env's port (its host may be an alias of ours: `localhost`, a DNS name, an IP).
+    /// that env opened: this env, only if it is in client mode itself; an addressed one is for a
+    /// server-mode env. The address itself is not compared with ours: the sender names the
+    /// address it connected to, which may be a DNS alias, a port forward, a NAT or a proxy in
+    /// front of this env, and it reached this env over that very connection.
     fn addressed_here(&self, receiver: Option<WireAddress<'_>>) -> bool {
         addressed_to(receiver, self.dispatcher.defaults().sender.as_ref())
     }
@@ -516,7 +517,10 @@ mod tests {
             addressed_to(wire("localhost", 4000), Some(&own)),
             "a host alias"
         );
-        assert!(!addressed_to(wire("127.0.0.1", 4001), Some(&own)));
+        assert!(
+            addressed_to(wire("10.0.0.7", 80), Some(&own)),
+            "the address of a proxy or port forward in front of this env"
+        );
         // An address-less receiver is a client-mode endpoint: only a client-mode env has it.
         assert!(!addressed_to(None, Some(&own)));
         assert!(addressed_to(None, None));
