@@ -153,6 +153,9 @@ const ROUNDS_BEFORE_YIELD: usize = 8;
 /// larger batch instead of contending for the queue's lock with every message.
 const SMALL_BATCH: usize = 16;
 
+/// Spins between two looks of a gathering processor (see `Linger::gather`).
+const GATHER_SPIN: u32 = 32;
+
 /// The processor's waiting policy between batches. Whether it may stay awake at all is the
 /// inbox's [`Pace`]: only while batches have been following each other within the spin window
 /// (`rpc.messageLoop.spinMicros`). Then a processor whose queue ran empty keeps looking at it for
@@ -184,14 +187,27 @@ impl Linger {
         self.enabled && self.last_small && queued > 0 && queued < SMALL_BATCH
     }
 
-    /// Waits while `posted` keeps rising, at most the pace's budget.
+    /// Waits while `posted` keeps rising, at most the pace's budget: it looks every
+    /// [`GATHER_SPIN`] spins, long enough for a sender on another core to post a few more, and
+    /// stops at the first look that finds none.
     fn gather(&mut self, pace: &Pace, posted: &AtomicUsize) {
         self.last_small = false;
+        let budget = pace.spin_budget();
+        if budget.is_zero() {
+            return;
+        }
+        let start = Instant::now();
         let mut seen = posted.load(Ordering::Relaxed);
-        spin_until(pace.spin_budget(), || {
+        loop {
+            for _ in 0..GATHER_SPIN {
+                std::hint::spin_loop();
+            }
             let now = posted.load(Ordering::Relaxed);
-            std::mem::replace(&mut seen, now) == now
-        });
+            if now == seen || start.elapsed() >= budget {
+                return;
+            }
+            seen = now;
+        }
     }
 
     /// The queue was empty when `posted` read `seen`: waits until a message is posted (true: look
