@@ -453,7 +453,7 @@ fn the_checker_catches_an_upward_import_in_a_nested_group() {
 #[test]
 fn the_checker_catches_an_upward_import_through_a_root_reexport() {
     let problems = synthetic(
-        "fn f() -> crate::Renamed { todo!() }\n",
+        "fn f() -> crate::Renamed { Renamed }\n",
         "pub struct Other;\n",
     );
     assert!(
