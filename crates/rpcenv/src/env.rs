@@ -3,11 +3,13 @@
 //! - `builder`: [`RpcEnvBuilder`], which binds the server, starts the message loops and connects
 //!   the dispatcher, the network and the transport handler to each other;
 //! - `lifecycle`: the env's shared state (`EnvInner`) and its shutdown;
-//! - `api`: [`RpcEnv`], the public API (register, look up, stop, shut down).
+//! - `api`: [`RpcEnv`], the public API (register, look up, stop, shut down);
+//! - `streams`: the part of that API that serves and fetches streams, chunks and uploads.
 
 mod api;
 mod builder;
 mod lifecycle;
+mod streams;
 
 pub use api::RpcEnv;
 pub use builder::RpcEnvBuilder;

@@ -32,12 +32,14 @@
 //!
 //! 1. core: [`address`], [`conf`], `error`, `message`, `timeout`, `runtime`, `backoff`,
 //!    [`codec`] (the wire formats), `decode_scope`, [`metrics`] (what an env measures, through
-//!    the `metrics` facade), [`stats`] (the snapshot `RpcEnv::stats` returns), `slow_handler`;
+//!    the `metrics` facade), [`stats`] (the snapshot `RpcEnv::stats` returns), `slow_handler`,
+//!    `stream_manager` (the registered streams' state), `upload` (upload receivers);
 //! 2. local, everything inside one env: `reply`, `call_context`, `mailbox`, `endpoint_ref`,
 //!    `endpoint`, `flavour` (both endpoint flavours behind one interface), `inbox`,
 //!    `dispatcher` (registry and message loops), `ref_codec`;
 //! 3. remote, other processes: `outbox`, `net` (the network and the transport handler),
-//!    `verifier`, `security`;
+//!    `verifier`, `security`, `stream_service` (chunks, streams and uploads served),
+//!    `stream_client` (reading a remote stream);
 //! 4. `env`: the façade ([`RpcEnv`], [`RpcEnvBuilder`]) that wires them together.
 
 pub mod address;
@@ -67,7 +69,11 @@ mod security;
 mod slow_handler;
 pub mod stats;
 mod stats_endpoint;
+mod stream_client;
+mod stream_manager;
+mod stream_service;
 mod timeout;
+mod upload;
 mod verifier;
 
 pub use address::{AddressError, RpcAddress, RpcEndpointAddress};
@@ -79,6 +85,10 @@ pub use env::{RpcEnv, RpcEnvBuilder};
 pub use error::{BoxError, Failure, FailureKind, HandlerResult, RpcError, SharedError};
 pub use message::{RpcMessage, RpcReply};
 pub use reply::{AbortHandle, Ask};
+pub use rpcenv_transport::{BodySource, FileRegion, ReplyBody};
 pub use stats::{EndpointStats, EnvStats, PeerStats, StatsRequest, STATS_NAME};
+pub use stream_client::{BlockingStreamReader, StreamReader};
+pub use stream_manager::{stream_chunk_id, StreamManager, StreamOwner};
 pub use timeout::RpcTimeout;
+pub use upload::{Upload, UploadReceiver, UploadReply};
 pub use verifier::VERIFIER_NAME;
