@@ -312,9 +312,9 @@ pub enum RpcError {
         what: String,
         /// The peer's address.
         peer: String,
-        /// The transport's error.
+        /// The transport's error (boxed: it is larger than the other variants' fields).
         #[source]
-        source: rpcenv_transport::TransportError,
+        source: Box<rpcenv_transport::TransportError>,
     },
     /// An upload receiver of that name is already registered in this env.
     #[error("There is already an upload receiver called {name}")]

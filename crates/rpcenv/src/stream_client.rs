@@ -85,7 +85,7 @@ impl StreamReader {
         io::Error::other(RpcError::Transfer {
             what: format!("stream '{}'", self.stream_id),
             peer: self.peer.clone(),
-            source,
+            source: Box::new(source),
         })
     }
 

@@ -552,7 +552,7 @@ fn a_large_stream_read_slowly_keeps_memory_bounded() {
         }
         pos += n as u64;
         // A slow reader: the connection must stop reading rather than buffer what it is sent.
-        if pos % (1 << 20) == 0 {
+        if pos.is_multiple_of(1 << 20) {
             std::thread::sleep(Duration::from_millis(1));
         }
     }

@@ -24,7 +24,7 @@ fn transfer(
     move |source| RpcError::Transfer {
         what,
         peer: address.to_string(),
-        source,
+        source: Box::new(source),
     }
 }
 
