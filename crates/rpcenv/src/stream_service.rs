@@ -65,7 +65,9 @@ impl StreamService {
         Some(text)
     }
 
-    /// A `ChunkFetchRequest`: the chunk's body, or the failure text.
+    /// A `ChunkFetchRequest`: the chunk's body, or the failure text. An unknown stream is
+    /// refused with a failure naming it; Spark without authentication closes the connection
+    /// instead (its `StreamAlreadyClosedException`), which tells the requester nothing.
     pub(crate) fn chunk(
         &self,
         client: &TransportClient,
