@@ -114,8 +114,14 @@ impl fmt::Display for Refusal {
 /// The chunks of one stream, produced one at a time as they are requested.
 type Chunks = Peekable<Box<dyn Iterator<Item = ReplyBody> + Send>>;
 
-struct StreamState {
+/// One registered stream: its owner (fixed) and its progress (behind the stream's own lock, held
+/// while a chunk is produced, so that producing one stream's chunk never holds up the others).
+struct Stream {
     owner: StreamOwner,
+    progress: Mutex<Progress>,
+}
+
+struct Progress {
     chunks: Chunks,
     /// The index the next request must name.
     next_chunk: i32,
@@ -137,7 +143,7 @@ struct StreamState {
 ///   connection, as Spark does).
 pub struct StreamManager {
     next_id: AtomicI64,
-    streams: Mutex<HashMap<i64, Arc<Mutex<StreamState>>>>,
+    streams: Mutex<HashMap<i64, Arc<Stream>>>,
     in_flight: Arc<AtomicU64>,
     max_in_flight: u64,
 }
@@ -199,12 +205,14 @@ impl StreamManager {
     {
         let chunks: Box<dyn Iterator<Item = ReplyBody> + Send> = Box::new(chunks.into_iter());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let state = StreamState {
+        let stream = Stream {
             owner: owner.clone(),
-            chunks: chunks.peekable(),
-            next_chunk: 0,
+            progress: Mutex::new(Progress {
+                chunks: chunks.peekable(),
+                next_chunk: 0,
+            }),
         };
-        lock(&self.streams).insert(id, Arc::new(Mutex::new(state)));
+        lock(&self.streams).insert(id, Arc::new(stream));
         tracing::trace!(
             stream_id = id,
             connection = owner.connection,
@@ -248,20 +256,20 @@ impl StreamManager {
         stream_id: i64,
         chunk_index: i32,
     ) -> Result<ReplyBody, Refusal> {
-        let state = lock(&self.streams)
+        let stream = lock(&self.streams)
             .get(&stream_id)
             .cloned()
             .ok_or(Refusal::Unknown { stream_id })?;
-        let mut st = lock(&state);
         if let Some(client) = reader {
-            if st.owner.app_id() != Some(client) {
+            if stream.owner.app_id() != Some(client) {
                 return Err(Refusal::NotAuthorized {
                     client: client.to_string(),
                     stream_id,
-                    app: st.owner.app_id().map(str::to_string),
+                    app: stream.owner.app_id().map(str::to_string),
                 });
             }
         }
+        let mut st = lock(&stream.progress);
         if chunk_index != st.next_chunk {
             return Err(Refusal::OutOfOrder {
                 index: chunk_index,
@@ -277,7 +285,7 @@ impl StreamManager {
             let mut streams = lock(&self.streams);
             if streams
                 .get(&stream_id)
-                .is_some_and(|s| Arc::ptr_eq(s, &state))
+                .is_some_and(|s| Arc::ptr_eq(s, &stream))
             {
                 streams.remove(&stream_id);
                 tracing::trace!(stream_id, "stream fully read");
@@ -289,11 +297,11 @@ impl StreamManager {
     /// Releases the streams registered for connection `connection` (it closed); returns how
     /// many. Chunks not yet produced are dropped with their iterators, never produced.
     pub(crate) fn connection_closed(&self, connection: u64) -> usize {
-        let released: Vec<Arc<Mutex<StreamState>>> = {
+        let released: Vec<Arc<Stream>> = {
             let mut streams = lock(&self.streams);
             let ids: Vec<i64> = streams
                 .iter()
-                .filter(|(_, s)| lock(s).owner.connection == connection)
+                .filter(|(_, s)| s.owner.connection == connection)
                 .map(|(id, _)| *id)
                 .collect();
             ids.iter().filter_map(|id| streams.remove(id)).collect()

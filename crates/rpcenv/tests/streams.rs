@@ -260,7 +260,8 @@ fn a_chunk_is_served_as_a_stream_by_id_and_index() {
         &client.fetch_chunk(&addr, id, 1).unwrap()[..],
         &chunk_bytes(1, 1)[..]
     );
-    let empty = client.open_stream(&addr, &format!("{id}_2")).unwrap();
+    let empty = client.open_chunk_stream(&addr, id, 2).unwrap();
+    assert_eq!(empty.stream_id(), format!("{id}_2"));
     assert!(empty.is_empty());
     assert!(read_all(empty).unwrap().is_empty());
     let last = client.runtime().block_on(async {

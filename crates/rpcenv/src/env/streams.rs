@@ -154,6 +154,16 @@ impl RpcEnv {
             .await
     }
 
+    /// The blocking form of [`open_chunk_stream_async`](Self::open_chunk_stream_async).
+    pub fn open_chunk_stream(
+        &self,
+        address: &RpcAddress,
+        stream_id: i64,
+        chunk_index: i32,
+    ) -> Result<BlockingStreamReader, RpcError> {
+        self.open_stream(address, &stream_chunk_id(stream_id, chunk_index))
+    }
+
     /// Uploads `body` with `meta` to the receiver registered as `receiver` in the env at
     /// `address` (an `UploadStream`); returns the receiver's reply.
     ///
