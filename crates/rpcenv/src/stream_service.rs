@@ -41,8 +41,8 @@ impl StreamService {
     /// env's own app id and secret, so that is the id an authenticated peer is known by.
     pub(crate) fn connection_active(&self, client: &TransportClient) {
         if let Some(app) = &self.app_id {
-            if let Err(already) = client.set_client_id(app.as_str()) {
-                tracing::warn!(peer = %client.remote_addr(), %already, "connection already has a client id");
+            if !client.set_client_id(app.as_str()) {
+                tracing::warn!(peer = %client.remote_addr(), already = ?client.client_id(), "connection already has a client id");
             }
         }
     }

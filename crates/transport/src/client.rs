@@ -243,14 +243,10 @@ impl TransportClient {
 
     /// Records the id the peer authenticated as (Spark: `TransportClient.setClientId`), once:
     /// set by whoever knows the outcome of the connection's authentication, before the
-    /// connection's first request is handled. A second call is refused with the id already
-    /// set, which stays.
-    pub fn set_client_id(&self, id: impl Into<String>) -> Result<(), String> {
-        let id = id.into();
-        match self.shared.client_id.set(id) {
-            Ok(()) => Ok(()),
-            Err(_) => Err(self.client_id().unwrap_or_default().to_string()),
-        }
+    /// connection's first request is handled. Returns false, keeping the id already set, when
+    /// one was.
+    pub fn set_client_id(&self, id: impl Into<String>) -> bool {
+        self.shared.client_id.set(id.into()).is_ok()
     }
 
     /// True until the connection is closed (by either side) or failed.
