@@ -14,7 +14,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rpcenv_transport::{FileRegion, ReplyBody};
+use bytes::Bytes;
+use rpcenv_transport::{BodySource, FileRegion, ReplyBody};
 
 use crate::error::RpcError;
 use crate::file_uri::{encode_name, normalize_directory};
@@ -100,13 +101,78 @@ impl FileRegistry {
                 return Err(not_found(stream_id));
             }
         };
-        match open_regular(&path) {
-            Some((file, len)) => Ok(ReplyBody::source(FileRegion::new(file, 0, len))),
+        match body(&path) {
+            Some(body) => Ok(body),
             None => {
-                tracing::debug!(stream_id, path = %path.display(), "served file is gone or not a regular file");
+                tracing::debug!(stream_id, path = %path.display(), "served file is gone, unreadable or not a regular file");
                 Err(not_found(stream_id))
             }
         }
+    }
+}
+
+/// Files up to this size are read when requested; larger ones are opened when their turn to be
+/// written comes and read in pieces as the socket takes them.
+const READ_AT_ONCE: u64 = 64 * 1024;
+
+/// The reply body of the regular file at `path` (`None`: missing, not a regular file, or
+/// unreadable). A small file is read now, so that its bytes count in the connection's byte
+/// budget; a larger one counts its length there and holds no descriptor until it is written, so a
+/// peer that asks again and again without reading holds neither memory nor descriptors beyond
+/// the budget.
+fn body(path: &Path) -> Option<ReplyBody> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let len = meta.len();
+    if len == 0 {
+        return Some(ReplyBody::Bytes(Bytes::new()));
+    }
+    if len > READ_AT_ONCE {
+        return Some(ReplyBody::source(ServedFile {
+            path: path.to_path_buf(),
+            len,
+            region: None,
+        }));
+    }
+    let mut region = open_regular(path, len).ok()?;
+    region.next_piece(len as usize).ok().map(ReplyBody::Bytes)
+}
+
+/// `len` bytes of the regular file at `path` (checked on the open handle; the path was checked
+/// before it was opened, so a FIFO put in its place is not what was resolved).
+fn open_regular(path: &Path, len: u64) -> std::io::Result<FileRegion> {
+    let file = File::open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other(format!(
+            "{} is no longer a regular file",
+            path.display()
+        )));
+    }
+    Ok(FileRegion::new(file, 0, len))
+}
+
+/// A served file opened when the connection starts writing it (one descriptor per connection
+/// at a time, however many replies wait). A file that shrank or vanished meanwhile ends the
+/// body short, which closes the connection: the peer cannot tell a truncated body otherwise.
+struct ServedFile {
+    path: PathBuf,
+    len: u64,
+    region: Option<FileRegion>,
+}
+
+impl BodySource for ServedFile {
+    fn len(&self) -> u64 {
+        self.region.as_ref().map_or(self.len, BodySource::len)
+    }
+
+    fn next_piece(&mut self, max: usize) -> std::io::Result<Bytes> {
+        let region = match &mut self.region {
+            Some(region) => region,
+            None => self.region.insert(open_regular(&self.path, self.len)?),
+        };
+        region.next_piece(max)
     }
 }
 
@@ -120,17 +186,6 @@ fn contained(dir: &Path, rest: &str) -> Option<PathBuf> {
     }
     let canonical = dir.join(relative).canonicalize().ok()?;
     (canonical.starts_with(dir) && canonical != dir).then_some(canonical)
-}
-
-/// Opens `path` if it is a regular file (checked before opening, so a FIFO is never opened,
-/// and again on the open handle); its length.
-fn open_regular(path: &Path) -> Option<(File, u64)> {
-    if !std::fs::metadata(path).ok()?.is_file() {
-        return None;
-    }
-    let file = File::open(path).ok()?;
-    let meta = file.metadata().ok()?;
-    meta.is_file().then_some((file, meta.len()))
 }
 
 /// The canonical form of `path`, or the error naming it.
