@@ -286,6 +286,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn channels_move_between_threads_and_tasks() {
+        fn movable<T: Send + Unpin + 'static>() {}
+        movable::<FileChannel>();
+        movable::<BlockingFileChannel>();
+    }
+
+    #[test]
     fn downloads_go_to_a_hidden_file_beside_the_destination() {
         let t = temp_path(Path::new("/data/out/job.bin")).unwrap();
         assert_eq!(t.parent(), Some(Path::new("/data/out")));
