@@ -144,18 +144,17 @@ impl FileChannel {
         if self.received == self.len() {
             return Poll::Ready(Ok(None));
         }
-        let peer = || self.uri.clone();
         match ready!(self.stream.poll_next_chunk(cx)) {
             Some(Ok(piece)) => {
                 self.received += piece.len() as u64;
                 Poll::Ready(Ok(Some(piece)))
             }
             Some(Err(source)) => Poll::Ready(Err(RpcError::Connection {
-                peer: peer(),
+                peer: self.client.remote_addr().to_string(),
                 source,
             })),
             None => Poll::Ready(Err(RpcError::FileIo {
-                path: peer(),
+                path: self.uri.clone(),
                 source: io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!(
