@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 use rpcenv_transport::{
-    RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportError,
+    ReplyBody, RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportError,
     TransportServer,
 };
 
@@ -21,6 +21,7 @@ use crate::decode_scope::DecodeScope;
 use crate::dispatcher::Dispatcher;
 use crate::endpoint_ref::{OutboxMessage, RefNetwork, Refused, Waiting};
 use crate::error::RpcError;
+use crate::file_server::FileRegistry;
 use crate::mailbox::Event;
 use crate::outbox::{admits, dispatch, Outbox, OutboxContext, Posted};
 use crate::stats::PeerStats;
@@ -375,12 +376,15 @@ fn addressed_to(receiver: Option<WireAddress<'_>>, own: Option<&RpcAddress>) -> 
 /// The transport handler of an env (Spark's `NettyRpcHandler`).
 pub(crate) struct RpcEnvHandler {
     network: OnceLock<Weak<Network>>,
+    /// The env's file server: answers stream ids that start with `/`.
+    files: Arc<FileRegistry>,
 }
 
 impl RpcEnvHandler {
-    pub(crate) fn new() -> Arc<Self> {
+    pub(crate) fn new(files: Arc<FileRegistry>) -> Arc<Self> {
         Arc::new(RpcEnvHandler {
             network: OnceLock::new(),
+            files,
         })
     }
 
@@ -415,16 +419,19 @@ impl RpcHandler for RpcEnvHandler {
         }
     }
 
+    /// A stream id starting with `/` names a served file (`/files/..`, `/jars/..`, a
+    /// directory's); any other names a chunk of a stream an endpoint registered
+    /// (`"<id>_<index>"`). Only authenticated connections get here: with authentication on, the
+    /// server's bootstrap completes before any request is handled.
     fn open_stream_body(
         &self,
         client: &TransportClient,
         stream_id: &str,
-    ) -> Result<rpcenv_transport::ReplyBody, String> {
+    ) -> Result<ReplyBody, String> {
+        if stream_id.starts_with('/') {
+            return self.files.open(stream_id);
+        }
         match self.network() {
-            // Ids that are paths name files; the others name chunks of registered streams.
-            Some(_) if stream_id.starts_with('/') => {
-                Err(format!("Stream '{stream_id}' was not found."))
-            }
             Some(net) => net.streams.stream(client, stream_id),
             None => Err("the RpcEnv is not running".to_string()),
         }
@@ -435,7 +442,7 @@ impl RpcHandler for RpcEnvHandler {
         client: &TransportClient,
         stream_id: i64,
         chunk_index: i32,
-    ) -> Result<rpcenv_transport::ReplyBody, String> {
+    ) -> Result<ReplyBody, String> {
         match self.network() {
             Some(net) => net.streams.chunk(client, stream_id, chunk_index),
             None => Err("the RpcEnv is not running".to_string()),

@@ -126,7 +126,7 @@ impl RpcEnv {
             .stream(stream_id)
             .await
             .map_err(transfer(format!("stream '{stream_id}'"), address))?;
-        Ok(StreamReader::new(stream, address.to_string()))
+        Ok(StreamReader::new(stream, &client))
     }
 
     /// The blocking form of [`open_stream_async`](Self::open_stream_async): a `std::io::Read`.
