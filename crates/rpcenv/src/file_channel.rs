@@ -13,12 +13,12 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use rpcenv_transport::{ByteStream, TransportClient, TransportClientFactory, TransportError};
+use rpcenv_transport::{ByteStream, TransportClient, TransportClientFactory};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::error::RpcError;
 use crate::file_uri;
-use crate::stream_client::{BlockingStreamReader, StreamReader};
+use crate::stream_client::{stream_request_failed, BlockingStreamReader, StreamReader};
 use crate::timeout::block_on_until;
 
 /// The env's `files` client pool.
@@ -55,16 +55,7 @@ impl FilesPool {
                 .map_err(connection)?;
             match client.stream(target.path.clone()).await {
                 Ok(stream) => Ok(FileChannel::new(stream, &client, uri)),
-                Err(TransportError::StreamFailure {
-                    peer,
-                    stream_id,
-                    message,
-                }) => Err(RpcError::StreamFailed {
-                    peer: peer.to_string(),
-                    stream_id,
-                    message,
-                }),
-                Err(e) => Err(connection(e)),
+                Err(e) => Err(stream_request_failed(e, connection)),
             }
         });
         // The task ends without an answer only when the runtime shuts down.

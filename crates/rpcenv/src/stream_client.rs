@@ -18,6 +18,27 @@ use tokio::io::{AsyncRead, ReadBuf};
 use crate::error::RpcError;
 use crate::timeout::{block_on_until, ensure_blocking_allowed};
 
+/// The error of a `StreamRequest`: a `StreamFailure` answer is [`RpcError::StreamFailed`]
+/// carrying the server's text verbatim (`Stream '<id>' was not found.` is matched by Spark's
+/// executors); any other failure (the connection broke) is `otherwise(error)`.
+pub(crate) fn stream_request_failed(
+    error: TransportError,
+    otherwise: impl FnOnce(TransportError) -> RpcError,
+) -> RpcError {
+    match error {
+        TransportError::StreamFailure {
+            peer,
+            stream_id,
+            message,
+        } => RpcError::StreamFailed {
+            peer: peer.to_string(),
+            stream_id,
+            message,
+        },
+        other => otherwise(other),
+    }
+}
+
 /// A stream of bytes from another env, read as it arrives: `tokio::io::AsyncRead`, ending
 /// (a read of 0 bytes) after the announced length. A failure (the connection broke, the
 /// server's body ended short) is the error of a read, an `io::Error` whose inner error is the

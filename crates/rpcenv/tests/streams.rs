@@ -168,6 +168,7 @@ fn wait_until(what: &str, cond: impl Fn() -> bool) {
 fn transfer_text(e: RpcError) -> String {
     match e {
         RpcError::Transfer { source, .. } => source.to_string(),
+        RpcError::StreamFailed { message, .. } => message,
         other => panic!("expected a transfer failure, got {other}"),
     }
 }

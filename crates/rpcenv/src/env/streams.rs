@@ -12,7 +12,7 @@ use bytes::Bytes;
 use super::api::RpcEnv;
 use crate::address::RpcAddress;
 use crate::error::RpcError;
-use crate::stream_client::{BlockingStreamReader, StreamReader};
+use crate::stream_client::{stream_request_failed, BlockingStreamReader, StreamReader};
 use crate::stream_manager::{stream_chunk_id, StreamManager};
 use crate::timeout::{block_on_until, ensure_blocking_allowed};
 use crate::upload::{encode_upload_meta, UploadReceiver};
@@ -114,18 +114,17 @@ impl RpcEnv {
     /// Opens the stream `stream_id` of the env at `address` (a `StreamRequest`): a chunk of a
     /// registered stream is named `"<streamId>_<chunkIndex>"` ([`stream_chunk_id`]). Resolves
     /// when the server's answer arrives, to a reader of the body as it arrives, with bounded
-    /// memory (see [`StreamReader`]). A refusal fails with [`RpcError::Transfer`] carrying the
-    /// server's text (`Stream '<id>' was not found.` for an id it does not know).
+    /// memory (see [`StreamReader`]). A refusal fails with [`RpcError::StreamFailed`] carrying
+    /// the server's text (`Stream '<id>' was not found.` for an id it does not know).
     pub async fn open_stream_async(
         &self,
         address: &RpcAddress,
         stream_id: &str,
     ) -> Result<StreamReader, RpcError> {
         let client = self.inner().network.client_to(address).await?;
-        let stream = client
-            .stream(stream_id)
-            .await
-            .map_err(transfer(format!("stream '{stream_id}'"), address))?;
+        let stream = client.stream(stream_id).await.map_err(|e| {
+            stream_request_failed(e, transfer(format!("stream '{stream_id}'"), address))
+        })?;
         Ok(StreamReader::new(stream, &client))
     }
 
