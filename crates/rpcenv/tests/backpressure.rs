@@ -65,8 +65,9 @@ impl RpcEndpoint for Gate {
     }
 }
 
-/// A slow endpoint's inbox fills past `rpc.inbox.capacity`, pauses its connection, TCP fills,
-/// the sender's outbox reaches `rpc.outbox.maxBytes`: `send` fails with QueueFull at once, and
+/// A slow endpoint's inbox fills past `rpc.inbox.capacity`, the messages past it exhaust their
+/// connection's byte budget, the connection stops being read, TCP fills, the sender's outbox
+/// reaches `rpc.outbox.maxBytes`: `send` fails with QueueFull at once, and
 /// `send_async` waits for room. Nothing accepted is lost.
 #[test]
 fn backpressure_from_a_slow_endpoint_reaches_the_sender() {
@@ -271,5 +272,194 @@ fn a_handler_asking_back_over_the_connection_feeding_its_full_inbox_completes() 
         assert_eq!(ask.wait().unwrap(), (n + 1).to_string());
     }
     client.shutdown();
+    env.shutdown();
+}
+
+/// For every one-way job, asks back the ref it carries (over the connection the job came on)
+/// and reports the answer.
+struct RelaysBack(std::sync::mpsc::Sender<String>);
+
+impl RpcEndpoint for RelaysBack {
+    type Message = Job;
+    fn receive(&mut self, _: &EndpointCtx<Job>, Job(back, n): Job) -> HandlerResult {
+        let answer = back.ask_sync::<String>(n.to_string())?;
+        self.0.send(answer)?;
+        Ok(())
+    }
+}
+
+/// The one-way variant: while a handler waits for the answer to its ask back over the
+/// connection its messages come on, more one-way messages than `rpc.inbox.capacity` queue up
+/// behind it from that connection. They wait within the connection's byte budget instead of
+/// pausing it: a later ask on the same connection (a probe) is still read, the answer the
+/// handler waits for still arrives, and every message is handled.
+#[test]
+fn a_one_way_handler_asking_back_over_the_connection_feeding_its_over_capacity_inbox_completes() {
+    let env = RpcEnv::builder("server")
+        .conf(
+            suite_conf()
+                .with("rpc.inbox.capacity", "4")
+                .unwrap()
+                .with("rpc.askTimeout", "30s")
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let (answers_tx, answers) = std::sync::mpsc::channel();
+    env.setup_endpoint("relay", RelaysBack(answers_tx)).unwrap();
+    env.setup_endpoint("probe", Echo).unwrap();
+    let client = RpcEnv::builder("client")
+        .client_mode(true)
+        .conf(suite_conf().with("rpc.askTimeout", "30s").unwrap())
+        .build()
+        .unwrap();
+    let latch = Latch::default();
+    let (arrived_tx, arrived) = std::sync::mpsc::channel();
+    let held = client
+        .setup_endpoint("held", Held(latch.clone(), arrived_tx))
+        .unwrap();
+    let relay: RpcEndpointRef<Job> = client
+        .setup_endpoint_ref(env.address().unwrap(), "relay")
+        .unwrap();
+    let probe: RpcEndpointRef<String> = client
+        .setup_endpoint_ref(env.address().unwrap(), "probe")
+        .unwrap();
+    relay.send(Job(held.clone(), 0)).unwrap();
+    // The relay's handler now waits for its ask back.
+    arrived.recv_timeout(common::WAIT).unwrap();
+    for n in 1..=16 {
+        relay.send(Job(held.clone(), n)).unwrap();
+    }
+    // Sent after the 16 on the same connection: answered only if the connection is still read
+    // with the relay's inbox over its capacity.
+    let wait = RpcTimeout::new(common::WAIT, "test.wait");
+    assert_eq!(
+        probe
+            .ask_sync_with_timeout::<String>("probe".into(), wait)
+            .unwrap(),
+        "probe"
+    );
+    latch.open();
+    for n in 0..=16 {
+        assert_eq!(answers.recv_timeout(common::WAIT).unwrap(), n.to_string());
+    }
+    client.shutdown();
+    env.shutdown();
+}
+
+/// Opens a gate when dropped, so that a failing test does not leave its handlers waiting.
+struct OpenOnDrop(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.0 .1.notify_all();
+    }
+}
+
+/// The peak resident memory of this process, in KiB.
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// A peer floods one-way messages into an endpoint that handles none of them. Past the inbox's
+/// capacity they count in the connection's byte budget: while under it the connection is still
+/// read (an ask on it is answered), and once it is exhausted the server stops reading, so the
+/// flood backs up into the sender's outbox instead of the server's memory. Nothing accepted is
+/// lost once the endpoint goes on.
+#[test]
+fn a_one_way_flood_into_a_slow_endpoint_is_bounded_by_the_connection_byte_budget() {
+    const PIECE: usize = 16 * 1024;
+    const FLOOD_CAP: usize = 128 << 20;
+    let env = RpcEnv::builder("slow")
+        .conf(
+            suite_conf()
+                .with("rpc.inbox.capacity", "16")
+                .unwrap()
+                .with("rpc.io.maxQueuedBytesPerConnection", "1m")
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let open = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    env.setup_endpoint(
+        "gate",
+        Gate {
+            open: open.clone(),
+            count: count.clone(),
+        },
+    )
+    .unwrap();
+    env.setup_endpoint("probe", Echo).unwrap();
+    let opener = OpenOnDrop(open.clone());
+    let sender = RpcEnv::builder("flood")
+        .client_mode(true)
+        .conf(suite_conf().with("rpc.outbox.maxBytes", "256k").unwrap())
+        .build()
+        .unwrap();
+    let gate: RpcEndpointRef<String> = sender
+        .setup_endpoint_ref(env.address().unwrap(), "gate")
+        .unwrap();
+    let probe: RpcEndpointRef<String> = sender
+        .setup_endpoint_ref(env.address().unwrap(), "probe")
+        .unwrap();
+    let before = vm_hwm_kib();
+    let small = "s".repeat(1024);
+    let wait = RpcTimeout::new(common::WAIT, "test.wait");
+    // Over the capacity (64 > 16), well under the budget (64 KiB < 1 MiB): still read.
+    let mut accepted = 0usize;
+    for _ in 0..64 {
+        wait.await_result(gate.send_async(small.clone())).unwrap();
+        accepted += 1;
+    }
+    assert_eq!(
+        probe
+            .ask_sync_with_timeout::<String>("probe".into(), wait.clone())
+            .unwrap(),
+        "probe"
+    );
+    // The flood: waits for room in the outbox while the server reads; stops once no room comes
+    // for 5 s (the server stopped reading), or fails after 128 MiB.
+    let payload = "x".repeat(PIECE);
+    let stalled = RpcTimeout::new(Duration::from_secs(5), "test.stalled");
+    let mut flooded = 0usize;
+    loop {
+        assert!(
+            flooded < FLOOD_CAP,
+            "the server read {flooded} bytes of one-way messages its endpoint never handled"
+        );
+        match stalled.await_result(gate.send_async(payload.clone())) {
+            Ok(()) => {
+                accepted += 1;
+                flooded += PIECE;
+            }
+            Err(RpcError::Timeout { .. }) => break,
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+    drop(opener);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count.load(Ordering::SeqCst) < accepted {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {accepted} arrived",
+            count.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(count.load(Ordering::SeqCst), accepted);
+    let growth_kib = vm_hwm_kib().saturating_sub(before);
+    assert!(
+        growth_kib < 64 * 1024,
+        "VmHWM grew by {growth_kib} KiB for a flood of {flooded} bytes"
+    );
+    eprintln!("flood: {flooded} bytes accepted before the server stopped reading, VmHWM +{growth_kib} KiB");
+    sender.shutdown();
     env.shutdown();
 }
