@@ -4,8 +4,10 @@
 //! Every env binds 127.0.0.1 with port 0. Waits are on channels, conditions or futures with
 //! deadlines.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use rpcenv::{
@@ -461,5 +463,84 @@ fn a_one_way_flood_into_a_slow_endpoint_is_bounded_by_the_connection_byte_budget
     );
     eprintln!("flood: {flooded} bytes accepted before the server stopped reading, VmHWM +{growth_kib} KiB");
     sender.shutdown();
+    env.shutdown();
+}
+
+/// A sender waiting in `send_async` for room in a full outbox (the peer's endpoint handles
+/// nothing and its connection's byte budget is exhausted, so nothing drains) is woken with an
+/// error within 2 s when its own env closes the connection (shutdown), not left waiting.
+#[test]
+fn send_async_waiting_for_room_fails_fast_when_the_connection_is_closed_locally() {
+    let env = RpcEnv::builder("stuck")
+        .conf(
+            suite_conf()
+                .with("rpc.inbox.capacity", "16")
+                .unwrap()
+                .with("rpc.io.maxQueuedBytesPerConnection", "256k")
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let open = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    env.setup_endpoint(
+        "gate",
+        Gate {
+            open: open.clone(),
+            count: Arc::new(AtomicUsize::new(0)),
+        },
+    )
+    .unwrap();
+    let opener = OpenOnDrop(open);
+    let sender = RpcEnv::builder("waiter")
+        .client_mode(true)
+        .conf(suite_conf().with("rpc.outbox.maxBytes", "256k").unwrap())
+        .build()
+        .unwrap();
+    let r: RpcEndpointRef<String> = sender
+        .setup_endpoint_ref(env.address().unwrap(), "gate")
+        .unwrap();
+    let payload = "x".repeat(16 * 1024);
+    // Fill until a send_async finds no room for 2 s: every buffer on the way is full.
+    let no_room = RpcTimeout::new(Duration::from_secs(2), "test.no_room");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the outbox never stayed full");
+        match no_room.await_result(r.send_async(payload.clone())) {
+            Ok(()) => {}
+            Err(RpcError::Timeout { .. }) => break,
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+    let (waiting_tx, waiting_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let sender = &sender;
+        let closer = s.spawn(move || {
+            waiting_rx.recv().unwrap();
+            let closing = Instant::now();
+            sender.shutdown();
+            closing
+        });
+        let result =
+            RpcTimeout::new(Duration::from_secs(10), "test.wake.deadline").await_result(async {
+                let mut waiting = std::pin::pin!(r.send_async(payload.clone()));
+                let first = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx))).await;
+                assert!(first.is_pending(), "send_async waits for room: {first:?}");
+                waiting_tx.send(()).unwrap();
+                Ok(waiting.await)
+            });
+        let woken = Instant::now();
+        let result = result.expect("the waiting send_async returns");
+        assert!(
+            matches!(result, Err(RpcError::Connection { .. })),
+            "the connection's failure: {result:?}"
+        );
+        let closing = closer.join().unwrap();
+        let took = woken.saturating_duration_since(closing);
+        assert!(
+            took < Duration::from_secs(2),
+            "woken {took:?} after the close: {result:?}"
+        );
+    });
+    drop(opener);
     env.shutdown();
 }

@@ -321,8 +321,9 @@ fn send_async_waiting_for_room_fails_fast_when_the_peer_resets_the_connection() 
         .setup_endpoint_ref(&RpcAddress::new("127.0.0.1", port), "stuck")
         .unwrap();
     let payload = "x".repeat(1000);
-    // Fill until the outbox stays full: the stuck endpoint's inbox paused reading, and every buffer on the
-    // way (the peer's socket, ours, the connection's write queue) is full.
+    // Fill until the outbox stays full: the stuck endpoint's inbox exhausted its connection's
+    // byte budget (the peer stopped reading), and every buffer on the way (the peer's socket,
+    // ours, the connection's write queue) is full.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut full_since: Option<Instant> = None;
     loop {
