@@ -47,7 +47,7 @@ fn messages_over_rpc_message_max_size_fail_before_sending() {
 
 /// Holds every message until opened, then counts them.
 struct Gate {
-    open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    open: GateLatch,
     count: Arc<AtomicUsize>,
 }
 
@@ -67,17 +67,56 @@ impl RpcEndpoint for Gate {
     }
 }
 
-/// A slow endpoint's inbox fills past `rpc.inbox.capacity`, the messages past it exhaust their
-/// connection's byte budget, the connection stops being read, TCP fills, the sender's outbox
-/// reaches `rpc.outbox.maxBytes`: `send` fails with QueueFull at once, and
-/// `send_async` waits for room. Nothing accepted is lost.
-#[test]
-fn backpressure_from_a_slow_endpoint_reaches_the_sender() {
-    let env = RpcEnv::builder("slow")
-        .conf(suite_conf().with("rpc.inbox.capacity", "16").unwrap())
-        .build()
-        .unwrap();
-    let open = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+/// Waits (up to a minute) until the gate has counted all `accepted` messages, and no more.
+fn all_arrive(count: &AtomicUsize, accepted: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count.load(Ordering::SeqCst) < accepted {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {accepted} arrived",
+            count.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(count.load(Ordering::SeqCst), accepted);
+}
+
+/// The probe (an echo on the server) answers within the suite's wait: the connection it is
+/// asked over is still read.
+fn probe_answers(probe: &RpcEndpointRef<String>) {
+    let wait = RpcTimeout::new(common::WAIT, "test.wait");
+    assert_eq!(
+        probe
+            .ask_sync_with_timeout::<String>("probe".into(), wait)
+            .unwrap(),
+        "probe"
+    );
+}
+
+/// A gate and whoever opens it.
+type GateLatch = Arc<(Mutex<bool>, std::sync::Condvar)>;
+
+/// A server env (inbox capacity 16, and `budget` as its connections' byte budget when given)
+/// whose "gate" endpoint holds every message until opened, with an echoing "probe"; and a
+/// client-mode sender env with a 256 KiB outbox and refs to both.
+struct Gated {
+    env: RpcEnv,
+    sender: RpcEnv,
+    gate: RpcEndpointRef<String>,
+    probe: RpcEndpointRef<String>,
+    open: GateLatch,
+    count: Arc<AtomicUsize>,
+}
+
+fn gated(budget: Option<&str>) -> Gated {
+    let mut conf = suite_conf().with("rpc.inbox.capacity", "16").unwrap();
+    if let Some(budget) = budget {
+        conf = conf
+            .with("rpc.io.maxQueuedBytesPerConnection", budget)
+            .unwrap();
+    }
+    let env = RpcEnv::builder("slow").conf(conf).build().unwrap();
+    let open = GateLatch::default();
     let count = Arc::new(AtomicUsize::new(0));
     env.setup_endpoint(
         "gate",
@@ -87,14 +126,42 @@ fn backpressure_from_a_slow_endpoint_reaches_the_sender() {
         },
     )
     .unwrap();
-    let sender = RpcEnv::builder("fast")
+    env.setup_endpoint("probe", Echo).unwrap();
+    let sender = RpcEnv::builder("sender")
         .client_mode(true)
         .conf(suite_conf().with("rpc.outbox.maxBytes", "256k").unwrap())
         .build()
         .unwrap();
-    let r: RpcEndpointRef<String> = sender
+    let gate = sender
         .setup_endpoint_ref(env.address().unwrap(), "gate")
         .unwrap();
+    let probe = sender
+        .setup_endpoint_ref(env.address().unwrap(), "probe")
+        .unwrap();
+    Gated {
+        env,
+        sender,
+        gate,
+        probe,
+        open,
+        count,
+    }
+}
+
+/// A slow endpoint's inbox fills past `rpc.inbox.capacity`, the messages past it exhaust their
+/// connection's byte budget, the connection stops being read, TCP fills, the sender's outbox
+/// reaches `rpc.outbox.maxBytes`: `send` fails with QueueFull at once, and
+/// `send_async` waits for room. Nothing accepted is lost.
+#[test]
+fn backpressure_from_a_slow_endpoint_reaches_the_sender() {
+    let Gated {
+        env,
+        sender,
+        gate: r,
+        open,
+        count,
+        ..
+    } = gated(None);
     let payload = "x".repeat(1000);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut accepted = 0usize;
@@ -137,16 +204,7 @@ fn backpressure_from_a_slow_endpoint_reaches_the_sender() {
         })
         .unwrap();
     accepted += more;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count.load(Ordering::SeqCst) < accepted {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {accepted} arrived",
-            count.load(Ordering::SeqCst)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(count.load(Ordering::SeqCst), accepted);
+    all_arrive(&count, accepted);
     sender.shutdown();
     env.shutdown();
 }
@@ -217,14 +275,20 @@ impl RpcEndpoint for Held {
     }
 }
 
-/// While a handler waits for the answer to its ask back over the connection its requests come
-/// on, more requests than `rpc.inbox.capacity` queue up behind it from that connection. They
-/// wait within the connection's byte budget instead of pausing it: a later message on the same
-/// connection (a probe) is still read, and the answer the handler waits for still arrives, so
-/// every request completes (a paused connection would hold that answer until the ask timed
-/// out).
-#[test]
-fn a_handler_asking_back_over_the_connection_feeding_its_full_inbox_completes() {
+/// A server (`rpc.inbox.capacity` 4) with `endpoint` as "worker" and an echoing "probe", and a
+/// client-mode env whose "held" endpoint (behind a latch) is reached over the very connection
+/// it opened; `arrived` signals each ask the latch holds.
+struct AskBackSetup {
+    env: RpcEnv,
+    client: RpcEnv,
+    latch: Latch,
+    arrived: std::sync::mpsc::Receiver<()>,
+    held: RpcEndpointRef<String>,
+    worker: RpcEndpointRef<Job>,
+    probe: RpcEndpointRef<String>,
+}
+
+fn ask_back_setup<E: RpcEndpoint<Message = Job>>(endpoint: E) -> AskBackSetup {
     let env = RpcEnv::builder("server")
         .conf(
             suite_conf()
@@ -235,9 +299,8 @@ fn a_handler_asking_back_over_the_connection_feeding_its_full_inbox_completes() 
         )
         .build()
         .unwrap();
-    env.setup_endpoint("worker", AsksBack).unwrap();
+    env.setup_endpoint("worker", endpoint).unwrap();
     env.setup_endpoint("probe", Echo).unwrap();
-    // A client-mode env: its endpoint is reached over the very connection it opened.
     let client = RpcEnv::builder("client")
         .client_mode(true)
         .conf(suite_conf().with("rpc.askTimeout", "30s").unwrap())
@@ -248,12 +311,40 @@ fn a_handler_asking_back_over_the_connection_feeding_its_full_inbox_completes() 
     let held = client
         .setup_endpoint("held", Held(latch.clone(), arrived_tx))
         .unwrap();
-    let worker: RpcEndpointRef<Job> = client
+    let worker = client
         .setup_endpoint_ref(env.address().unwrap(), "worker")
         .unwrap();
-    let probe: RpcEndpointRef<String> = client
+    let probe = client
         .setup_endpoint_ref(env.address().unwrap(), "probe")
         .unwrap();
+    AskBackSetup {
+        env,
+        client,
+        latch,
+        arrived,
+        held,
+        worker,
+        probe,
+    }
+}
+
+/// While a handler waits for the answer to its ask back over the connection its requests come
+/// on, more requests than `rpc.inbox.capacity` queue up behind it from that connection. They
+/// wait within the connection's byte budget instead of pausing it: a later message on the same
+/// connection (a probe) is still read, and the answer the handler waits for still arrives, so
+/// every request completes (a paused connection would hold that answer until the ask timed
+/// out).
+#[test]
+fn a_handler_asking_back_over_the_connection_feeding_its_full_inbox_completes() {
+    let AskBackSetup {
+        env,
+        client,
+        latch,
+        arrived,
+        held,
+        worker,
+        probe,
+    } = ask_back_setup(AsksBack);
     let first = worker.ask::<String>(Job(held.clone(), 0));
     // The worker's handler now waits for its ask back.
     arrived.recv_timeout(common::WAIT).unwrap();
@@ -261,13 +352,7 @@ fn a_handler_asking_back_over_the_connection_feeding_its_full_inbox_completes() 
         .map(|n| worker.ask::<String>(Job(held.clone(), n)))
         .collect();
     // The connection is still read past the 16 queued requests.
-    let wait = RpcTimeout::new(common::WAIT, "test.wait");
-    assert_eq!(
-        probe
-            .ask_sync_with_timeout::<String>("probe".into(), wait)
-            .unwrap(),
-        "probe"
-    );
+    probe_answers(&probe);
     latch.open();
     assert_eq!(first.wait().unwrap(), "0");
     for (n, ask) in more.into_iter().enumerate() {
@@ -297,35 +382,16 @@ impl RpcEndpoint for RelaysBack {
 /// handler waits for still arrives, and every message is handled.
 #[test]
 fn a_one_way_handler_asking_back_over_the_connection_feeding_its_over_capacity_inbox_completes() {
-    let env = RpcEnv::builder("server")
-        .conf(
-            suite_conf()
-                .with("rpc.inbox.capacity", "4")
-                .unwrap()
-                .with("rpc.askTimeout", "30s")
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
     let (answers_tx, answers) = std::sync::mpsc::channel();
-    env.setup_endpoint("relay", RelaysBack(answers_tx)).unwrap();
-    env.setup_endpoint("probe", Echo).unwrap();
-    let client = RpcEnv::builder("client")
-        .client_mode(true)
-        .conf(suite_conf().with("rpc.askTimeout", "30s").unwrap())
-        .build()
-        .unwrap();
-    let latch = Latch::default();
-    let (arrived_tx, arrived) = std::sync::mpsc::channel();
-    let held = client
-        .setup_endpoint("held", Held(latch.clone(), arrived_tx))
-        .unwrap();
-    let relay: RpcEndpointRef<Job> = client
-        .setup_endpoint_ref(env.address().unwrap(), "relay")
-        .unwrap();
-    let probe: RpcEndpointRef<String> = client
-        .setup_endpoint_ref(env.address().unwrap(), "probe")
-        .unwrap();
+    let AskBackSetup {
+        env,
+        client,
+        latch,
+        arrived,
+        held,
+        worker: relay,
+        probe,
+    } = ask_back_setup(RelaysBack(answers_tx));
     relay.send(Job(held.clone(), 0)).unwrap();
     // The relay's handler now waits for its ask back.
     arrived.recv_timeout(common::WAIT).unwrap();
@@ -334,13 +400,7 @@ fn a_one_way_handler_asking_back_over_the_connection_feeding_its_over_capacity_i
     }
     // Sent after the 16 on the same connection: answered only if the connection is still read
     // with the relay's inbox over its capacity.
-    let wait = RpcTimeout::new(common::WAIT, "test.wait");
-    assert_eq!(
-        probe
-            .ask_sync_with_timeout::<String>("probe".into(), wait)
-            .unwrap(),
-        "probe"
-    );
+    probe_answers(&probe);
     latch.open();
     for n in 0..=16 {
         assert_eq!(answers.recv_timeout(common::WAIT).unwrap(), n.to_string());
@@ -350,7 +410,7 @@ fn a_one_way_handler_asking_back_over_the_connection_feeding_its_over_capacity_i
 }
 
 /// Opens a gate when dropped, so that a failing test does not leave its handlers waiting.
-struct OpenOnDrop(Arc<(Mutex<bool>, std::sync::Condvar)>);
+struct OpenOnDrop(GateLatch);
 
 impl Drop for OpenOnDrop {
     fn drop(&mut self) {
@@ -378,39 +438,15 @@ fn vm_hwm_kib() -> u64 {
 fn a_one_way_flood_into_a_slow_endpoint_is_bounded_by_the_connection_byte_budget() {
     const PIECE: usize = 16 * 1024;
     const FLOOD_CAP: usize = 128 << 20;
-    let env = RpcEnv::builder("slow")
-        .conf(
-            suite_conf()
-                .with("rpc.inbox.capacity", "16")
-                .unwrap()
-                .with("rpc.io.maxQueuedBytesPerConnection", "1m")
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
-    let open = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-    let count = Arc::new(AtomicUsize::new(0));
-    env.setup_endpoint(
-        "gate",
-        Gate {
-            open: open.clone(),
-            count: count.clone(),
-        },
-    )
-    .unwrap();
-    env.setup_endpoint("probe", Echo).unwrap();
-    let opener = OpenOnDrop(open.clone());
-    let sender = RpcEnv::builder("flood")
-        .client_mode(true)
-        .conf(suite_conf().with("rpc.outbox.maxBytes", "256k").unwrap())
-        .build()
-        .unwrap();
-    let gate: RpcEndpointRef<String> = sender
-        .setup_endpoint_ref(env.address().unwrap(), "gate")
-        .unwrap();
-    let probe: RpcEndpointRef<String> = sender
-        .setup_endpoint_ref(env.address().unwrap(), "probe")
-        .unwrap();
+    let Gated {
+        env,
+        sender,
+        gate,
+        probe,
+        open,
+        count,
+    } = gated(Some("1m"));
+    let opener = OpenOnDrop(open);
     let before = vm_hwm_kib();
     let small = "s".repeat(1024);
     let wait = RpcTimeout::new(common::WAIT, "test.wait");
@@ -420,12 +456,7 @@ fn a_one_way_flood_into_a_slow_endpoint_is_bounded_by_the_connection_byte_budget
         wait.await_result(gate.send_async(small.clone())).unwrap();
         accepted += 1;
     }
-    assert_eq!(
-        probe
-            .ask_sync_with_timeout::<String>("probe".into(), wait.clone())
-            .unwrap(),
-        "probe"
-    );
+    probe_answers(&probe);
     // The flood: waits for room in the outbox while the server reads; stops once no room comes
     // for 5 s (the server stopped reading), or fails after 128 MiB.
     let payload = "x".repeat(PIECE);
@@ -446,22 +477,12 @@ fn a_one_way_flood_into_a_slow_endpoint_is_bounded_by_the_connection_byte_budget
         }
     }
     drop(opener);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count.load(Ordering::SeqCst) < accepted {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {accepted} arrived",
-            count.load(Ordering::SeqCst)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(count.load(Ordering::SeqCst), accepted);
+    all_arrive(&count, accepted);
     let growth_kib = vm_hwm_kib().saturating_sub(before);
     assert!(
         growth_kib < 64 * 1024,
         "VmHWM grew by {growth_kib} KiB for a flood of {flooded} bytes"
     );
-    eprintln!("flood: {flooded} bytes accepted before the server stopped reading, VmHWM +{growth_kib} KiB");
     sender.shutdown();
     env.shutdown();
 }
@@ -471,34 +492,14 @@ fn a_one_way_flood_into_a_slow_endpoint_is_bounded_by_the_connection_byte_budget
 /// error within 2 s when its own env closes the connection (shutdown), not left waiting.
 #[test]
 fn send_async_waiting_for_room_fails_fast_when_the_connection_is_closed_locally() {
-    let env = RpcEnv::builder("stuck")
-        .conf(
-            suite_conf()
-                .with("rpc.inbox.capacity", "16")
-                .unwrap()
-                .with("rpc.io.maxQueuedBytesPerConnection", "256k")
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
-    let open = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-    env.setup_endpoint(
-        "gate",
-        Gate {
-            open: open.clone(),
-            count: Arc::new(AtomicUsize::new(0)),
-        },
-    )
-    .unwrap();
+    let Gated {
+        env,
+        sender,
+        gate: r,
+        open,
+        ..
+    } = gated(Some("256k"));
     let opener = OpenOnDrop(open);
-    let sender = RpcEnv::builder("waiter")
-        .client_mode(true)
-        .conf(suite_conf().with("rpc.outbox.maxBytes", "256k").unwrap())
-        .build()
-        .unwrap();
-    let r: RpcEndpointRef<String> = sender
-        .setup_endpoint_ref(env.address().unwrap(), "gate")
-        .unwrap();
     let payload = "x".repeat(16 * 1024);
     // Fill until a send_async finds no room for 2 s: every buffer on the way is full.
     let no_room = RpcTimeout::new(Duration::from_secs(2), "test.no_room");
