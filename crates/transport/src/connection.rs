@@ -530,23 +530,26 @@ where
 
     /// Carries out the steps of every complete frame read so far.
     fn decode_all(&mut self) -> Result<(), TransportError> {
-        while let Some(step) = self.state.next_step(&mut self.rbuf)? {
-            match step {
-                Step::Response(msg) => self.router.handle(msg),
-                Step::ResponseBody { data, last } => self.router.handle_body(data, last),
-                Step::Request(msg) => self.on_request(msg),
-                Step::Upload {
+        loop {
+            let step = self.state.next_step(&mut self.rbuf);
+            if !self.frame_published && self.state.frame_seen() {
+                // Before the handler hears of it: from now on the server does not shed this
+                // connection as one that never completed a frame.
+                self.frame_published = true;
+                self.client.shared.frame_seen.store(true, Ordering::Release);
+            }
+            match step? {
+                None => return Ok(()),
+                Some(Step::Response(msg)) => self.router.handle(msg),
+                Some(Step::ResponseBody { data, last }) => self.router.handle_body(data, last),
+                Some(Step::Request(msg)) => self.on_request(msg),
+                Some(Step::Upload {
                     request_id,
                     meta,
                     body,
-                } => self.deliver_upload(request_id, meta, body),
+                }) => self.deliver_upload(request_id, meta, body),
             }
         }
-        if !self.frame_published && self.state.frame_seen() {
-            self.frame_published = true;
-            self.client.shared.frame_seen.store(true, Ordering::Release);
-        }
-        Ok(())
     }
 
     fn deliver_upload(&mut self, request_id: i64, meta: Bytes, body: Bytes) {
