@@ -230,7 +230,7 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
         key: "rpc.inbox.capacity",
         kind: ValueKind::Int(1, 1 << 30),
         default: Some("65536"),
-        doc: "Messages an inbox holds before it pauses reading from the connections that feed it (until it drains to half).",
+        doc: "Messages an inbox holds before a one-way message from a connection counts in that connection's byte budget (rpc.io.maxQueuedBytesPerConnection) until handled; the connection stops being read only once its budget is exhausted.",
     },
     KnownKey {
         key: "rpc.io.maxChunksBeingTransferred",

@@ -100,8 +100,6 @@ struct State<M, C> {
     /// `on_stop` has run.
     terminated: bool,
     core: Option<Arc<C>>,
-    /// Connections whose reading this inbox paused because it was over capacity.
-    paused: Vec<TransportClient>,
     /// Messages posted so far (wrapping), mirrored in `Inbox::posted`.
     posted: usize,
     /// When the last batch was taken (what the inbox's pace learns from).
@@ -260,7 +258,6 @@ impl<B: Behaviour> Inbox<B> {
                 active: 0,
                 terminated: false,
                 core: None,
-                paused: Vec::new(),
                 posted: 0,
                 last_batch: None,
                 oldest: None,
@@ -322,23 +319,33 @@ impl<B: Behaviour> Inbox<B> {
         self.post_from(message, None)
     }
 
-    /// Queues a message that came over `feeder`. A request waits within that connection's byte
-    /// budget (`rpc.io.maxQueuedBytesPerConnection`: its responder holds its bytes until it is
-    /// answered), so a full inbox does not stop the connection by itself: replies arriving on
-    /// it keep being delivered, and a handler that asks back over it completes. A one-way
-    /// message holds no budget: past `capacity` queued messages it pauses reading from its
-    /// connection until the inbox has drained to half (TCP then slows the sender).
+    /// Queues a message; one that came over a connection names it and its size in bytes
+    /// (`feeder`). A message for a full inbox (`capacity` queued) waits within that
+    /// connection's byte budget (`rpc.io.maxQueuedBytesPerConnection`): a request's responder
+    /// holds its bytes until it is answered, a one-way message past `capacity` holds its bytes
+    /// until handled. So a full inbox does not stop its connection by itself: replies arriving
+    /// on it keep being delivered, and a handler that asks back over it completes; the
+    /// connection stops being read only once its budget is exhausted (TCP then slows the
+    /// sender).
     pub(crate) fn post_from(
         &self,
         message: InboxMessage<B::Message>,
-        feeder: Option<&TransportClient>,
+        feeder: Option<(&TransportClient, usize)>,
     ) -> Result<(), InboxMessage<B::Message>> {
         let schedule = {
-            let one_way = matches!(message, InboxMessage::OneWay(_));
             let mut st = self.lock();
             if st.stopped {
                 return Err(message);
             }
+            let message = match (message, feeder) {
+                (InboxMessage::OneWay(m), Some((c, len))) if st.queue.len() >= self.capacity => {
+                    if st.queue.len() == self.capacity {
+                        tracing::debug!(endpoint = %self.name, peer = %c.remote_addr(), "inbox full: one-way messages wait within their connection's byte budget");
+                    }
+                    InboxMessage::Held(m, c.hold(len))
+                }
+                (m, _) => m,
+            };
             if st.queue.is_empty() {
                 st.oldest = Some(Instant::now());
             }
@@ -347,13 +354,6 @@ impl<B: Behaviour> Inbox<B> {
             self.posted.store(st.posted, Ordering::Relaxed);
             self.metrics.received.increment(1);
             self.metrics.depth.set(st.queue.len() as f64);
-            if let Some(c) = feeder.filter(|_| one_way) {
-                if st.queue.len() >= self.capacity && !c.is_reading_paused() {
-                    tracing::debug!(endpoint = %self.name, peer = %c.remote_addr(), queued = st.queue.len(), "inbox full: pausing the connection");
-                    c.pause_reading();
-                    st.paused.push(c.clone());
-                }
-            }
             self.claim_thread(&mut st)
         };
         if schedule {
@@ -423,7 +423,6 @@ impl<B: Behaviour> Inbox<B> {
         let mut rounds = 0;
         let mut linger = Linger::new(self.scheduler.is_manual());
         loop {
-            let mut resume = Vec::new();
             let (core, queued, taken) = {
                 let mut st = self.lock();
                 if st.spare.capacity() < batch.capacity() {
@@ -474,14 +473,8 @@ impl<B: Behaviour> Inbox<B> {
                 st.oldest = (!st.queue.is_empty()).then_some(now);
                 self.metrics.depth.set(st.queue.len() as f64);
                 self.metrics.queue_time.record(seconds(queued));
-                if !st.paused.is_empty() && st.queue.len() <= self.capacity / 2 {
-                    resume = std::mem::take(&mut st.paused);
-                }
                 (st.core.clone().expect("checked above"), queued, now)
             };
-            for c in resume {
-                c.resume_reading();
-            }
             rounds += 1;
             let handled = batch.len();
             let _span = tracing::trace_span!("endpoint", name = %self.name).entered();
@@ -539,6 +532,12 @@ impl<B: Behaviour> Inbox<B> {
         match message {
             InboxMessage::OneWay(m) => {
                 let r = guarded(|| cb.receive(ctx, m));
+                self.report(cb, ctx, r);
+            }
+            InboxMessage::Held(m, hold) => {
+                let r = guarded(|| cb.receive(ctx, m));
+                // Handled: its bytes leave the connection's budget.
+                drop(hold);
                 self.report(cb, ctx, r);
             }
             InboxMessage::Rpc(m, reply) => {
@@ -663,19 +662,12 @@ impl<B: Behaviour> Inbox<B> {
     /// `on_stop` has run: drop the endpoint (and the cycle through its own ref) and tell the
     /// dispatcher.
     fn terminate(&self) {
-        let (core, leftover, paused) = {
+        let (core, leftover) = {
             let mut st = self.lock();
             st.terminated = true;
             // Nothing can follow OnStop (posts are refused once it is queued), but be thorough.
-            (
-                st.core.take(),
-                std::mem::take(&mut st.queue),
-                std::mem::take(&mut st.paused),
-            )
+            (st.core.take(), std::mem::take(&mut st.queue))
         };
-        for c in paused {
-            c.resume_reading();
-        }
         for m in leftover {
             m.reject(self.refusal());
         }
@@ -754,9 +746,9 @@ impl<B: Behaviour> InboxControl for Inbox<B> {
             Some(ctx) => InboxMessage::Rpc(message, Box::new(ctx)),
             None => InboxMessage::OneWay(message),
         };
-        if let Err(refused) = self.post_from(message, scope.client()) {
+        if let Err(refused) = self.post_from(message, scope.client().map(|c| (c, content.len()))) {
             let error = self.refusal();
-            if matches!(refused, InboxMessage::OneWay(_)) {
+            if matches!(refused, InboxMessage::OneWay(_) | InboxMessage::Held(..)) {
                 tracing::warn!(endpoint = %self.name(), error = %error, "remote one-way message refused");
             }
             refused.reject(error);

@@ -4,8 +4,10 @@
 //! Every env binds 127.0.0.1 with port 0. Waits are on channels, conditions or futures with
 //! deadlines.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use rpcenv::{
@@ -45,7 +47,7 @@ fn messages_over_rpc_message_max_size_fail_before_sending() {
 
 /// Holds every message until opened, then counts them.
 struct Gate {
-    open: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    open: GateLatch,
     count: Arc<AtomicUsize>,
 }
 
@@ -65,16 +67,56 @@ impl RpcEndpoint for Gate {
     }
 }
 
-/// A slow endpoint's inbox fills past `rpc.inbox.capacity`, pauses its connection, TCP fills,
-/// the sender's outbox reaches `rpc.outbox.maxBytes`: `send` fails with QueueFull at once, and
-/// `send_async` waits for room. Nothing accepted is lost.
-#[test]
-fn backpressure_from_a_slow_endpoint_reaches_the_sender() {
-    let env = RpcEnv::builder("slow")
-        .conf(suite_conf().with("rpc.inbox.capacity", "16").unwrap())
-        .build()
-        .unwrap();
-    let open = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+/// Waits (up to a minute) until the gate has counted all `accepted` messages, and no more.
+fn all_arrive(count: &AtomicUsize, accepted: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count.load(Ordering::SeqCst) < accepted {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {accepted} arrived",
+            count.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(count.load(Ordering::SeqCst), accepted);
+}
+
+/// The probe (an echo on the server) answers within the suite's wait: the connection it is
+/// asked over is still read.
+fn probe_answers(probe: &RpcEndpointRef<String>) {
+    let wait = RpcTimeout::new(common::WAIT, "test.wait");
+    assert_eq!(
+        probe
+            .ask_sync_with_timeout::<String>("probe".into(), wait)
+            .unwrap(),
+        "probe"
+    );
+}
+
+/// A gate and whoever opens it.
+type GateLatch = Arc<(Mutex<bool>, std::sync::Condvar)>;
+
+/// A server env (inbox capacity 16, and `budget` as its connections' byte budget when given)
+/// whose "gate" endpoint holds every message until opened, with an echoing "probe"; and a
+/// client-mode sender env with a 256 KiB outbox and refs to both.
+struct Gated {
+    env: RpcEnv,
+    sender: RpcEnv,
+    gate: RpcEndpointRef<String>,
+    probe: RpcEndpointRef<String>,
+    open: GateLatch,
+    count: Arc<AtomicUsize>,
+}
+
+fn gated(budget: Option<&str>) -> Gated {
+    let mut conf = suite_conf().with("rpc.inbox.capacity", "16").unwrap();
+    if let Some(budget) = budget {
+        conf = conf
+            .with("rpc.io.maxQueuedBytesPerConnection", budget)
+            .unwrap();
+    }
+    let env = RpcEnv::builder("slow").conf(conf).build().unwrap();
+    let open = GateLatch::default();
     let count = Arc::new(AtomicUsize::new(0));
     env.setup_endpoint(
         "gate",
@@ -84,14 +126,42 @@ fn backpressure_from_a_slow_endpoint_reaches_the_sender() {
         },
     )
     .unwrap();
-    let sender = RpcEnv::builder("fast")
+    env.setup_endpoint("probe", Echo).unwrap();
+    let sender = RpcEnv::builder("sender")
         .client_mode(true)
         .conf(suite_conf().with("rpc.outbox.maxBytes", "256k").unwrap())
         .build()
         .unwrap();
-    let r: RpcEndpointRef<String> = sender
+    let gate = sender
         .setup_endpoint_ref(env.address().unwrap(), "gate")
         .unwrap();
+    let probe = sender
+        .setup_endpoint_ref(env.address().unwrap(), "probe")
+        .unwrap();
+    Gated {
+        env,
+        sender,
+        gate,
+        probe,
+        open,
+        count,
+    }
+}
+
+/// A slow endpoint's inbox fills past `rpc.inbox.capacity`, the messages past it exhaust their
+/// connection's byte budget, the connection stops being read, TCP fills, the sender's outbox
+/// reaches `rpc.outbox.maxBytes`: `send` fails with QueueFull at once, and
+/// `send_async` waits for room. Nothing accepted is lost.
+#[test]
+fn backpressure_from_a_slow_endpoint_reaches_the_sender() {
+    let Gated {
+        env,
+        sender,
+        gate: r,
+        open,
+        count,
+        ..
+    } = gated(None);
     let payload = "x".repeat(1000);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut accepted = 0usize;
@@ -134,16 +204,7 @@ fn backpressure_from_a_slow_endpoint_reaches_the_sender() {
         })
         .unwrap();
     accepted += more;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count.load(Ordering::SeqCst) < accepted {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {accepted} arrived",
-            count.load(Ordering::SeqCst)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert_eq!(count.load(Ordering::SeqCst), accepted);
+    all_arrive(&count, accepted);
     sender.shutdown();
     env.shutdown();
 }
@@ -214,14 +275,20 @@ impl RpcEndpoint for Held {
     }
 }
 
-/// While a handler waits for the answer to its ask back over the connection its requests come
-/// on, more requests than `rpc.inbox.capacity` queue up behind it from that connection. They
-/// wait within the connection's byte budget instead of pausing it: a later message on the same
-/// connection (a probe) is still read, and the answer the handler waits for still arrives, so
-/// every request completes (a paused connection would hold that answer until the ask timed
-/// out).
-#[test]
-fn a_handler_asking_back_over_the_connection_feeding_its_full_inbox_completes() {
+/// A server (`rpc.inbox.capacity` 4) with `endpoint` as "worker" and an echoing "probe", and a
+/// client-mode env whose "held" endpoint (behind a latch) is reached over the very connection
+/// it opened; `arrived` signals each ask the latch holds.
+struct AskBackSetup {
+    env: RpcEnv,
+    client: RpcEnv,
+    latch: Latch,
+    arrived: std::sync::mpsc::Receiver<()>,
+    held: RpcEndpointRef<String>,
+    worker: RpcEndpointRef<Job>,
+    probe: RpcEndpointRef<String>,
+}
+
+fn ask_back_setup<E: RpcEndpoint<Message = Job>>(endpoint: E) -> AskBackSetup {
     let env = RpcEnv::builder("server")
         .conf(
             suite_conf()
@@ -232,9 +299,8 @@ fn a_handler_asking_back_over_the_connection_feeding_its_full_inbox_completes() 
         )
         .build()
         .unwrap();
-    env.setup_endpoint("worker", AsksBack).unwrap();
+    env.setup_endpoint("worker", endpoint).unwrap();
     env.setup_endpoint("probe", Echo).unwrap();
-    // A client-mode env: its endpoint is reached over the very connection it opened.
     let client = RpcEnv::builder("client")
         .client_mode(true)
         .conf(suite_conf().with("rpc.askTimeout", "30s").unwrap())
@@ -245,12 +311,40 @@ fn a_handler_asking_back_over_the_connection_feeding_its_full_inbox_completes() 
     let held = client
         .setup_endpoint("held", Held(latch.clone(), arrived_tx))
         .unwrap();
-    let worker: RpcEndpointRef<Job> = client
+    let worker = client
         .setup_endpoint_ref(env.address().unwrap(), "worker")
         .unwrap();
-    let probe: RpcEndpointRef<String> = client
+    let probe = client
         .setup_endpoint_ref(env.address().unwrap(), "probe")
         .unwrap();
+    AskBackSetup {
+        env,
+        client,
+        latch,
+        arrived,
+        held,
+        worker,
+        probe,
+    }
+}
+
+/// While a handler waits for the answer to its ask back over the connection its requests come
+/// on, more requests than `rpc.inbox.capacity` queue up behind it from that connection. They
+/// wait within the connection's byte budget instead of pausing it: a later message on the same
+/// connection (a probe) is still read, and the answer the handler waits for still arrives, so
+/// every request completes (a paused connection would hold that answer until the ask timed
+/// out).
+#[test]
+fn a_handler_asking_back_over_the_connection_feeding_its_full_inbox_completes() {
+    let AskBackSetup {
+        env,
+        client,
+        latch,
+        arrived,
+        held,
+        worker,
+        probe,
+    } = ask_back_setup(AsksBack);
     let first = worker.ask::<String>(Job(held.clone(), 0));
     // The worker's handler now waits for its ask back.
     arrived.recv_timeout(common::WAIT).unwrap();
@@ -258,18 +352,196 @@ fn a_handler_asking_back_over_the_connection_feeding_its_full_inbox_completes() 
         .map(|n| worker.ask::<String>(Job(held.clone(), n)))
         .collect();
     // The connection is still read past the 16 queued requests.
-    let wait = RpcTimeout::new(common::WAIT, "test.wait");
-    assert_eq!(
-        probe
-            .ask_sync_with_timeout::<String>("probe".into(), wait)
-            .unwrap(),
-        "probe"
-    );
+    probe_answers(&probe);
     latch.open();
     assert_eq!(first.wait().unwrap(), "0");
     for (n, ask) in more.into_iter().enumerate() {
         assert_eq!(ask.wait().unwrap(), (n + 1).to_string());
     }
     client.shutdown();
+    env.shutdown();
+}
+
+/// For every one-way job, asks back the ref it carries (over the connection the job came on)
+/// and reports the answer.
+struct RelaysBack(std::sync::mpsc::Sender<String>);
+
+impl RpcEndpoint for RelaysBack {
+    type Message = Job;
+    fn receive(&mut self, _: &EndpointCtx<Job>, Job(back, n): Job) -> HandlerResult {
+        let answer = back.ask_sync::<String>(n.to_string())?;
+        self.0.send(answer)?;
+        Ok(())
+    }
+}
+
+/// The one-way variant: while a handler waits for the answer to its ask back over the
+/// connection its messages come on, more one-way messages than `rpc.inbox.capacity` queue up
+/// behind it from that connection. They wait within the connection's byte budget instead of
+/// pausing it: a later ask on the same connection (a probe) is still read, the answer the
+/// handler waits for still arrives, and every message is handled.
+#[test]
+fn a_one_way_handler_asking_back_over_the_connection_feeding_its_over_capacity_inbox_completes() {
+    let (answers_tx, answers) = std::sync::mpsc::channel();
+    let AskBackSetup {
+        env,
+        client,
+        latch,
+        arrived,
+        held,
+        worker: relay,
+        probe,
+    } = ask_back_setup(RelaysBack(answers_tx));
+    relay.send(Job(held.clone(), 0)).unwrap();
+    // The relay's handler now waits for its ask back.
+    arrived.recv_timeout(common::WAIT).unwrap();
+    for n in 1..=16 {
+        relay.send(Job(held.clone(), n)).unwrap();
+    }
+    // Sent after the 16 on the same connection: answered only if the connection is still read
+    // with the relay's inbox over its capacity.
+    probe_answers(&probe);
+    latch.open();
+    for n in 0..=16 {
+        assert_eq!(answers.recv_timeout(common::WAIT).unwrap(), n.to_string());
+    }
+    client.shutdown();
+    env.shutdown();
+}
+
+/// Opens a gate when dropped, so that a failing test does not leave its handlers waiting.
+struct OpenOnDrop(GateLatch);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        *self.0 .0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.0 .1.notify_all();
+    }
+}
+
+/// The peak resident memory of this process, in KiB.
+fn vm_hwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// A peer floods one-way messages into an endpoint that handles none of them. Past the inbox's
+/// capacity they count in the connection's byte budget: while under it the connection is still
+/// read (an ask on it is answered), and once it is exhausted the server stops reading, so the
+/// flood backs up into the sender's outbox instead of the server's memory. Nothing accepted is
+/// lost once the endpoint goes on.
+#[test]
+fn a_one_way_flood_into_a_slow_endpoint_is_bounded_by_the_connection_byte_budget() {
+    const PIECE: usize = 16 * 1024;
+    const FLOOD_CAP: usize = 128 << 20;
+    let Gated {
+        env,
+        sender,
+        gate,
+        probe,
+        open,
+        count,
+    } = gated(Some("1m"));
+    let opener = OpenOnDrop(open);
+    let before = vm_hwm_kib();
+    let small = "s".repeat(1024);
+    let wait = RpcTimeout::new(common::WAIT, "test.wait");
+    // Over the capacity (64 > 16), well under the budget (64 KiB < 1 MiB): still read.
+    let mut accepted = 0usize;
+    for _ in 0..64 {
+        wait.await_result(gate.send_async(small.clone())).unwrap();
+        accepted += 1;
+    }
+    probe_answers(&probe);
+    // The flood: waits for room in the outbox while the server reads; stops once no room comes
+    // for 5 s (the server stopped reading), or fails after 128 MiB.
+    let payload = "x".repeat(PIECE);
+    let stalled = RpcTimeout::new(Duration::from_secs(5), "test.stalled");
+    let mut flooded = 0usize;
+    loop {
+        assert!(
+            flooded < FLOOD_CAP,
+            "the server read {flooded} bytes of one-way messages its endpoint never handled"
+        );
+        match stalled.await_result(gate.send_async(payload.clone())) {
+            Ok(()) => {
+                accepted += 1;
+                flooded += PIECE;
+            }
+            Err(RpcError::Timeout { .. }) => break,
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+    drop(opener);
+    all_arrive(&count, accepted);
+    let growth_kib = vm_hwm_kib().saturating_sub(before);
+    assert!(
+        growth_kib < 64 * 1024,
+        "VmHWM grew by {growth_kib} KiB for a flood of {flooded} bytes"
+    );
+    sender.shutdown();
+    env.shutdown();
+}
+
+/// A sender waiting in `send_async` for room in a full outbox (the peer's endpoint handles
+/// nothing and its connection's byte budget is exhausted, so nothing drains) is woken with an
+/// error within 2 s when its own env closes the connection (shutdown), not left waiting.
+#[test]
+fn send_async_waiting_for_room_fails_fast_when_the_connection_is_closed_locally() {
+    let Gated {
+        env,
+        sender,
+        gate: r,
+        open,
+        ..
+    } = gated(Some("256k"));
+    let opener = OpenOnDrop(open);
+    let payload = "x".repeat(16 * 1024);
+    // Fill until a send_async finds no room for 2 s: every buffer on the way is full.
+    let no_room = RpcTimeout::new(Duration::from_secs(2), "test.no_room");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "the outbox never stayed full");
+        match no_room.await_result(r.send_async(payload.clone())) {
+            Ok(()) => {}
+            Err(RpcError::Timeout { .. }) => break,
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+    let (waiting_tx, waiting_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let sender = &sender;
+        let closer = s.spawn(move || {
+            waiting_rx.recv().unwrap();
+            let closing = Instant::now();
+            sender.shutdown();
+            closing
+        });
+        let result =
+            RpcTimeout::new(Duration::from_secs(10), "test.wake.deadline").await_result(async {
+                let mut waiting = std::pin::pin!(r.send_async(payload.clone()));
+                let first = std::future::poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx))).await;
+                assert!(first.is_pending(), "send_async waits for room: {first:?}");
+                waiting_tx.send(()).unwrap();
+                Ok(waiting.await)
+            });
+        let woken = Instant::now();
+        let result = result.expect("the waiting send_async returns");
+        assert!(
+            matches!(result, Err(RpcError::Connection { .. })),
+            "the connection's failure: {result:?}"
+        );
+        let closing = closer.join().unwrap();
+        let took = woken.saturating_duration_since(closing);
+        assert!(
+            took < Duration::from_secs(2),
+            "woken {took:?} after the close: {result:?}"
+        );
+    });
+    drop(opener);
     env.shutdown();
 }

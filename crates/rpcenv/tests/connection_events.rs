@@ -321,8 +321,9 @@ fn send_async_waiting_for_room_fails_fast_when_the_peer_resets_the_connection() 
         .setup_endpoint_ref(&RpcAddress::new("127.0.0.1", port), "stuck")
         .unwrap();
     let payload = "x".repeat(1000);
-    // Fill until the outbox stays full: the stuck endpoint's inbox paused reading, and every buffer on the
-    // way (the peer's socket, ours, the connection's write queue) is full.
+    // Fill until the outbox stays full: the stuck endpoint's inbox exhausted its connection's
+    // byte budget (the peer stopped reading), and every buffer on the way (the peer's socket,
+    // ours, the connection's write queue) is full.
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut full_since: Option<Instant> = None;
     loop {
@@ -356,4 +357,144 @@ fn send_async_waiting_for_room_fails_fast_when_the_peer_resets_the_connection() 
     );
     assert!(killed.elapsed() < Duration::from_secs(2));
     sender.shutdown();
+}
+
+/// A raw peer: one transport connection to `server`, over which it asks the endpoint `name`
+/// with envelopes announcing the sender addresses it chooses, then closes. Returns the
+/// connection's own address (the socket address the server's events name).
+fn ask_announcing(server: &RpcAddress, name: &str, senders: &[RpcAddress]) -> std::net::SocketAddr {
+    use rpcenv_transport::{NoOpRpcHandler, TransportClientFactory, TransportConf};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let factory = TransportClientFactory::new(
+            TransportConf::default(),
+            std::sync::Arc::new(NoOpRpcHandler),
+        );
+        let client = factory
+            .create_client(server.host(), server.port())
+            .await
+            .unwrap();
+        for sender in senders {
+            let body = rpcenv::codec::bench::encode_envelope(
+                Some(sender),
+                Some(server),
+                name,
+                &"hi".to_string(),
+            )
+            .unwrap();
+            let reply = tokio::time::timeout(WAIT, client.send_rpc(body))
+                .await
+                .expect("an answer in time")
+                .expect("an answer");
+            // The answer names the sender this very message announced (not the first one).
+            let (announced, _): (Option<RpcAddress>, Option<std::net::SocketAddr>) =
+                rpcenv::codec::bench::decode_reply_value(&reply).unwrap();
+            assert_eq!(announced.as_ref(), Some(sender));
+        }
+        let local = client.local_addr();
+        client.close();
+        let _ = tokio::time::timeout(WAIT, client.closed()).await;
+        factory.close();
+        local
+    })
+}
+
+/// End to end, over real connections: a peer alternating its announced sender address raises
+/// one `Connected` for its connection (and for the first address it announced) and, when it
+/// closes, one `Disconnected` per address announced on it; an address it claimed that another
+/// open connection announces (a live env's own address) is not disconnected by that close.
+///
+/// Plain connections whatever `RPCENV_SUITE_CONF` says: the raw peer speaks no TLS.
+#[test]
+fn a_peer_alternating_its_sender_address_connects_once_and_disconnects_each_address() {
+    let env = RpcEnv::builder("server")
+        .conf(rpcenv::RpcConf::new())
+        .build()
+        .unwrap();
+    let (tx, rx) = channel();
+    env.setup_endpoint("events", EventRecorder(tx)).unwrap();
+    let at = env.address().unwrap().clone();
+    // The real owner of an address: a server-mode env that announces its own.
+    let owner = RpcEnv::builder("owner")
+        .conf(rpcenv::RpcConf::new())
+        .build()
+        .unwrap();
+    let owned = owner.address().unwrap().clone();
+    let from_owner: RpcEndpointRef<String> = owner.setup_endpoint_ref(&at, "events").unwrap();
+    let wait = RpcTimeout::new(WAIT, "test.wait");
+    from_owner
+        .ask_sync_with_timeout::<(Option<RpcAddress>, Option<std::net::SocketAddr>)>(
+            "owner".into(),
+            wait.clone(),
+        )
+        .unwrap();
+    expect_event(&rx, "Connected(owner)", |e| {
+        *e == NetEvent::Connected(owned.clone())
+    });
+    while rx.try_recv().is_ok() {}
+
+    let (x, y) = (
+        RpcAddress::new("10.0.0.1", 7001),
+        RpcAddress::new("10.0.0.2", 7002),
+    );
+    let mut senders = Vec::new();
+    for _ in 0..10 {
+        senders.push(x.clone());
+        senders.push(y.clone());
+    }
+    senders.push(owned.clone());
+    senders.push(x.clone());
+    let raw = RpcAddress::from_socket_addr(ask_announcing(&at, "events", &senders));
+    // Every event up to the close of the raw connection, then whatever the close raised (it is
+    // all delivered before the answer to a later ask).
+    let mut events = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while !events.contains(&NetEvent::Disconnected(raw.clone())) {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .unwrap_or_else(|| panic!("no Disconnected({raw}) within {WAIT:?}; saw {events:?}"));
+        if let Ok(e) = rx.recv_timeout(left) {
+            events.push(e);
+        }
+    }
+    from_owner
+        .ask_sync_with_timeout::<(Option<RpcAddress>, Option<std::net::SocketAddr>)>(
+            "owner".into(),
+            wait,
+        )
+        .unwrap();
+    while let Ok(e) = rx.try_recv() {
+        events.push(e);
+    }
+    let count = |e: NetEvent| events.iter().filter(|&seen| *seen == e).count();
+    assert_eq!(count(NetEvent::Connected(raw.clone())), 1, "{events:?}");
+    assert_eq!(count(NetEvent::Connected(x.clone())), 1, "{events:?}");
+    assert_eq!(count(NetEvent::Connected(y.clone())), 0, "{events:?}");
+    assert_eq!(count(NetEvent::Connected(owned.clone())), 0, "{events:?}");
+    assert_eq!(count(NetEvent::Disconnected(raw.clone())), 1, "{events:?}");
+    assert_eq!(count(NetEvent::Disconnected(x.clone())), 1, "{events:?}");
+    assert_eq!(count(NetEvent::Disconnected(y.clone())), 1, "{events:?}");
+    assert_eq!(
+        count(NetEvent::Disconnected(owned.clone())),
+        0,
+        "the claimed address's owner is still connected: {events:?}"
+    );
+    let connected = events
+        .iter()
+        .filter(|e| matches!(e, NetEvent::Connected(_)))
+        .count();
+    assert_eq!(
+        connected, 2,
+        "one per connection and its first address: {events:?}"
+    );
+    // The owner's own close does disconnect it.
+    owner.shutdown();
+    owner.await_termination().unwrap();
+    expect_event(&rx, "Disconnected(owner)", |e| {
+        *e == NetEvent::Disconnected(owned.clone())
+    });
+    env.shutdown();
 }

@@ -10,7 +10,7 @@
 //! make progress.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::Waker;
 
 /// Bytes read from a peer that the process still holds (requests not yet answered, stream
@@ -63,6 +63,45 @@ impl Inbound {
     }
 }
 
+/// Bytes read from a peer that the process still holds for as long as this value lives: a
+/// received one-way message waiting in an over-full queue, say. It counts in the connection's
+/// budget like an unanswered request, so that such messages wait within the budget (the
+/// connection stops reading only when the budget is exhausted) rather than stopping the
+/// connection by themselves. Dropping it releases the bytes (and wakes a connection that
+/// stopped reading over its budget).
+#[must_use = "the bytes are released when the hold is dropped"]
+pub struct BudgetHold {
+    inbound: Arc<Inbound>,
+    cost: usize,
+}
+
+impl BudgetHold {
+    /// Counts `cost` bytes in `inbound` until dropped.
+    pub(crate) fn new(inbound: Arc<Inbound>, cost: usize) -> Self {
+        inbound.add(cost);
+        BudgetHold { inbound, cost }
+    }
+
+    /// The bytes this hold counts.
+    pub fn cost(&self) -> usize {
+        self.cost
+    }
+}
+
+impl std::fmt::Debug for BudgetHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BudgetHold")
+            .field("cost", &self.cost)
+            .finish()
+    }
+}
+
+impl Drop for BudgetHold {
+    fn drop(&mut self) {
+        self.inbound.release(self.cost);
+    }
+}
+
 /// Stops and resumes reading with hysteresis (over `max`: stop; under `max / 2`: resume).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ReadGate {
@@ -112,6 +151,41 @@ mod tests {
         assert!(!gate.update(499), "under half: reading");
         assert!(!gate.update(999));
         assert!(!gate.is_paused());
+    }
+
+    #[test]
+    fn a_hold_counts_until_dropped_and_wakes_a_parked_connection() {
+        let inbound = Arc::new(Inbound::default());
+        let woken = Arc::new(WakeCount::default());
+        let waker = Waker::from(woken.clone());
+        let a = BudgetHold::new(inbound.clone(), 100);
+        let b = BudgetHold::new(inbound.clone(), 50);
+        assert_eq!(inbound.held(), 150);
+        inbound.park(&waker);
+        drop(a);
+        assert_eq!(inbound.held(), 50);
+        assert_eq!(
+            woken.0.load(Ordering::SeqCst),
+            1,
+            "the parked connection is woken"
+        );
+        inbound.unpark();
+        drop(b);
+        assert_eq!(inbound.held(), 0);
+        assert_eq!(
+            woken.0.load(Ordering::SeqCst),
+            1,
+            "nobody parked: no wake-up"
+        );
+    }
+
+    #[derive(Default)]
+    struct WakeCount(AtomicUsize);
+
+    impl std::task::Wake for WakeCount {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
-use crate::budget::Inbound;
-use crate::command::{queue_cost, Command, CommandSender, PendingKind};
+use crate::budget::{BudgetHold, Inbound};
+use crate::command::{queue_cost, Command, CommandSender, PendingKind, QUEUE_ENTRY_OVERHEAD};
 use crate::error::TransportError;
 use crate::message::{Message, StreamChunkId};
 use crate::response::{ByteStream, PendingRpc, RpcReply};
@@ -307,6 +307,16 @@ impl TransportClient {
             return false;
         }
         self.shared.try_flush(None)
+    }
+
+    /// Counts a message of `len` bytes received on this connection in its byte budget
+    /// (`max_queued_bytes_per_connection`) for as long as the returned hold lives, like a request
+    /// not yet answered. A receiver that keeps a message waiting (a one-way message in an
+    /// over-full queue) holds it this way instead of pausing reading: the connection is still
+    /// read, so replies arriving on it are delivered, and it stops reading only once the budget
+    /// is exhausted, until the holds fall under half of it.
+    pub fn hold(&self, len: usize) -> BudgetHold {
+        BudgetHold::new(self.shared.inbound.clone(), len + QUEUE_ENTRY_OVERHEAD)
     }
 
     /// Stops reading from the socket (TCP then slows the peer down) until

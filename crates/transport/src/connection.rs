@@ -1,10 +1,11 @@
-//! One connection: a single task that owns the socket, reads and decodes frames, dispatches
-//! requests to the handler and responses to the [`ResponseRouter`], and writes queued frames in
-//! batches. Callers never touch the socket: they push [`Command`]s on a channel.
+//! One connection's driver: a single task that owns the socket, reads bytes into the
+//! [`ConnectionState`] and carries out the steps it returns (requests to the handler, responses
+//! to the [`ResponseRouter`]), and writes queued frames in batches. Callers never touch the
+//! socket: they push [`Command`]s on a channel.
 //!
-//! The decisions are taken by socket-free parts, which this task drives: the byte budget
-//! ([`ReadGate`]: stop reading from a peer the process holds too much for), the deadlines
-//! ([`Deadlines`]: idle, no first frame, stalled frame), the frame decoder and the response router.
+//! The protocol decisions (frames, upload reassembly, the first-frame gate, the byte budget, the
+//! deadlines) are taken by the socket- and clock-free [`ConnectionState`]; this task only does
+//! the IO, reads the clock and keeps the timer.
 
 use std::future::{poll_fn, Future};
 use std::io::IoSlice;
@@ -21,15 +22,15 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Sleep;
 use tracing::Instrument;
 
-use crate::budget::{Inbound, ReadGate};
+use crate::budget::Inbound;
 use crate::client::{ClientShared, Flush, TransportClient};
 use crate::codec::{WriteQueue, MAX_IO_SLICES};
 use crate::command::{queue_cost, Command, PendingKind, QUEUE_ENTRY_OVERHEAD};
 use crate::conf::TransportConf;
+use crate::connection_state::{ConnectionState, Step};
 use crate::error::TransportError;
-use crate::frame::{Decoded, FrameDecoder};
 use crate::handler::{guarded, RpcHandler, RpcResponder};
-use crate::liveness::{Activity, Dead, Deadlines, Verdict};
+use crate::liveness::{Deadlines, Verdict};
 use crate::message::Message;
 use crate::response::ResponseRouter;
 
@@ -105,8 +106,16 @@ where
             Side::Client => None,
         },
     };
-    let activity = Activity::new(now);
-    let timer = match deadlines.check(now, &activity) {
+    let mut state = ConnectionState::new(
+        remote,
+        conf.max_frame_size,
+        conf.max_queued_bytes_per_connection,
+        deadlines,
+        conf.module.clone(),
+        now,
+    );
+    let rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let timer = match state.check_deadlines(now, 0, &rbuf) {
         Verdict::RecheckAt(Some(at)) => Some(Box::pin(tokio::time::sleep_until(at.into()))),
         _ => None,
     };
@@ -117,17 +126,12 @@ where
         handler,
         rx,
         cmds: Vec::with_capacity(COMMAND_BATCH),
-        rbuf: BytesMut::with_capacity(READ_CHUNK),
-        decoder: FrameDecoder::new(conf.max_frame_size),
+        rbuf,
+        state,
+        frame_published: false,
         out: WriteQueue::new(),
         router: ResponseRouter::with_inbound(remote, inbound),
-        upload: None,
-        max_upload: conf.max_frame_size,
-        gate: ReadGate::new(conf.max_queued_bytes_per_connection),
-        deadlines,
-        activity,
         timer,
-        module: conf.module.clone(),
         requested: false,
         needs_flush: false,
         write_deferred: false,
@@ -141,12 +145,6 @@ where
     client
 }
 
-struct Upload {
-    request_id: i64,
-    meta: Bytes,
-    body: BytesMut,
-}
-
 struct Connection<S> {
     io: S,
     peer: SocketAddr,
@@ -155,19 +153,14 @@ struct Connection<S> {
     rx: mpsc::UnboundedReceiver<Command>,
     cmds: Vec<Command>,
     rbuf: BytesMut,
-    decoder: FrameDecoder,
+    /// The protocol: frames, uploads, the budget and the deadlines (socket- and clock-free).
+    state: ConnectionState,
+    /// The first complete frame has been published to the handle (for the server's shedding).
+    frame_published: bool,
     out: WriteQueue,
     router: ResponseRouter,
-    upload: Option<Upload>,
-    max_upload: usize,
-    /// Stops reading while the process holds too much for this peer.
-    gate: ReadGate,
-    deadlines: Deadlines,
-    activity: Activity,
-    /// Fires when `deadlines` are to be checked again.
+    /// Fires when the deadlines are to be checked again.
     timer: Option<Pin<Box<Sleep>>>,
-    /// Spark's module name, for the setting names in errors.
-    module: String,
     /// A request was queued since the last look at the clock.
     requested: bool,
     needs_flush: bool,
@@ -365,12 +358,12 @@ where
 
     /// Whether reading stops for the byte budget; if so, the task waits for releases.
     fn over_budget(&mut self, cx: &mut Context<'_>) -> bool {
-        let was = self.gate.is_paused();
+        let was = self.state.budget_paused();
         let inbound = &self.client.shared.inbound;
-        if self.gate.update(self.held()) {
+        if self.state.over_budget(self.held()) {
             inbound.park(cx.waker());
             // Released between the count and the parking: look again.
-            if !self.gate.update(self.held()) {
+            if !self.state.over_budget(self.held()) {
                 inbound.unpark();
                 return false;
             }
@@ -440,20 +433,12 @@ where
             //    the process holds too much for this peer (the byte budget).
             let paused = self.read_paused(cx) || self.over_budget(cx);
             for _ in 0..if paused { 0 } else { 4 } {
-                let want = self.decoder.reserve_hint(&self.rbuf).max(READ_MIN_SPARE);
+                let want = self.state.reserve_hint(&self.rbuf).max(READ_MIN_SPARE);
                 if self.rbuf.capacity() - self.rbuf.len() < want {
                     self.rbuf.reserve(want.max(READ_CHUNK));
                 }
                 match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
-                    Poll::Ready(Ok(0)) => {
-                        if !self.rbuf.is_empty() || self.decoder.in_raw_body() {
-                            return Poll::Ready(Err(TransportError::TruncatedFrame {
-                                peer: self.peer,
-                                pending_bytes: self.rbuf.len(),
-                            }));
-                        }
-                        return Poll::Ready(Ok(()));
-                    }
+                    Poll::Ready(Ok(0)) => return Poll::Ready(self.state.on_eof(&self.rbuf)),
                     Poll::Ready(Ok(_)) => {
                         progress = true;
                         io_progress = true;
@@ -473,17 +458,9 @@ where
             }
 
             if self.timer.is_some() && (io_progress || self.requested) {
-                let now = Instant::now();
-                if io_progress {
-                    self.activity.last_io = now;
-                }
-                if read_progress {
-                    self.activity.last_read = now;
-                }
-                if self.requested {
-                    self.activity.last_request = now;
-                    self.requested = false;
-                }
+                self.state
+                    .on_progress(Instant::now(), io_progress, read_progress, self.requested);
+                self.requested = false;
             }
             if defer {
                 // Back of the run queue (a woken idle worker may take the task meanwhile): the
@@ -498,11 +475,14 @@ where
             // 4. Nothing to do: check the deadlines, then sleep until woken.
             if let Some(timer) = &mut self.timer {
                 if timer.as_mut().poll(cx).is_ready() {
-                    self.activity.outstanding =
-                        self.router.outstanding() + usize::from(self.upload.is_some());
-                    self.activity.mid_frame = !self.rbuf.is_empty() || self.decoder.in_raw_body();
-                    match self.deadlines.check(Instant::now(), &self.activity) {
-                        Verdict::Close(dead) => return Poll::Ready(Err(self.dead_error(dead))),
+                    let outstanding = self.router.outstanding();
+                    match self
+                        .state
+                        .check_deadlines(Instant::now(), outstanding, &self.rbuf)
+                    {
+                        Verdict::Close(dead) => {
+                            return Poll::Ready(Err(self.state.dead_error(dead)))
+                        }
                         Verdict::RecheckAt(Some(at)) => {
                             timer.as_mut().reset(at.into());
                             continue;
@@ -512,27 +492,6 @@ where
                 }
             }
             return Poll::Pending;
-        }
-    }
-
-    fn dead_error(&self, dead: Dead) -> TransportError {
-        let key = |name: &str| format!("spark.{}.io.{name}", self.module);
-        match dead {
-            Dead::Idle(quiet) => TransportError::IdleTimeout {
-                peer: self.peer,
-                idle: quiet,
-                setting: key("connectionTimeout"),
-            },
-            Dead::NoFirstFrame(after) => TransportError::HandshakeTimeout {
-                peer: self.peer,
-                after,
-                setting: key("handshakeTimeout"),
-            },
-            Dead::StalledFrame(quiet) => TransportError::StalledFrame {
-                peer: self.peer,
-                quiet,
-                setting: key("connectionTimeout"),
-            },
         }
     }
 
@@ -570,47 +529,27 @@ where
         }
     }
 
+    /// Carries out the steps of every complete frame read so far.
     fn decode_all(&mut self) -> Result<(), TransportError> {
         loop {
-            let item = match self.decoder.decode(&mut self.rbuf) {
-                Ok(Some(item)) => item,
-                Ok(None) => return Ok(()),
-                Err(e) => {
-                    return Err(TransportError::BadInput {
-                        peer: self.peer,
-                        source: Box::new(e),
-                    })
-                }
-            };
-            match item {
-                Decoded::Message(msg) => {
-                    if !self.activity.frame_seen {
-                        self.activity.frame_seen = true;
-                        self.client.shared.frame_seen.store(true, Ordering::Release);
-                    }
-                    self.on_message(msg)?
-                }
-                Decoded::Body { data, last } => self.on_body(data, last),
+            let step = self.state.next_step(&mut self.rbuf);
+            if !self.frame_published && self.state.frame_seen() {
+                // Before the handler hears of it: from now on the server does not shed this
+                // connection as one that never completed a frame.
+                self.frame_published = true;
+                self.client.shared.frame_seen.store(true, Ordering::Release);
             }
-        }
-    }
-
-    fn on_body(&mut self, data: Bytes, last: bool) {
-        match &mut self.upload {
-            Some(up) => {
-                if up.body.is_empty() && last {
-                    // The whole body arrived in one piece: no copy.
-                    let up = self.upload.take().expect("upload in progress");
-                    self.deliver_upload(up.request_id, up.meta, data);
-                    return;
-                }
-                up.body.extend_from_slice(&data);
-                if last {
-                    let up = self.upload.take().expect("upload in progress");
-                    self.deliver_upload(up.request_id, up.meta, up.body.freeze());
-                }
+            match step? {
+                None => return Ok(()),
+                Some(Step::Response(msg)) => self.router.handle(msg),
+                Some(Step::ResponseBody { data, last }) => self.router.handle_body(data, last),
+                Some(Step::Request(msg)) => self.on_request(msg),
+                Some(Step::Upload {
+                    request_id,
+                    meta,
+                    body,
+                }) => self.deliver_upload(request_id, meta, body),
             }
-            None => self.router.handle_body(data, last),
         }
     }
 
@@ -630,11 +569,9 @@ where
         RpcResponder::new(shared.clone(), request_id, cost)
     }
 
-    fn on_message(&mut self, msg: Message) -> Result<(), TransportError> {
-        if msg.is_response() {
-            self.router.handle(msg);
-            return Ok(());
-        }
+    /// Hands a request to the handler (the protocol state has told requests from responses and
+    /// reassembled uploads).
+    fn on_request(&mut self, msg: Message) {
         let (handler, client) = (&self.handler, &self.client);
         match msg {
             Message::RpcRequest { request_id, body } => {
@@ -678,33 +615,6 @@ where
                     }
                 }
             }
-            Message::UploadStream {
-                request_id,
-                meta,
-                body_byte_count,
-                ..
-            } => {
-                if body_byte_count > self.max_upload as u64 {
-                    return Err(TransportError::BadInput {
-                        peer: self.peer,
-                        source: Box::new(TransportError::FrameTooLarge {
-                            body_length: body_byte_count,
-                            max: self.max_upload,
-                            setting: "TransportConf::max_frame_size",
-                        }),
-                    });
-                }
-                if body_byte_count == 0 {
-                    self.deliver_upload(request_id, meta, Bytes::new());
-                } else {
-                    let body = BytesMut::with_capacity(body_byte_count as usize);
-                    self.upload = Some(Upload {
-                        request_id,
-                        meta,
-                        body,
-                    });
-                }
-            }
             Message::MergedBlockMetaRequest {
                 request_id,
                 app_id,
@@ -730,8 +640,7 @@ where
                 };
                 self.out.push(&reply);
             }
-            _ => unreachable!("responses are routed above"),
+            _ => unreachable!("the protocol state routes responses and uploads apart"),
         }
-        Ok(())
     }
 }

@@ -21,8 +21,9 @@
 //! modules import each other (the table in the repository's `ARCHITECTURE.md` is the rule; the
 //! `layering` test of the `rpcenv` crate checks every `crate::` path against it):
 //!
-//! 1. wire: `error`, `conf`, `metrics`, `message`, `frame`, `codec` (bytes and frames, no
-//!    sockets);
+//! 1. wire: `error`, `conf`, `metrics`, `message`, `frame`, `codec`, `body`, `budget`,
+//!    `liveness`, `connection_state` (bytes, frames and the connection's protocol decisions;
+//!    no sockets, no clocks);
 //! 2. routing: `response` (outstanding requests, matching answers), `command` (what handles
 //!    queue for a connection's task);
 //! 3. handles: `client`, `handler` (the request handler trait and the RPC responder);
@@ -38,6 +39,7 @@ mod codec;
 mod command;
 mod conf;
 mod connection;
+mod connection_state;
 mod error;
 mod factory;
 pub mod frame;
@@ -56,6 +58,7 @@ pub use auth::{
 };
 pub use body::{BodySource, FileRegion, ReplyBody, BODY_PIECE};
 pub use bootstrap::{AsyncIo, BootstrapFuture, BoxedIo, ClientBootstrap, ServerBootstrap};
+pub use budget::BudgetHold;
 pub use client::{ResponseFuture, RpcFuture, TransportClient};
 pub use codec::WriteQueue;
 pub use conf::{TransportConf, SPARK_MAX_FRAME_BODY};

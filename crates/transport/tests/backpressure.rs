@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use rpcenv_transport::{
     RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportConf,
-    TransportServer,
+    TransportError, TransportServer,
 };
 
 /// Counts one-way messages; pauses the connection it reads from at the first one.
@@ -30,9 +30,18 @@ impl RpcHandler for PausingCounter {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_reader_holds_the_senders_queue_until_it_resumes() {
-    let handler = Arc::new(PausingCounter::default());
+/// A server whose handler pauses reading at the first one-way message, a client connected to
+/// it, and 128 MiB of one-way messages queued on the client: returns once the client's queue
+/// has stopped draining (the server-side handle, and how many bytes stay queued).
+async fn stalled_queue(
+    handler: &Arc<PausingCounter>,
+) -> (
+    TransportServer,
+    TransportClientFactory,
+    TransportClient,
+    TransportClient,
+    usize,
+) {
     let server = TransportServer::bind(TransportConf::default(), "127.0.0.1", 0, handler.clone())
         .await
         .unwrap();
@@ -44,7 +53,6 @@ async fn a_paused_reader_holds_the_senders_queue_until_it_resumes() {
         .create_client("127.0.0.1", server.port())
         .await
         .unwrap();
-    const MESSAGES: usize = 2048;
     let body = Bytes::from(vec![7u8; 64 * 1024]);
     for _ in 0..MESSAGES {
         client.send(body.clone()).unwrap();
@@ -68,6 +76,15 @@ async fn a_paused_reader_holds_the_senders_queue_until_it_resumes() {
     })
     .await;
     let (server_side, stalled) = waited.expect("the queue stalls while reading is paused");
+    (server, factory, client, server_side, stalled)
+}
+
+const MESSAGES: usize = 2048;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_reader_holds_the_senders_queue_until_it_resumes() {
+    let handler = Arc::new(PausingCounter::default());
+    let (_server, _factory, client, server_side, stalled) = stalled_queue(&handler).await;
     assert!(stalled > 0);
     assert!(handler.count.load(Ordering::SeqCst) < MESSAGES);
 
@@ -84,4 +101,55 @@ async fn a_paused_reader_holds_the_senders_queue_until_it_resumes() {
     .await
     .expect("every message arrives");
     assert_eq!(handler.count.load(Ordering::SeqCst), MESSAGES);
+}
+
+/// A task waiting for room in a full queue (`wait_queued_at_most`, what `send_async` and a full
+/// outbox wait in) is woken with the connection's failure within 2 s when this side closes the
+/// connection with `close()`, the reader still paused; so is a request waiting behind the
+/// queue, and a waiter that starts after the close fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_for_queue_room_wakes_with_an_error_when_the_connection_is_closed_locally() {
+    let handler = Arc::new(PausingCounter::default());
+    let (_server, _factory, client, _server_side, stalled) = stalled_queue(&handler).await;
+    let waiter = {
+        let client = client.clone();
+        tokio::spawn(async move { client.wait_queued_at_most(0).await })
+    };
+    let ask = client.send_rpc(Bytes::from_static(b"behind the queue"));
+    let mut ask = std::pin::pin!(ask);
+    assert!(
+        futures_poll_once(ask.as_mut()).await.is_pending(),
+        "the ask waits behind {stalled} queued bytes"
+    );
+    tokio::task::yield_now().await;
+    assert!(!waiter.is_finished(), "the waiter waits for room");
+
+    let closed = std::time::Instant::now();
+    client.close();
+    let woken = tokio::time::timeout(Duration::from_secs(2), waiter)
+        .await
+        .expect("the waiter wakes within 2 s of close()")
+        .unwrap();
+    assert!(
+        matches!(woken, Err(TransportError::ConnectionClosed { .. })),
+        "{woken:?}"
+    );
+    let asked = tokio::time::timeout(Duration::from_secs(2), ask)
+        .await
+        .expect("the ask fails within 2 s of close()");
+    assert!(
+        matches!(asked, Err(TransportError::ConnectionClosed { .. })),
+        "{asked:?}"
+    );
+    assert!(closed.elapsed() < Duration::from_secs(2));
+    let late = tokio::time::timeout(Duration::from_secs(2), client.wait_queued_at_most(0))
+        .await
+        .expect("a waiter after the close returns at once");
+    assert!(late.is_err(), "{late:?}");
+}
+
+/// Polls `f` once.
+async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> std::task::Poll<F::Output> {
+    let mut f = f;
+    std::future::poll_fn(|cx| std::task::Poll::Ready(std::pin::Pin::new(&mut f).poll(cx))).await
 }
