@@ -1,6 +1,8 @@
 //! `rpcenv bench`: the shared benchmark workloads W1-W7 of `shared/design/WORKLOADS.md`, run
 //! against rpcenv with its default configuration, printing one JSON line per workload in the
-//! format every anchor harness prints (`"system":"rpcenv"`).
+//! format every anchor harness prints (`"system":"rpcenv"`). `file_fetch`, run only when named,
+//! fetches a 256 MiB file through `open_channel` from a file server over loopback (`ops` =
+//! files, `ops_per_sec` = files/s, p50/p99 per file).
 //!
 //! One process: a server env hosting the endpoints and client env(s), each bound to its own
 //! port on 127.0.0.1, so every remote message crosses a real TCP connection. Endpoints are the
@@ -26,7 +28,7 @@ use rpcenv::RpcConf;
 /// Arguments of `rpcenv bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Workloads to run (W1..W7 or their names); all when none is given.
+    /// Workloads to run (W1..W7 or their names, or file_fetch); W1..W7 when none is given.
     pub workloads: Vec<String>,
     /// 10% of the operation counts (a smoke run).
     #[arg(long)]
@@ -49,6 +51,7 @@ pub(crate) enum Workload {
     LocalSend,
     FanIn,
     PacedAsk,
+    FileFetch,
 }
 
 const ALL: [Workload; 7] = [
@@ -60,6 +63,13 @@ const ALL: [Workload; 7] = [
     Workload::FanIn,
     Workload::PacedAsk,
 ];
+
+/// Workloads run only when named: not among the shared W1-W7 that every anchor runs.
+const EXTRA: [Workload; 1] = [Workload::FileFetch];
+
+/// The file of `file_fetch`: fetched whole through `open_channel` from the file server of an
+/// env in the same process.
+pub(crate) const FILE_BYTES: u64 = 256 << 20;
 
 /// Outstanding asks in W2.
 pub(crate) const W2_WINDOW: usize = 64;
@@ -82,6 +92,7 @@ impl Workload {
             Workload::LocalSend => "local_send",
             Workload::FanIn => "fan_in",
             Workload::PacedAsk => "paced_ask",
+            Workload::FileFetch => "file_fetch",
         }
     }
 
@@ -94,6 +105,8 @@ impl Workload {
             Workload::LocalSend => "W5",
             Workload::FanIn => "W6",
             Workload::PacedAsk => "W7",
+            // Not one of the shared workloads: its name is its id.
+            Workload::FileFetch => "file_fetch",
         }
     }
 
@@ -106,12 +119,15 @@ impl Workload {
             Workload::LocalSend => 2_000_000,
             Workload::FanIn => 200_000,
             Workload::PacedAsk => 5_000,
+            // 1 GiB in all.
+            Workload::FileFetch => 4,
         }
     }
 
     fn payload_bytes(self) -> usize {
         match self {
             Workload::AskLarge => LARGE_BYTES,
+            Workload::FileFetch => FILE_BYTES as usize,
             _ => SMALL_BYTES,
         }
     }
@@ -124,6 +140,7 @@ impl Workload {
                 | Workload::AskLarge
                 | Workload::FanIn
                 | Workload::PacedAsk
+                | Workload::FileFetch
         )
     }
 
@@ -320,13 +337,13 @@ fn selected(args: &[String]) -> anyhow::Result<Vec<Workload>> {
     if args.is_empty() {
         return Ok(ALL.to_vec());
     }
+    let known = || ALL.iter().chain(EXTRA.iter());
     for a in args {
-        if !ALL.iter().any(|w| w.matches(a)) {
-            anyhow::bail!("unknown workload {a:?}: use W1..W7 or a workload name (ask_latency, ask_throughput, send_throughput, ask_large, local_send, fan_in, paced_ask)");
+        if !known().any(|w| w.matches(a)) {
+            anyhow::bail!("unknown workload {a:?}: use W1..W7 or a workload name (ask_latency, ask_throughput, send_throughput, ask_large, local_send, fan_in, paced_ask; file_fetch only when named)");
         }
     }
-    Ok(ALL
-        .iter()
+    Ok(known()
         .copied()
         .filter(|w| args.iter().any(|a| w.matches(a)))
         .collect())
@@ -465,6 +482,18 @@ mod tests {
             selected(&["paced_ask".into()]).unwrap(),
             vec![Workload::PacedAsk]
         );
+    }
+
+    #[test]
+    fn file_fetch_runs_only_when_named() {
+        assert!(!selected(&[]).unwrap().contains(&Workload::FileFetch));
+        assert_eq!(
+            selected(&["file_fetch".into(), "W1".into()]).unwrap(),
+            vec![Workload::AskLatency, Workload::FileFetch]
+        );
+        assert_eq!(Workload::FileFetch.payload_bytes(), 256 << 20);
+        assert_eq!(Plan { quick: false }.ops(Workload::FileFetch), 4);
+        assert_eq!(Plan { quick: true }.ops(Workload::FileFetch), 1);
     }
 
     #[test]

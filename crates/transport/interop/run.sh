@@ -8,9 +8,12 @@
 #   4. our echo_client over TLS against Spark's TLS server (spark.ssl.rpc.*, PEM, OpenSSL);
 #   5. SASL DIGEST-MD5 (SaslClientBootstrap / SaslServerBootstrap) with QOP auth and auth-conf,
 #      both directions, RPCs of 0 B .. 4 MiB and one-way messages byte-exact, a wrong secret
-#      refused both ways, and the AES<->SASL fallback both ways.
+#      refused both ways, and the AES<->SASL fallback both ways;
+#   6. the RpcEnv file server: Spark's NettyRpcEnv.openChannel against `rpcenv master
+#      --serve-file/--serve-jar/--serve-dir`, and `rpcenv fetch` against NettyRpcEnv's file
+#      server (src/FileInterop.java), plain and with AES authentication (CTR v1, GCM v2).
 # `run.sh record` instead prints the DIGEST-MD5 transcript the unit tests replay
-# (crates/transport/tests/data/sasl-jvm-transcript.txt).
+# (crates/transport/tests/data/sasl-jvm-transcript.txt); `run.sh files` runs only part 6.
 # Skips (exit 0) when java is absent, except under CI=true, where that fails. Installs pyspark
 # into $ANCHORS_CACHE (default
 # ~/.cache/rpcenv-anchors) when missing, as shared/anchors/spark-jvm does. Exits non-zero on any
@@ -102,6 +105,15 @@ wait_port() {
   return 1
 }
 
+stop_all() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+  PIDS=()
+}
+
+# `run.sh files` runs only the file-server part (the last one).
+if [ "${1:-}" != files ]; then
+
 echo "[interop] 1/2: Spark TransportClient -> rpcenv echo_server"
 "$TARGET/echo_server" --host 127.0.0.1 --port 0 >"$TMP/echo.out" 2>"$TMP/echo.err" &
 PIDS+=($!)
@@ -114,11 +126,6 @@ PIDS+=($!)
 PORT="$(wait_port "$TMP/jvm.out")" || { cat "$TMP/jvm.err" >&2; exit 1; }
 "$TARGET/interop_client" --host 127.0.0.1 --port "$PORT"
 
-stop_all() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
-  PIDS=()
-}
 stop_all
 
 # Start our echo_server with the given flags; sets PORT. Not to be run inside $(...): the pid
@@ -243,11 +250,14 @@ start_jvm "${SPARK_AES_FALLBACK[@]}" -Dinterop.secret=$SECRET
 "$TARGET/echo_client" --host 127.0.0.1 --port "$PORT" --secret $SECRET --app-id $APP --sasl
 stop_all
 
+fi # the part `run.sh files` skips
+
 # ---- The RpcEnv file server: Spark's NettyRpcEnv.openChannel against `rpcenv master
 # --serve-file/--serve-jar/--serve-dir`, and `rpcenv fetch` (open_channel) against Spark's
 # NettyRpcEnv file server (addFile / addJar / addDirectory), plain and with AES authentication.
 # Spark's RpcEnv binds 127.0.0.1 (given explicitly); this only silences its loopback warning.
 export SPARK_LOCAL_IP=127.0.0.1
+FILES_SECRET=interop-files-secret
 SRC="$TMP/served"
 mkdir -p "$SRC/files" "$SRC/jars" "$SRC/dir1/sub"
 head -c 5000003 /dev/urandom >"$SRC/files/file"
@@ -324,9 +334,9 @@ for mode in plain aes-ctr-v1 aes-gcm-v2; do
   esac
   if [ $mode != plain ]; then
     # NettyRpcEnv's own app id (sparkSaslUser) on both sides, which is also rpcenv's default.
-    SPARK_FILES+=(-Dspark.authenticate=true -Dspark.authenticate.secret=$SECRET
+    SPARK_FILES+=(-Dspark.authenticate=true -Dspark.authenticate.secret=$FILES_SECRET
       -Dspark.network.crypto.enabled=true -Dspark.network.crypto.saslFallback=false)
-    OURS_FILES+=(--conf authenticate=true --conf authenticate.secret=$SECRET
+    OURS_FILES+=(--conf authenticate=true --conf authenticate.secret=$FILES_SECRET
       --conf network.crypto.enabled=true --conf network.crypto.saslFallback=false)
   fi
 
