@@ -14,19 +14,26 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 /// Writes `len` pseudo-random bytes to `path` (real bytes: a sparse file would travel and hash
-/// as zeros) and returns their SHA-256.
+/// as zeros) and returns their SHA-256. One random MiB is drawn and written again and again, each
+/// 4 KiB block of it stamped with its own offset, so that no two blocks are alike (a block
+/// delivered twice or out of place changes the hash) and a debug build writes 256 MiB quickly.
 fn random_file(path: &Path, len: usize) -> Vec<u8> {
+    const BLOCK: usize = 4096;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
     let mut hasher = Sha256::new();
     let mut piece = vec![0u8; 1 << 20];
-    let mut rng = rand::rng();
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(piece.len());
-        rng.fill_bytes(&mut piece[..n]);
+    rand::rng().fill_bytes(&mut piece);
+    let mut offset = 0;
+    while offset < len {
+        let n = (len - offset).min(piece.len());
+        for (i, block) in piece[..n].chunks_mut(BLOCK).enumerate() {
+            let stamp = ((offset + i * BLOCK) as u64).to_le_bytes();
+            let k = stamp.len().min(block.len());
+            block[..k].copy_from_slice(&stamp[..k]);
+        }
         hasher.update(&piece[..n]);
         out.write_all(&piece[..n]).unwrap();
-        left -= n;
+        offset += n;
     }
     out.flush().unwrap();
     hasher.finalize().to_vec()
