@@ -167,6 +167,36 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
         doc: "Most connections a server keeps open (0 = no cap). At the cap, or out of file descriptors, it closes the connection stalled longest without a complete frame, else waits before accepting.",
     },
     KnownKey {
+        key: "files.io.connectionTimeout",
+        kind: ValueKind::Duration(TimeUnit::Seconds),
+        default: None,
+        doc: "Idle timeout of the file-fetch connections, which close when idle (falls back to rpc.io.connectionTimeout).",
+    },
+    KnownKey {
+        key: "files.io.connectionCreationTimeout",
+        kind: ValueKind::Duration(TimeUnit::Seconds),
+        default: None,
+        doc: "Connect timeout of the file-fetch connections (falls back to rpc.io.connectionCreationTimeout).",
+    },
+    KnownKey {
+        key: "files.io.numConnectionsPerPeer",
+        kind: ValueKind::Int(1, 64),
+        default: None,
+        doc: "File-fetch connections per server (falls back to rpc.io.numConnectionsPerPeer).",
+    },
+    KnownKey {
+        key: "files.io.retryWait",
+        kind: ValueKind::Duration(TimeUnit::Millis),
+        default: None,
+        doc: "Fast-fail window after a failed file-fetch connect (falls back to rpc.io.retryWait).",
+    },
+    KnownKey {
+        key: "files.io.maxQueuedBytesPerConnection",
+        kind: ValueKind::Size(1),
+        default: None,
+        doc: "Byte budget of one file-fetch connection: file bytes received and not yet read. A slow reader stops the socket here (falls back to rpc.io.maxQueuedBytesPerConnection).",
+    },
+    KnownKey {
         key: "rpc.message.maxSize",
         kind: ValueKind::Size(MIB),
         default: Some("128m"),
@@ -597,6 +627,19 @@ impl RpcConf {
         self.known_int("rpc.inbox.capacity", 65536) as usize
     }
 
+    /// The settings of the `files` client pool (Spark's `files` transport module): this
+    /// configuration with every `files.io.X` that is set in place of `rpc.io.X`, so that the
+    /// `rpc.io` accessors read `files.io.X`, else `rpc.io.X`.
+    pub(crate) fn files_io_view(&self) -> RpcConf {
+        let mut view = self.clone();
+        for (key, value) in &self.entries {
+            if let Some(name) = key.strip_prefix("files.io.") {
+                view.entries.insert(format!("rpc.io.{name}"), value.clone());
+            }
+        }
+        view
+    }
+
     /// `port.maxRetries` (16).
     pub fn port_max_retries(&self) -> u32 {
         self.known_int("port.maxRetries", 16) as u32
@@ -817,6 +860,31 @@ mod tests {
         let e = RpcConf::from_file(&path).unwrap_err();
         assert!(e.to_string().contains("rpc.numRetries"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_io_keys_fall_back_to_rpc_io() {
+        let conf = RpcConf::new()
+            .with("spark.rpc.io.connectionTimeout", "7s")
+            .unwrap()
+            .with("rpc.io.retryWait", "1s")
+            .unwrap()
+            .with("spark.files.io.retryWait", "2s")
+            .unwrap()
+            .with("files.io.maxQueuedBytesPerConnection", "1m")
+            .unwrap();
+        let files = conf.files_io_view();
+        assert_eq!(files.connection_timeout(), Duration::from_secs(7));
+        assert_eq!(files.io_retry_wait(), Duration::from_secs(2));
+        assert_eq!(files.max_queued_bytes_per_connection(), MIB);
+        assert_eq!(
+            conf.io_retry_wait(),
+            Duration::from_secs(1),
+            "rpc.io unchanged"
+        );
+        assert!(RpcConf::new()
+            .set("files.io.connectionTimeout", "soon")
+            .is_err());
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! - `builder`: [`RpcEnvBuilder`], which binds the server, starts the message loops and connects
 //!   the dispatcher, the network and the transport handler to each other;
 //! - `lifecycle`: the env's shared state (`EnvInner`) and its shutdown;
-//! - `api`: [`RpcEnv`], the public API (register, look up, stop, shut down).
+//! - `api`: [`RpcEnv`], the public API (register, look up, stop, shut down);
+//! - `files`: the file methods of [`RpcEnv`] (its file server, `open_channel`, `fetch_file`).
 
 mod api;
 mod builder;
+mod files;
 mod lifecycle;
 
 pub use api::RpcEnv;

@@ -290,6 +290,66 @@ pub enum RpcError {
         /// The blocking call.
         operation: &'static str,
     },
+    /// The operation needs a server-mode env (one that listens), e.g. its file server.
+    #[error(
+        "{operation} needs a server-mode RpcEnv; this one is in client mode (it does not listen)"
+    )]
+    ClientMode {
+        /// The operation.
+        operation: &'static str,
+    },
+    /// A file or jar of this name is already served from another file (Spark's text, whose
+    /// closing parenthesis is missing).
+    #[error("File {name} was already registered with a different path (old path = {old}, new path = {new}")]
+    FileAlreadyRegistered {
+        /// The file name (the key of the URI).
+        name: String,
+        /// The canonical path already served.
+        old: String,
+        /// The canonical path refused.
+        new: String,
+    },
+    /// `/files` and `/jars` are the file server's own prefixes, not directories.
+    #[error("Directory URI cannot be /files nor /jars.")]
+    ReservedDirectoryUri {
+        /// The base URI given.
+        uri: String,
+    },
+    /// A directory is already served under this base URI.
+    #[error("URI '{uri}' already registered.")]
+    DirectoryUriTaken {
+        /// The normalised base URI.
+        uri: String,
+    },
+    /// A file URI that cannot be opened: Spark's `Host name must be defined.`, `Port must be
+    /// defined.`, `Path must be defined.`, or what is malformed.
+    #[error("{reason} ({uri})")]
+    InvalidFileUri {
+        /// The URI given.
+        uri: String,
+        /// What is missing or malformed.
+        reason: String,
+    },
+    /// The peer answered a stream request with a failure, e.g. Spark's
+    /// `Stream '/files/x' was not found.` (the text is the peer's, unchanged).
+    #[error("{message}")]
+    StreamFailed {
+        /// The peer's address.
+        peer: String,
+        /// The stream id asked for.
+        stream_id: String,
+        /// The peer's error text.
+        message: String,
+    },
+    /// A local file could not be read, written or resolved.
+    #[error("{path}: {source}")]
+    FileIo {
+        /// The file.
+        path: String,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// An invalid RPC URL.
     #[error(transparent)]
     InvalidAddress(#[from] AddressError),

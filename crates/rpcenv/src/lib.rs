@@ -32,12 +32,14 @@
 //!
 //! 1. core: [`address`], [`conf`], `error`, `message`, `timeout`, `runtime`, `backoff`,
 //!    [`codec`] (the wire formats), `decode_scope`, [`metrics`] (what an env measures, through
-//!    the `metrics` facade), [`stats`] (the snapshot `RpcEnv::stats` returns), `slow_handler`;
+//!    the `metrics` facade), [`stats`] (the snapshot `RpcEnv::stats` returns), `slow_handler`,
+//!    `file_uri` (the URIs of served files);
 //! 2. local, everything inside one env: `reply`, `call_context`, `mailbox`, `endpoint_ref`,
 //!    `endpoint`, `flavour` (both endpoint flavours behind one interface), `inbox`,
-//!    `dispatcher` (registry and message loops), `ref_codec`;
+//!    `dispatcher` (registry and message loops), `ref_codec`, `file_server` (what the env
+//!    serves, and which file a stream id names);
 //! 3. remote, other processes: `outbox`, `net` (the network and the transport handler),
-//!    `verifier`, `security`;
+//!    `verifier`, `security`, `file_channel` (fetching served files over the `files` pool);
 //! 4. `env`: the façade ([`RpcEnv`], [`RpcEnvBuilder`]) that wires them together.
 
 pub mod address;
@@ -52,6 +54,9 @@ mod endpoint;
 mod endpoint_ref;
 mod env;
 mod error;
+mod file_channel;
+mod file_server;
+mod file_uri;
 mod flavour;
 mod inbox;
 mod mailbox;
@@ -77,6 +82,8 @@ pub use endpoint::{ConcurrentRpcEndpoint, EndpointCtx, RpcEndpoint};
 pub use endpoint_ref::RpcEndpointRef;
 pub use env::{RpcEnv, RpcEnvBuilder};
 pub use error::{BoxError, Failure, FailureKind, HandlerResult, RpcError, SharedError};
+pub use file_channel::{BlockingFileChannel, FileChannel};
+pub use file_server::FileServer;
 pub use message::{RpcMessage, RpcReply};
 pub use reply::{AbortHandle, Ask};
 pub use stats::{EndpointStats, EnvStats, PeerStats, StatsRequest, STATS_NAME};

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
 use rpcenv_transport::{
-    RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportError,
+    ReplyBody, RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportError,
     TransportServer,
 };
 
@@ -21,6 +21,7 @@ use crate::decode_scope::DecodeScope;
 use crate::dispatcher::Dispatcher;
 use crate::endpoint_ref::{OutboxMessage, RefNetwork, Refused, Waiting};
 use crate::error::RpcError;
+use crate::file_server::{not_found, FileRegistry};
 use crate::mailbox::Event;
 use crate::outbox::{admits, dispatch, Outbox, OutboxContext, Posted};
 use crate::stats::PeerStats;
@@ -331,12 +332,15 @@ fn addressed_to(receiver: Option<WireAddress<'_>>, own: Option<&RpcAddress>) -> 
 /// The transport handler of an env (Spark's `NettyRpcHandler`).
 pub(crate) struct RpcEnvHandler {
     network: OnceLock<Weak<Network>>,
+    /// The env's file server: answers stream ids that start with `/`.
+    files: Arc<FileRegistry>,
 }
 
 impl RpcEnvHandler {
-    pub(crate) fn new() -> Arc<Self> {
+    pub(crate) fn new(files: Arc<FileRegistry>) -> Arc<Self> {
         Arc::new(RpcEnvHandler {
             network: OnceLock::new(),
+            files,
         })
     }
 
@@ -368,6 +372,22 @@ impl RpcHandler for RpcEnvHandler {
             None => {
                 tracing::warn!(peer = %client.remote_addr(), "one-way message to an RpcEnv that is not running dropped")
             }
+        }
+    }
+
+    /// A stream id starting with `/` names a served file (`/files/..`, `/jars/..`, a
+    /// directory's); no other stream is served. Only authenticated connections get here: with
+    /// authentication on, the server's bootstrap completes before any request is handled.
+    fn open_stream_body(
+        &self,
+        client: &TransportClient,
+        stream_id: &str,
+    ) -> Result<ReplyBody, String> {
+        if stream_id.starts_with('/') {
+            self.files.open(stream_id)
+        } else {
+            tracing::debug!(peer = %client.remote_addr(), stream_id, "stream request for an unknown stream");
+            Err(not_found(stream_id))
         }
     }
 

@@ -102,6 +102,15 @@ impl ByteStream {
         self.taken(piece)
     }
 
+    /// Polls for the next piece (the poll form of [`next_chunk`](Self::next_chunk), for
+    /// `AsyncRead` adapters); `Ready(None)` once the body is complete.
+    pub fn poll_next_chunk(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Bytes, TransportError>>> {
+        self.rx.poll_recv(cx).map(|piece| self.taken(piece))
+    }
+
     /// The next piece if one has arrived (`None` when none is ready or the body is complete).
     pub fn try_next(&mut self) -> Option<Result<Bytes, TransportError>> {
         let piece = self.rx.try_recv().ok();

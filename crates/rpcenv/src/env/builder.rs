@@ -5,7 +5,9 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Weak};
 
-use rpcenv_transport::{RpcHandler, TransportClientFactory, TransportConf, TransportServer};
+use rpcenv_transport::{
+    NoOpRpcHandler, RpcHandler, TransportClientFactory, TransportConf, TransportServer,
+};
 
 use super::api::RpcEnv;
 use super::lifecycle::{EnvInner, Termination};
@@ -15,6 +17,8 @@ use crate::conf::RpcConf;
 use crate::dispatcher::Dispatcher;
 use crate::endpoint_ref::{RefDefaults, RefNetwork};
 use crate::error::RpcError;
+use crate::file_channel::FilesPool;
+use crate::file_server::FileRegistry;
 use crate::metrics::AskMetrics;
 use crate::net::{Network, NetworkParts, RpcEnvHandler, FRAME_HEADROOM};
 use crate::pace::Pace;
@@ -125,7 +129,8 @@ impl RpcEnvBuilder {
         // The parent of the env's server and connection spans, so that every log line about a
         // connection names the env as well as the peer.
         let span = tracing::info_span!("rpcenv", env = %self.name);
-        let handler = RpcEnvHandler::new();
+        let files = Arc::new(FileRegistry::default());
+        let handler = RpcEnvHandler::new(files.clone());
         let server = if self.client_mode {
             None
         } else {
@@ -149,11 +154,20 @@ impl RpcEnvBuilder {
             self.conf.max_extra_loop_threads(),
         )
         .map_err(|e| startup(format!("cannot start message loop threads: {e}")))?;
-        let factory = TransportClientFactory::with_bootstraps(
-            tconf,
-            handler.clone(),
-            crate::security::client_bootstraps(&self.conf).map_err(|e| startup(e.to_string()))?,
-        );
+        let client_bootstraps =
+            crate::security::client_bootstraps(&self.conf).map_err(|e| startup(e.to_string()))?;
+        // Spark's `files` client factory: its own pool, idle connections closed, no requests
+        // accepted from the server, the same authentication and TLS.
+        let files_pool = Arc::new(FilesPool::new(
+            TransportClientFactory::with_bootstraps(
+                files_transport_conf(&self.conf, &self.name),
+                Arc::new(NoOpRpcHandler),
+                client_bootstraps.clone(),
+            ),
+            runtime.clone(),
+        ));
+        let factory =
+            TransportClientFactory::with_bootstraps(tconf, handler.clone(), client_bootstraps);
         // The refs' defaults name the network weakly, and the network holds the dispatcher that
         // holds the defaults: built in one go around the network's `Arc`.
         let network = Arc::new_cyclic(|net: &Weak<Network>| {
@@ -201,6 +215,8 @@ impl RpcEnvBuilder {
             dispatcher,
             runtime,
             network,
+            files,
+            files_pool,
             shutdown_started: AtomicBool::new(false),
             termination: Arc::new(Termination::default()),
         }));
@@ -237,6 +253,16 @@ fn transport_conf(conf: &RpcConf, name: &str) -> TransportConf {
         handshake_timeout: non_zero(conf.handshake_timeout()),
         max_inbound_connections: conf.max_inbound_connections(),
         ..TransportConf::default()
+    }
+}
+
+/// The transport settings of the env's `files` client pool: `files.io.X`, else `rpc.io.X`; idle
+/// connections close.
+fn files_transport_conf(conf: &RpcConf, name: &str) -> TransportConf {
+    TransportConf {
+        module: "files".into(),
+        close_idle_connections: true,
+        ..transport_conf(&conf.files_io_view(), name)
     }
 }
 

@@ -8,6 +8,8 @@ use crate::address::{RpcAddress, RpcEndpointAddress};
 use crate::conf::RpcConf;
 use crate::dispatcher::{on_message_loop_thread, Dispatcher};
 use crate::endpoint_ref::{Route, RpcEndpointRef};
+use crate::file_channel::FilesPool;
+use crate::file_server::FileRegistry;
 use crate::message::RpcMessage;
 use crate::net::Network;
 use crate::verifier::{VerifierRequest, VERIFIER_NAME};
@@ -40,6 +42,10 @@ pub(crate) struct EnvInner {
     pub(super) dispatcher: Arc<Dispatcher>,
     pub(super) runtime: tokio::runtime::Handle,
     pub(super) network: Arc<Network>,
+    /// What the env's file server serves (empty in client mode).
+    pub(super) files: Arc<FileRegistry>,
+    /// The `files` client pool of `open_channel`.
+    pub(super) files_pool: Arc<FilesPool>,
     pub(super) shutdown_started: AtomicBool,
     pub(super) termination: Arc<Termination>,
 }
@@ -74,6 +80,7 @@ impl EnvInner {
         }
         let dispatcher = self.dispatcher.clone();
         let network = self.network.clone();
+        let files_pool = self.files_pool.clone();
         let termination = self.termination.clone();
         let name = self.name.clone();
         let run = move || {
@@ -82,6 +89,7 @@ impl EnvInner {
             // causes (SPARK-14699); then queued messages fail and connections close.
             dispatcher.shutdown();
             network.shutdown();
+            files_pool.close();
             termination.finish();
             tracing::debug!(env = %name, "RpcEnv terminated");
         };
