@@ -101,7 +101,12 @@ impl Served {
         let (mut m, uri) = master(&args);
         let hostport = uri.trim_start_matches("rpc://master@").to_string();
         let served = (0..5)
-            .map(|_| m.out.expect("a serving line", |_| true))
+            .map(|_| {
+                let line = m.out.expect("a serving line", |_| true);
+                line.strip_prefix("serving ")
+                    .unwrap_or_else(|| panic!("not a serving line: {line:?}"))
+                    .to_string()
+            })
             .collect();
         (m, hostport, served)
     }
@@ -110,10 +115,9 @@ impl Served {
 #[test]
 fn master_prints_one_serving_line_per_flag_right_after_its_first_line() {
     let files = Served::new();
-    let (m, hostport, served) = files.master(&[]);
-    assert_eq!(m.out.seen.len(), 6, "{:?}", m.out.seen);
+    let (m, hostport, _) = files.master(&[]);
     assert_eq!(
-        served,
+        m.out.seen[1..],
         [
             format!("serving rpc://{hostport}/files/file"),
             format!("serving rpc://{hostport}/files/file%20name"),
@@ -263,7 +267,7 @@ fn fetch_takes_the_auth_settings_of_every_client_command() {
         args.extend_from_slice(conf);
         let (code, stderr) = fetch_failing(&args);
         assert_eq!(code, Some(1), "{conf:?}: {stderr}");
-        assert!(stderr.starts_with("error: "), "{conf:?}: {stderr}");
+        assert!(stderr.contains("error: "), "{conf:?}: {stderr}");
         assert!(!dest.exists(), "{conf:?}");
     }
 }
