@@ -102,6 +102,13 @@ struct Proc {
 
 impl Proc {
     fn spawn(name: &str, args: &[String], first_line: &str) -> anyhow::Result<(Proc, String)> {
+        let mut proc = Proc::start(name, args)?;
+        let line = proc.next_line(first_line)?;
+        Ok((proc, line))
+    }
+
+    /// Starts the child without waiting for its output.
+    fn start(name: &str, args: &[String]) -> anyhow::Result<Proc> {
         let exe = std::env::current_exe().context("cannot find the rpcenv binary")?;
         let mut child = Command::new(exe)
             .args(args)
@@ -121,14 +128,12 @@ impl Proc {
                 }
             }
         });
-        let mut proc = Proc {
+        Ok(Proc {
             name: name.to_string(),
             child,
             stdin,
             lines: rx,
-        };
-        let line = proc.next_line(first_line)?;
-        Ok((proc, line))
+        })
     }
 
     /// Its next line of output, which must start with `expected` and come within 10 s.
@@ -289,11 +294,16 @@ fn play(
             w.extend(args.hosts.to_args());
         }
         w.extend(common.iter().cloned());
-        let (mut proc, _) = Proc::spawn(&id, &w, &format!("worker {id} fetched {job_uri} "))?;
+        workers.push(Proc::start(&id, &w)?);
+    }
+    // Started together, the workers fetch the job file at the same time, so that no worker is
+    // registered (and heartbeating) for long while another's download keeps the master busy.
+    for (i, proc) in workers.iter_mut().enumerate() {
+        let id = format!("worker-{}", i + 1);
+        proc.next_line(&format!("worker {id} fetched {job_uri} "))?;
         fetches += 1;
         let line = proc.next_line(&format!("worker {id} registered"))?;
         println!("started {line}");
-        workers.push(proc);
     }
 
     let env = RpcEnv::builder("demo")
