@@ -362,7 +362,12 @@ fn table_row(o: &Outcome) -> String {
     let _ = write!(
         s,
         "{:<4} {:<16} {:>9} {:>8.3} {:>12.0} {:>10} {:>10} {:>9.1} {:>10}",
-        o.workload.id(),
+        // A workload outside W1-W7 has no id of its own.
+        if o.workload.id() == o.workload.name() {
+            "-"
+        } else {
+            o.workload.id()
+        },
         o.workload.name(),
         o.ops,
         o.secs,
