@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use rpcenv_transport::{ByteStream, TransportClientFactory, TransportError};
+use rpcenv_transport::{ByteStream, TransportClient, TransportClientFactory, TransportError};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::error::RpcError;
@@ -54,7 +54,7 @@ impl FilesPool {
                 .await
                 .map_err(connection)?;
             match client.stream(target.path.clone()).await {
-                Ok(stream) => Ok(FileChannel::new(stream, uri)),
+                Ok(stream) => Ok(FileChannel::new(stream, client, uri)),
                 Err(TransportError::StreamFailure {
                     peer,
                     stream_id,
@@ -82,9 +82,12 @@ impl FilesPool {
 /// Backpressure: what the reader has not taken yet counts in its connection's byte budget, so a
 /// slow reader slows the sender. A failure (the connection broke, the body ended short) is an
 /// `io::Error` whose inner error is the [`RpcError`]; the end of the file is EOF. Dropping the
-/// channel early discards the rest of the body (the connection stays usable).
+/// channel before the end closes its connection, so that the server stops sending the rest (as
+/// Spark's client does); other downloads on that connection fail, later ones open a new one.
 pub struct FileChannel {
     stream: ByteStream,
+    /// The connection the body comes over.
+    client: TransportClient,
     /// The piece being read.
     piece: Bytes,
     /// Bytes taken from the stream so far.
@@ -103,9 +106,10 @@ impl std::fmt::Debug for FileChannel {
 }
 
 impl FileChannel {
-    fn new(stream: ByteStream, uri: String) -> Self {
+    fn new(stream: ByteStream, client: TransportClient, uri: String) -> Self {
         FileChannel {
             stream,
+            client,
             piece: Bytes::new(),
             received: 0,
             uri,
@@ -140,18 +144,17 @@ impl FileChannel {
         if self.received == self.len() {
             return Poll::Ready(Ok(None));
         }
-        let peer = || self.uri.clone();
         match ready!(self.stream.poll_next_chunk(cx)) {
             Some(Ok(piece)) => {
                 self.received += piece.len() as u64;
                 Poll::Ready(Ok(Some(piece)))
             }
             Some(Err(source)) => Poll::Ready(Err(RpcError::Connection {
-                peer: peer(),
+                peer: self.client.remote_addr().to_string(),
                 source,
             })),
             None => Poll::Ready(Err(RpcError::FileIo {
-                path: peer(),
+                path: self.uri.clone(),
                 source: io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!(
@@ -167,6 +170,15 @@ impl FileChannel {
     /// The next piece of the body; `None` at its end.
     pub(crate) async fn next_piece(&mut self) -> Result<Option<Bytes>, RpcError> {
         std::future::poll_fn(|cx| self.poll_piece(cx)).await
+    }
+}
+
+impl Drop for FileChannel {
+    fn drop(&mut self) {
+        if self.received < self.len() && self.client.is_active() {
+            tracing::debug!(uri = %self.uri, received = self.received, len = self.len(), "file channel dropped before the end; closing its connection");
+            self.client.close();
+        }
     }
 }
 
@@ -284,6 +296,13 @@ pub(crate) fn download(mut channel: FileChannel, dest: &Path) -> Result<u64, Rpc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channels_move_between_threads_and_tasks() {
+        fn movable<T: Send + Unpin + 'static>() {}
+        movable::<FileChannel>();
+        movable::<BlockingFileChannel>();
+    }
 
     #[test]
     fn downloads_go_to_a_hidden_file_beside_the_destination() {

@@ -212,6 +212,7 @@ fn path_traversal_is_not_found() {
         ("/link", "/dir/link".to_string()),
         ("/sub", "/dir/sub".to_string()),
         ("/", "/dir/".to_string()),
+        ("/%00ok", "/dir/\0ok".to_string()),
     ] {
         let uri = format!("{dir_uri}{path}");
         assert_eq!(
@@ -431,6 +432,37 @@ fn a_broken_connection_is_an_error_on_read() {
     assert!(client.fetch_file(&uri, &dest).is_err());
     assert!(!dest.exists());
     client.shutdown();
+    std::fs::remove_dir_all(root).unwrap();
+}
+
+/// A reader that gives up in the middle: its connection closes (the server stops sending the
+/// rest), and the next download opens a new one.
+#[test]
+fn dropping_a_channel_early_stops_the_transfer() {
+    let _alone = one_at_a_time();
+    let root = scratch("dropped");
+    let path = root.join("big.bin");
+    large_file(&path, 32 << 20);
+    let server = server_with(conf(&[]));
+    let uri = server.file_server().unwrap().add_file(&path).unwrap();
+    let client = client_with(conf(&[("files.io.maxQueuedBytesPerConnection", "1m")]));
+    let mut channel = client.open_channel(&uri).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    channel.read_exact(&mut buf).unwrap();
+    assert_eq!(server.stats().connections_in, 1);
+    drop(channel);
+    wait_until("the abandoned connection to close", || {
+        server.stats().connections_in == 0
+    });
+    let mut channel = client.open_channel(&uri).unwrap();
+    let mut all = Vec::new();
+    channel.read_to_end(&mut all).unwrap();
+    assert_eq!(all.len() as u64, 32 << 20);
+    assert!(all.iter().enumerate().all(|(i, b)| *b == pattern(i as u64)));
+    drop(channel);
+    assert_eq!(server.stats().connections_in, 1, "a complete read keeps it");
+    client.shutdown();
+    server.shutdown();
     std::fs::remove_dir_all(root).unwrap();
 }
 
