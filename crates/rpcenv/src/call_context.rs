@@ -9,7 +9,8 @@ use crate::codec::{encode_reply_error, encode_reply_ok, WireError};
 use crate::error::{BoxError, Failure, FailureKind, RpcError};
 use crate::message::RpcReply;
 use crate::reply::{ReplySlot, ReplyValue};
-use rpcenv_transport::RpcResponder;
+use crate::stream_manager::StreamOwner;
+use rpcenv_transport::{RpcResponder, TransportClient};
 
 /// Where the reply of one ask goes.
 pub(crate) enum ReplyTarget {
@@ -94,6 +95,8 @@ pub struct RpcCallContext {
     target: Option<ReplyTarget>,
     sender: Option<RpcAddress>,
     connection: Option<SocketAddr>,
+    /// The connection the ask came over, which owns the streams registered for it.
+    client: Option<TransportClient>,
     endpoint: Arc<str>,
     /// Write a remote answer from the answering thread (see [`write_answer_now`](Self::write_answer_now)).
     write_now: bool,
@@ -105,6 +108,7 @@ impl RpcCallContext {
             target: Some(target),
             sender,
             connection: None,
+            client: None,
             endpoint,
             write_now: false,
         }
@@ -123,6 +127,22 @@ impl RpcCallContext {
     pub(crate) fn with_connection(mut self, peer: SocketAddr) -> Self {
         self.connection = Some(peer);
         self
+    }
+
+    /// The same context, for an ask that came over `client` (which owns the streams
+    /// registered for the ask).
+    pub(crate) fn with_client(mut self, client: TransportClient) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    /// The owner a stream served to this ask's sender is registered for (with
+    /// [`StreamManager::register_stream`](crate::StreamManager::register_stream)): the
+    /// connection the ask came over, whose close releases the stream, and the app id that
+    /// connection authenticated as, the only app allowed to read it. `None` for an ask from
+    /// this process (it has no connection to fetch over).
+    pub fn stream_owner(&self) -> Option<StreamOwner> {
+        self.client.as_ref().map(StreamOwner::of)
     }
 
     /// Answers the ask with `value`.

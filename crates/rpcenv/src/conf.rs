@@ -233,6 +233,12 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
         doc: "Messages an inbox holds before it pauses reading from the connections that feed it (until it drains to half).",
     },
     KnownKey {
+        key: "rpc.io.maxChunksBeingTransferred",
+        kind: ValueKind::Int(1, i64::MAX),
+        default: Some("9223372036854775807"),
+        doc: "Chunks of registered streams an env may be writing at once (Spark: spark.shuffle.maxChunksBeingTransferred); a chunk or stream request at the cap closes its connection, as Spark does.",
+    },
+    KnownKey {
         key: "port.maxRetries",
         kind: ValueKind::Int(0, 65535),
         default: Some("16"),
@@ -625,6 +631,14 @@ impl RpcConf {
     /// `rpc.inbox.capacity` (65536 messages).
     pub fn inbox_capacity(&self) -> usize {
         self.known_int("rpc.inbox.capacity", 65536) as usize
+    }
+
+    /// `rpc.io.maxChunksBeingTransferred` (no cap: `u64::MAX`).
+    pub fn max_chunks_being_transferred(&self) -> u64 {
+        match self.known_int("rpc.io.maxChunksBeingTransferred", i64::MAX) {
+            i64::MAX => u64::MAX,
+            n => n as u64,
+        }
     }
 
     /// The settings of the `files` client pool (Spark's `files` transport module): this

@@ -364,6 +364,24 @@ pub enum RpcError {
         /// Why.
         reason: String,
     },
+    /// A chunk fetch, stream read or upload failed: the server refused it (the transport error
+    /// carries its text), or the connection broke.
+    #[error("{what} from {peer} failed: {source}")]
+    Transfer {
+        /// What was transferred, e.g. `chunk 3 of stream 7000`, `stream '7000_3'`.
+        what: String,
+        /// The peer's address.
+        peer: String,
+        /// The transport's error (boxed: it is larger than the other variants' fields).
+        #[source]
+        source: Box<rpcenv_transport::TransportError>,
+    },
+    /// An upload receiver of that name is already registered in this env.
+    #[error("There is already an upload receiver called {name}")]
+    UploadReceiverExists {
+        /// The name.
+        name: String,
+    },
 }
 
 impl RpcError {

@@ -11,14 +11,14 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use rpcenv_transport::{ByteStream, TransportClient, TransportClientFactory, TransportError};
+use rpcenv_transport::{ByteStream, TransportClient, TransportClientFactory};
 use tokio::io::{AsyncRead, ReadBuf};
 
 use crate::error::RpcError;
 use crate::file_uri;
+use crate::stream_client::{stream_request_failed, BlockingStreamReader, StreamReader};
 use crate::timeout::block_on_until;
 
 /// The env's `files` client pool.
@@ -54,17 +54,8 @@ impl FilesPool {
                 .await
                 .map_err(connection)?;
             match client.stream(target.path.clone()).await {
-                Ok(stream) => Ok(FileChannel::new(stream, client, uri)),
-                Err(TransportError::StreamFailure {
-                    peer,
-                    stream_id,
-                    message,
-                }) => Err(RpcError::StreamFailed {
-                    peer: peer.to_string(),
-                    stream_id,
-                    message,
-                }),
-                Err(e) => Err(connection(e)),
+                Ok(stream) => Ok(FileChannel::new(stream, &client, uri)),
+                Err(e) => Err(stream_request_failed(e, connection)),
             }
         });
         // The task ends without an answer only when the runtime shuts down.
@@ -77,7 +68,8 @@ impl FilesPool {
     }
 }
 
-/// The body of a served file, read as it arrives: `tokio::io::AsyncRead`.
+/// The body of a served file, read as it arrives: `tokio::io::AsyncRead` (a [`StreamReader`]
+/// with the file's URI).
 ///
 /// Backpressure: what the reader has not taken yet counts in its connection's byte budget, so a
 /// slow reader slows the sender. A failure (the connection broke, the body ended short) is an
@@ -85,13 +77,7 @@ impl FilesPool {
 /// channel before the end closes its connection, so that the server stops sending the rest (as
 /// Spark's client does); other downloads on that connection fail, later ones open a new one.
 pub struct FileChannel {
-    stream: ByteStream,
-    /// The connection the body comes over.
-    client: TransportClient,
-    /// The piece being read.
-    piece: Bytes,
-    /// Bytes taken from the stream so far.
-    received: u64,
+    reader: StreamReader,
     uri: String,
 }
 
@@ -99,26 +85,22 @@ impl std::fmt::Debug for FileChannel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FileChannel")
             .field("uri", &self.uri)
-            .field("len", &self.len())
-            .field("received", &self.received)
+            .field("reader", &self.reader)
             .finish()
     }
 }
 
 impl FileChannel {
-    fn new(stream: ByteStream, client: TransportClient, uri: String) -> Self {
+    fn new(stream: ByteStream, client: &TransportClient, uri: String) -> Self {
         FileChannel {
-            stream,
-            client,
-            piece: Bytes::new(),
-            received: 0,
+            reader: StreamReader::new(stream, client).closing_early(client),
             uri,
         }
     }
 
     /// The file's length in bytes, as the server announced it.
     pub fn len(&self) -> u64 {
-        self.stream.len()
+        self.reader.len()
     }
 
     /// True for an empty file.
@@ -133,51 +115,9 @@ impl FileChannel {
 
     /// The blocking form of this reader (`std::io::Read`), for a plain thread.
     pub fn into_blocking(self) -> BlockingFileChannel {
-        BlockingFileChannel { inner: self }
-    }
-
-    /// Polls for the next piece of the body; `Ready(Ok(None))` at its end.
-    fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, RpcError>> {
-        if !self.piece.is_empty() {
-            return Poll::Ready(Ok(Some(std::mem::take(&mut self.piece))));
-        }
-        if self.received == self.len() {
-            return Poll::Ready(Ok(None));
-        }
-        match ready!(self.stream.poll_next_chunk(cx)) {
-            Some(Ok(piece)) => {
-                self.received += piece.len() as u64;
-                Poll::Ready(Ok(Some(piece)))
-            }
-            Some(Err(source)) => Poll::Ready(Err(RpcError::Connection {
-                peer: self.client.remote_addr().to_string(),
-                source,
-            })),
-            None => Poll::Ready(Err(RpcError::FileIo {
-                path: self.uri.clone(),
-                source: io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "the stream ended after {} of {} bytes",
-                        self.received,
-                        self.len()
-                    ),
-                ),
-            })),
-        }
-    }
-
-    /// The next piece of the body; `None` at its end.
-    pub(crate) async fn next_piece(&mut self) -> Result<Option<Bytes>, RpcError> {
-        std::future::poll_fn(|cx| self.poll_piece(cx)).await
-    }
-}
-
-impl Drop for FileChannel {
-    fn drop(&mut self) {
-        if self.received < self.len() && self.client.is_active() {
-            tracing::debug!(uri = %self.uri, received = self.received, len = self.len(), "file channel dropped before the end; closing its connection");
-            self.client.close();
+        BlockingFileChannel {
+            uri: self.uri,
+            reader: BlockingStreamReader::new(self.reader),
         }
     }
 }
@@ -188,51 +128,38 @@ impl AsyncRead for FileChannel {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if buf.remaining() == 0 {
-            return Poll::Ready(Ok(()));
-        }
-        let mut piece = match ready!(this.poll_piece(cx)) {
-            Ok(Some(piece)) => piece,
-            Ok(None) => return Poll::Ready(Ok(())),
-            Err(e) => return Poll::Ready(Err(io::Error::other(e))),
-        };
-        let n = buf.remaining().min(piece.len());
-        buf.put_slice(&piece.split_to(n));
-        this.piece = piece;
-        Poll::Ready(Ok(()))
+        Pin::new(&mut self.get_mut().reader).poll_read(cx, buf)
     }
 }
 
 /// The blocking reader of a served file (`std::io::Read`): a [`FileChannel`] waited on from a
-/// plain thread. Not for a tokio runtime thread (it would block it).
+/// plain thread. Not for a tokio runtime thread (a read there fails instead of blocking it).
 #[derive(Debug)]
 pub struct BlockingFileChannel {
-    inner: FileChannel,
+    reader: BlockingStreamReader,
+    uri: String,
 }
 
 impl BlockingFileChannel {
     /// The file's length in bytes, as the server announced it.
     pub fn len(&self) -> u64 {
-        self.inner.len()
+        self.reader.len()
     }
 
     /// True for an empty file.
     pub fn is_empty(&self) -> bool {
-        self.inner.is_empty()
+        self.reader.is_empty()
+    }
+
+    /// The URI opened.
+    pub fn uri(&self) -> &str {
+        &self.uri
     }
 }
 
 impl io::Read for BlockingFileChannel {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let mut read_buf = ReadBuf::new(buf);
-        let inner = &mut self.inner;
-        let polled = block_on_until(
-            std::future::poll_fn(|cx| Pin::new(&mut *inner).poll_read(cx, &mut read_buf)),
-            None,
-        );
-        polled.expect("a wait without deadline completes")?;
-        Ok(read_buf.filled().len())
+        self.reader.read(buf)
     }
 }
 
@@ -268,7 +195,7 @@ pub(crate) fn download(mut channel: FileChannel, dest: &Path) -> Result<u64, Rpc
     let write = |channel: &mut FileChannel| -> Result<u64, RpcError> {
         let mut file = std::fs::File::create(&temp).map_err(io_error(&temp))?;
         let mut written = 0u64;
-        while let Some(piece) = block_on_until(channel.next_piece(), None)
+        while let Some(piece) = block_on_until(channel.reader.next_piece(), None)
             .expect("a wait without deadline completes")?
         {
             file.write_all(&piece).map_err(io_error(&temp))?;

@@ -33,13 +33,16 @@
 //! 1. core: [`address`], [`conf`], `error`, `message`, `timeout`, `runtime`, `backoff`,
 //!    [`codec`] (the wire formats), `decode_scope`, [`metrics`] (what an env measures, through
 //!    the `metrics` facade), [`stats`] (the snapshot `RpcEnv::stats` returns), `slow_handler`,
+//!    `stream_manager` (the registered streams' state), `upload` (upload receivers),
 //!    `file_uri` (the URIs of served files);
 //! 2. local, everything inside one env: `reply`, `call_context`, `mailbox`, `endpoint_ref`,
 //!    `endpoint`, `flavour` (both endpoint flavours behind one interface), `inbox`,
 //!    `dispatcher` (registry and message loops), `ref_codec`, `file_server` (what the env
 //!    serves, and which file a stream id names);
 //! 3. remote, other processes: `outbox`, `net` (the network and the transport handler),
-//!    `verifier`, `security`, `file_channel` (fetching served files over the `files` pool);
+//!    `verifier`, `security`, `stream_service` (chunks, streams and uploads served),
+//!    `stream_client` (reading a remote stream), `file_channel` (fetching served files over
+//!    the `files` pool);
 //! 4. `env`: the façade ([`RpcEnv`], [`RpcEnvBuilder`]) that wires them together.
 
 pub mod address;
@@ -72,7 +75,11 @@ mod security;
 mod slow_handler;
 pub mod stats;
 mod stats_endpoint;
+mod stream_client;
+mod stream_manager;
+mod stream_service;
 mod timeout;
+mod upload;
 mod verifier;
 
 pub use address::{AddressError, RpcAddress, RpcEndpointAddress};
@@ -86,6 +93,10 @@ pub use file_channel::{BlockingFileChannel, FileChannel};
 pub use file_server::FileServer;
 pub use message::{RpcMessage, RpcReply};
 pub use reply::{AbortHandle, Ask};
+pub use rpcenv_transport::{BodySource, FileRegion, ReplyBody};
 pub use stats::{EndpointStats, EnvStats, PeerStats, StatsRequest, STATS_NAME};
+pub use stream_client::{BlockingStreamReader, StreamReader};
+pub use stream_manager::{stream_chunk_id, StreamManager, StreamOwner};
 pub use timeout::RpcTimeout;
+pub use upload::{Upload, UploadReceiver, UploadReply};
 pub use verifier::VERIFIER_NAME;

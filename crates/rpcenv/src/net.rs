@@ -21,10 +21,11 @@ use crate::decode_scope::DecodeScope;
 use crate::dispatcher::Dispatcher;
 use crate::endpoint_ref::{OutboxMessage, RefNetwork, Refused, Waiting};
 use crate::error::RpcError;
-use crate::file_server::{not_found, FileRegistry};
+use crate::file_server::FileRegistry;
 use crate::mailbox::Event;
 use crate::outbox::{admits, dispatch, Outbox, OutboxContext, Posted};
 use crate::stats::PeerStats;
+use crate::stream_service::StreamService;
 
 /// Headroom the frame cap allows above `rpc.message.maxSize` (envelope and frame headers).
 pub(crate) const FRAME_HEADROOM: usize = 64 * 1024;
@@ -43,6 +44,8 @@ pub(crate) struct Network {
     /// The listening addresses peers announced on their connections.
     announced: Announced,
     max_message_size: usize,
+    /// Streams and uploads served for the env's endpoints.
+    streams: StreamService,
     stopped: AtomicBool,
 }
 
@@ -62,6 +65,8 @@ pub(crate) struct NetworkParts {
     pub(crate) max_message_size: usize,
     /// `rpc.outbox.maxBytes`.
     pub(crate) outbox_max_bytes: usize,
+    /// Streams and uploads served for the env's endpoints.
+    pub(crate) streams: StreamService,
 }
 
 impl Network {
@@ -82,6 +87,7 @@ impl Network {
             outboxes: Mutex::new(HashMap::new()),
             announced: Announced::default(),
             max_message_size: parts.max_message_size,
+            streams: parts.streams,
             stopped: AtomicBool::new(false),
         }
     }
@@ -89,6 +95,44 @@ impl Network {
     /// The env's dispatcher.
     pub(crate) fn dispatcher(&self) -> &Arc<Dispatcher> {
         &self.dispatcher
+    }
+
+    /// Streams and uploads served for the env's endpoints.
+    pub(crate) fn streams(&self) -> &StreamService {
+        &self.streams
+    }
+
+    /// `rpc.message.maxSize`.
+    pub(crate) fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+
+    /// A pooled connection to `address` (the one its outbox uses: one connection per peer), for
+    /// chunk fetches, stream reads and uploads.
+    /// The connect runs on the env's runtime, so that this may be awaited anywhere.
+    pub(crate) async fn client_to(
+        &self,
+        address: &RpcAddress,
+    ) -> Result<TransportClient, RpcError> {
+        let factory = self.cx.factory.clone();
+        let host = address.host().trim_matches(['[', ']']).to_string();
+        let port = address.port();
+        let connect = self
+            .cx
+            .runtime
+            .spawn(async move { factory.create_client(&host, port).await });
+        let source = match connect.await {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(e)) => e,
+            Err(join) => TransportError::ConnectFailed {
+                addr: address.to_string(),
+                source: Arc::new(std::io::Error::other(join.to_string())),
+            },
+        };
+        Err(RpcError::Connection {
+            peer: address.to_string(),
+            source,
+        })
     }
 
     fn outbox(&self, address: &RpcAddress) -> Arc<Outbox> {
@@ -376,23 +420,51 @@ impl RpcHandler for RpcEnvHandler {
     }
 
     /// A stream id starting with `/` names a served file (`/files/..`, `/jars/..`, a
-    /// directory's); no other stream is served. Only authenticated connections get here: with
-    /// authentication on, the server's bootstrap completes before any request is handled.
+    /// directory's); any other names a chunk of a stream an endpoint registered
+    /// (`"<id>_<index>"`). Only authenticated connections get here: with authentication on, the
+    /// server's bootstrap completes before any request is handled.
     fn open_stream_body(
         &self,
         client: &TransportClient,
         stream_id: &str,
     ) -> Result<ReplyBody, String> {
         if stream_id.starts_with('/') {
-            self.files.open(stream_id)
-        } else {
-            tracing::debug!(peer = %client.remote_addr(), stream_id, "stream request for an unknown stream");
-            Err(not_found(stream_id))
+            return self.files.open(stream_id);
+        }
+        match self.network() {
+            Some(net) => net.streams.stream(client, stream_id),
+            None => Err("the RpcEnv is not running".to_string()),
+        }
+    }
+
+    fn get_chunk_body(
+        &self,
+        client: &TransportClient,
+        stream_id: i64,
+        chunk_index: i32,
+    ) -> Result<ReplyBody, String> {
+        match self.network() {
+            Some(net) => net.streams.chunk(client, stream_id, chunk_index),
+            None => Err("the RpcEnv is not running".to_string()),
+        }
+    }
+
+    fn receive_stream(
+        &self,
+        client: &TransportClient,
+        meta: Bytes,
+        body: Bytes,
+        responder: RpcResponder,
+    ) {
+        match self.network() {
+            Some(net) => net.streams.upload(client, meta, body, responder),
+            None => responder.fail("the RpcEnv is not running"),
         }
     }
 
     fn channel_active(&self, client: &TransportClient) {
         if let Some(net) = self.network() {
+            net.streams.connection_active(client);
             net.dispatcher
                 .post_to_all(Event::Connected(socket_address(client)));
         }
@@ -400,6 +472,7 @@ impl RpcHandler for RpcEnvHandler {
 
     fn channel_inactive(&self, client: &TransportClient) {
         let Some(net) = self.network() else { return };
+        net.streams.connection_closed(client);
         let listen = net.connection_closed(client);
         net.dispatcher
             .post_to_all(Event::Disconnected(socket_address(client)));
@@ -496,7 +569,9 @@ impl Network {
         let reply = |r: RpcResponder, endpoint: Arc<str>| {
             let ctx = RpcCallContext::new(ReplyTarget::Remote(Box::new(r)), Some(sender), endpoint);
             match scope.client() {
-                Some(client) => ctx.with_connection(client.remote_addr()),
+                Some(client) => ctx
+                    .with_connection(client.remote_addr())
+                    .with_client(client.clone()),
                 None => ctx,
             }
         };

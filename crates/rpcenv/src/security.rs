@@ -93,6 +93,17 @@ enum AuthMode {
     Sasl(SaslConf),
 }
 
+/// The app id every authenticated connection of an env carries, `None` when `authenticate` is
+/// off. Both protocols accept only a peer that proves this env's own app id (AES compares the
+/// ids in its handshake; SASL authenticates the id as its user name) with the shared secret.
+pub(crate) fn authenticated_app_id(conf: &RpcConf) -> Option<String> {
+    flag(conf, "authenticate").ok()?.then(|| {
+        conf.get("authenticate.appId")
+            .unwrap_or(DEFAULT_APP_ID)
+            .to_string()
+    })
+}
+
 fn auth_mode(conf: &RpcConf, tls: bool) -> Result<AuthMode, TransportError> {
     if !flag(conf, "authenticate")? {
         return Ok(AuthMode::Off);

@@ -47,6 +47,8 @@ pub(crate) struct ClientShared {
     pub(crate) read_waker: std::sync::Mutex<Option<std::task::Waker>>,
     /// The connection's flush hook (weak: the connection owns this handle, not the reverse).
     pub(crate) flush: std::sync::OnceLock<std::sync::Weak<dyn Flush>>,
+    /// The id (app id) the peer authenticated as, once set (Spark: `TransportClient.clientId`).
+    pub(crate) client_id: std::sync::OnceLock<String>,
 }
 
 /// Writes what is queued on a connection from the calling thread if its task is not busy.
@@ -230,6 +232,21 @@ impl TransportClient {
     /// This end's socket address.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local
+    }
+
+    /// The id the peer of this connection authenticated as (its app id), or `None` when the
+    /// connection is not authenticated (Spark: `TransportClient.getClientId`). Stream services
+    /// use it to let a peer read only what was registered for its app.
+    pub fn client_id(&self) -> Option<&str> {
+        self.shared.client_id.get().map(String::as_str)
+    }
+
+    /// Records the id the peer authenticated as (Spark: `TransportClient.setClientId`), once:
+    /// set by whoever knows the outcome of the connection's authentication, before the
+    /// connection's first request is handled. Returns false, keeping the id already set, when
+    /// one was.
+    pub fn set_client_id(&self, id: impl Into<String>) -> bool {
+        self.shared.client_id.set(id.into()).is_ok()
     }
 
     /// True until the connection is closed (by either side) or failed.

@@ -94,6 +94,7 @@ where
         read_paused: AtomicBool::new(false),
         read_waker: std::sync::Mutex::new(None),
         flush: OnceLock::new(),
+        client_id: OnceLock::new(),
     });
     let client = TransportClient { shared };
     let deadlines = Deadlines {

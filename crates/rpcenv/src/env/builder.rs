@@ -25,6 +25,7 @@ use crate::pace::Pace;
 use crate::reply::Waits;
 use crate::stats::STATS_NAME;
 use crate::stats_endpoint::StatsEndpoint;
+use crate::stream_service::StreamService;
 use crate::verifier::{Verifier, VERIFIER_NAME};
 
 /// Builds an [`RpcEnv`].
@@ -203,6 +204,10 @@ impl RpcEnvBuilder {
                     .unwrap_or(usize::MAX),
                 outbox_max_bytes: usize::try_from(self.conf.outbox_max_bytes())
                     .unwrap_or(usize::MAX),
+                streams: StreamService::new(
+                    crate::security::authenticated_app_id(&self.conf),
+                    self.conf.max_chunks_being_transferred(),
+                ),
             };
             Network::new(parts, net.clone())
         });
