@@ -25,6 +25,9 @@ use std::time::Duration;
 
 use rpcenv::RpcConf;
 
+use crate::usage::peak_rss_kb;
+pub(crate) use crate::usage::process_cpu;
+
 /// Arguments of `rpcenv bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -221,22 +224,6 @@ pub(crate) struct Measured {
     pub(crate) cpu: Option<Duration>,
 }
 
-/// CPU time (user + system, summed over all threads, dead ones included) this process has used
-/// so far: fields 14 and 15 of `/proc/self/stat`, in clock ticks. Linux reports them in
-/// `USER_HZ` units, which is 100 on every architecture it exposes to user space, so a tick is
-/// 10 ms. `None` where the file cannot be read (not Linux).
-pub(crate) fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    // `rest` starts at field 3 (state); utime is field 14, stime field 15.
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    const USER_HZ: u64 = 100;
-    Some(Duration::from_millis((utime + stime) * 1000 / USER_HZ))
-}
-
 /// One line of output.
 struct Outcome {
     workload: Workload,
@@ -305,16 +292,6 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-/// Peak resident set size (VmHWM) of this process, in KiB.
-fn peak_rss_kb() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Set in a child process: the one workload it runs.
@@ -537,24 +514,5 @@ mod tests {
         assert!(Outcome::new(Workload::SendThroughput, unknown)
             .json()
             .ends_with("\"cpu_us_per_op\":null}"));
-    }
-
-    #[test]
-    fn process_cpu_grows_with_work() {
-        let before = process_cpu().expect("/proc/self/stat is readable on Linux");
-        // Burn CPU on this thread until the counter moves (a tick is 10 ms); the deadline only
-        // bounds a broken counter.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut x = 0u64;
-        let after = loop {
-            for _ in 0..100_000 {
-                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-            }
-            let now = process_cpu().unwrap();
-            if now > before || std::time::Instant::now() > deadline {
-                break now;
-            }
-        };
-        assert!(after > before, "{before:?} -> {after:?}");
     }
 }

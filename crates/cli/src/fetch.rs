@@ -4,7 +4,8 @@
 //!
 //! The bytes go to a temporary file beside FILE, renamed over FILE once complete, so FILE is
 //! either the whole download or untouched. A progress line is drawn on stderr only when stderr is
-//! a terminal.
+//! a terminal. At `--log-level info` a closing line gives the bytes, the time and the process's
+//! peak RSS.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -33,6 +34,7 @@ pub fn run(args: &FetchArgs, conf: &RpcConf) -> anyhow::Result<ExitCode> {
             args.output.display()
         );
     }
+    let started = Instant::now();
     let env = RpcEnv::builder("fetch")
         .client_mode(true)
         .conf(conf.clone())
@@ -40,7 +42,16 @@ pub fn run(args: &FetchArgs, conf: &RpcConf) -> anyhow::Result<ExitCode> {
     let result = fetch(&env, &args.uri, &args.output);
     env.shutdown();
     let bytes = result?;
-    tracing::info!(uri = %args.uri, bytes, output = %args.output.display(), "fetched");
+    // The process's peak memory, read last: a download's cost is visible (and checked by the
+    // tests) without an outside tool.
+    tracing::info!(
+        uri = %args.uri,
+        output = %args.output.display(),
+        bytes,
+        secs = started.elapsed().as_secs_f64(),
+        peak_rss_kb = crate::usage::peak_rss_kb(),
+        "fetched"
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -24,6 +24,7 @@ mod ping;
 mod roles;
 mod settings;
 mod submit;
+mod usage;
 
 use std::process::ExitCode;
 
