@@ -48,7 +48,12 @@ pub struct DemoArgs {
 
 const WORKERS: usize = 3;
 /// Size of the job file every worker fetches.
-const JOB_BYTES: u64 = 4 << 20;
+const JOB_BYTES: u64 = 3 << 20;
+/// How long a child has to print an expected line.
+const LINE_WAIT: Duration = Duration::from_secs(10);
+/// How long a worker has to download the job file (an unoptimized build encrypts and decrypts
+/// at a few MB/s, and the three workers share the master).
+const FETCH_WAIT: Duration = Duration::from_secs(40);
 const CORES: u32 = 2;
 /// The whole demo must finish well within this.
 const DEADLINE: Duration = Duration::from_secs(45);
@@ -103,7 +108,7 @@ struct Proc {
 impl Proc {
     fn spawn(name: &str, args: &[String], first_line: &str) -> anyhow::Result<(Proc, String)> {
         let mut proc = Proc::start(name, args)?;
-        let line = proc.next_line(first_line)?;
+        let line = proc.next_line(first_line, LINE_WAIT)?;
         Ok((proc, line))
     }
 
@@ -136,13 +141,12 @@ impl Proc {
         })
     }
 
-    /// Its next line of output, which must start with `expected` and come within 10 s.
-    fn next_line(&mut self, expected: &str) -> anyhow::Result<String> {
+    /// Its next line of output, which must start with `expected` and come within `wait`.
+    fn next_line(&mut self, expected: &str, wait: Duration) -> anyhow::Result<String> {
         let name = &self.name;
-        let line = self
-            .lines
-            .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| anyhow!("the {name} process did not print {expected:?}... within 10 s"))?;
+        let line = self.lines.recv_timeout(wait).map_err(|_| {
+            anyhow!("the {name} process did not print {expected:?}... within {wait:?}")
+        })?;
         if !line.starts_with(expected) {
             self.kill();
             bail!(
@@ -260,7 +264,7 @@ fn play(
     let (mut master, line) = Proc::spawn("master", &master_args, "master listening on ")?;
     let uri = line.trim_start_matches("master listening on ").to_string();
     println!("started master at {uri}");
-    let served = master.next_line("serving ")?;
+    let served = master.next_line("serving ", LINE_WAIT)?;
     let job_uri = served.trim_start_matches("serving ").to_string();
     println!(
         "master serving the job file at {job_uri} ({} bytes)",
@@ -300,9 +304,9 @@ fn play(
     // registered (and heartbeating) for long while another's download keeps the master busy.
     for (i, proc) in workers.iter_mut().enumerate() {
         let id = format!("worker-{}", i + 1);
-        proc.next_line(&format!("worker {id} fetched {job_uri} "))?;
+        proc.next_line(&format!("worker {id} fetched {job_uri} "), FETCH_WAIT)?;
         fetches += 1;
-        let line = proc.next_line(&format!("worker {id} registered"))?;
+        let line = proc.next_line(&format!("worker {id} registered"), LINE_WAIT)?;
         println!("started {line}");
     }
 

@@ -35,7 +35,7 @@ fn assert_ok(lines: &[String]) {
     let fetched = lines
         .iter()
         .position(|l| {
-            l.starts_with("job file: fetched by 3 of 3 workers through open_channel before their first task, 4194304 bytes each, SHA-256 verified")
+            l.starts_with("job file: fetched by 3 of 3 workers through open_channel before their first task, 3145728 bytes each, SHA-256 verified")
         })
         .unwrap_or_else(|| panic!("no job-file line: {all}"));
     assert!(fetched < lines.len() - 1, "{all}");
