@@ -1,6 +1,8 @@
 //! `rpcenv bench`: the shared benchmark workloads W1-W7 of `shared/design/WORKLOADS.md`, run
 //! against rpcenv with its default configuration, printing one JSON line per workload in the
-//! format every anchor harness prints (`"system":"rpcenv"`).
+//! format every anchor harness prints (`"system":"rpcenv"`). `file_fetch`, run only when named,
+//! fetches a 256 MiB file through `open_channel` from a file server over loopback (`ops` =
+//! files, `ops_per_sec` = files/s, p50/p99 per file).
 //!
 //! One process: a server env hosting the endpoints and client env(s), each bound to its own
 //! port on 127.0.0.1, so every remote message crosses a real TCP connection. Endpoints are the
@@ -23,10 +25,13 @@ use std::time::Duration;
 
 use rpcenv::RpcConf;
 
+use crate::usage::peak_rss_kb;
+pub(crate) use crate::usage::process_cpu;
+
 /// Arguments of `rpcenv bench`.
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Workloads to run (W1..W7 or their names); all when none is given.
+    /// Workloads to run (W1..W7 or their names, or file_fetch); W1..W7 when none is given.
     pub workloads: Vec<String>,
     /// 10% of the operation counts (a smoke run).
     #[arg(long)]
@@ -49,6 +54,7 @@ pub(crate) enum Workload {
     LocalSend,
     FanIn,
     PacedAsk,
+    FileFetch,
 }
 
 const ALL: [Workload; 7] = [
@@ -60,6 +66,13 @@ const ALL: [Workload; 7] = [
     Workload::FanIn,
     Workload::PacedAsk,
 ];
+
+/// Workloads run only when named: not among the shared W1-W7 that every anchor runs.
+const EXTRA: [Workload; 1] = [Workload::FileFetch];
+
+/// The file of `file_fetch`: fetched whole through `open_channel` from the file server of an
+/// env in the same process.
+pub(crate) const FILE_BYTES: u64 = 256 << 20;
 
 /// Outstanding asks in W2.
 pub(crate) const W2_WINDOW: usize = 64;
@@ -82,6 +95,7 @@ impl Workload {
             Workload::LocalSend => "local_send",
             Workload::FanIn => "fan_in",
             Workload::PacedAsk => "paced_ask",
+            Workload::FileFetch => "file_fetch",
         }
     }
 
@@ -94,6 +108,8 @@ impl Workload {
             Workload::LocalSend => "W5",
             Workload::FanIn => "W6",
             Workload::PacedAsk => "W7",
+            // Not one of the shared workloads: its name is its id.
+            Workload::FileFetch => "file_fetch",
         }
     }
 
@@ -106,12 +122,15 @@ impl Workload {
             Workload::LocalSend => 2_000_000,
             Workload::FanIn => 200_000,
             Workload::PacedAsk => 5_000,
+            // 1 GiB in all.
+            Workload::FileFetch => 4,
         }
     }
 
     fn payload_bytes(self) -> usize {
         match self {
             Workload::AskLarge => LARGE_BYTES,
+            Workload::FileFetch => FILE_BYTES as usize,
             _ => SMALL_BYTES,
         }
     }
@@ -124,6 +143,7 @@ impl Workload {
                 | Workload::AskLarge
                 | Workload::FanIn
                 | Workload::PacedAsk
+                | Workload::FileFetch
         )
     }
 
@@ -204,22 +224,6 @@ pub(crate) struct Measured {
     pub(crate) cpu: Option<Duration>,
 }
 
-/// CPU time (user + system, summed over all threads, dead ones included) this process has used
-/// so far: fields 14 and 15 of `/proc/self/stat`, in clock ticks. Linux reports them in
-/// `USER_HZ` units, which is 100 on every architecture it exposes to user space, so a tick is
-/// 10 ms. `None` where the file cannot be read (not Linux).
-pub(crate) fn process_cpu() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
-    // `rest` starts at field 3 (state); utime is field 14, stime field 15.
-    let utime: u64 = fields.nth(11)?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    const USER_HZ: u64 = 100;
-    Some(Duration::from_millis((utime + stime) * 1000 / USER_HZ))
-}
-
 /// One line of output.
 struct Outcome {
     workload: Workload,
@@ -290,16 +294,6 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Peak resident set size (VmHWM) of this process, in KiB.
-fn peak_rss_kb() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Set in a child process: the one workload it runs.
 const ONLY_VAR: &str = "RPCENV_BENCH_ONLY";
 
@@ -320,13 +314,13 @@ fn selected(args: &[String]) -> anyhow::Result<Vec<Workload>> {
     if args.is_empty() {
         return Ok(ALL.to_vec());
     }
+    let known = || ALL.iter().chain(EXTRA.iter());
     for a in args {
-        if !ALL.iter().any(|w| w.matches(a)) {
-            anyhow::bail!("unknown workload {a:?}: use W1..W7 or a workload name (ask_latency, ask_throughput, send_throughput, ask_large, local_send, fan_in, paced_ask)");
+        if !known().any(|w| w.matches(a)) {
+            anyhow::bail!("unknown workload {a:?}: use W1..W7 or a workload name (ask_latency, ask_throughput, send_throughput, ask_large, local_send, fan_in, paced_ask; file_fetch only when named)");
         }
     }
-    Ok(ALL
-        .iter()
+    Ok(known()
         .copied()
         .filter(|w| args.iter().any(|a| w.matches(a)))
         .collect())
@@ -345,7 +339,12 @@ fn table_row(o: &Outcome) -> String {
     let _ = write!(
         s,
         "{:<4} {:<16} {:>9} {:>8.3} {:>12.0} {:>10} {:>10} {:>9.1} {:>10}",
-        o.workload.id(),
+        // A workload outside W1-W7 has no id of its own.
+        if o.workload.id() == o.workload.name() {
+            "-"
+        } else {
+            o.workload.id()
+        },
         o.workload.name(),
         o.ops,
         o.secs,
@@ -468,6 +467,18 @@ mod tests {
     }
 
     #[test]
+    fn file_fetch_runs_only_when_named() {
+        assert!(!selected(&[]).unwrap().contains(&Workload::FileFetch));
+        assert_eq!(
+            selected(&["file_fetch".into(), "W1".into()]).unwrap(),
+            vec![Workload::AskLatency, Workload::FileFetch]
+        );
+        assert_eq!(Workload::FileFetch.payload_bytes(), 256 << 20);
+        assert_eq!(Plan { quick: false }.ops(Workload::FileFetch), 4);
+        assert_eq!(Plan { quick: true }.ops(Workload::FileFetch), 1);
+    }
+
+    #[test]
     fn json_line_has_the_shared_format() {
         let o = Outcome {
             workload: Workload::LocalSend,
@@ -503,24 +514,5 @@ mod tests {
         assert!(Outcome::new(Workload::SendThroughput, unknown)
             .json()
             .ends_with("\"cpu_us_per_op\":null}"));
-    }
-
-    #[test]
-    fn process_cpu_grows_with_work() {
-        let before = process_cpu().expect("/proc/self/stat is readable on Linux");
-        // Burn CPU on this thread until the counter moves (a tick is 10 ms); the deadline only
-        // bounds a broken counter.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut x = 0u64;
-        let after = loop {
-            for _ in 0..100_000 {
-                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
-            }
-            let now = process_cpu().unwrap();
-            if now > before || std::time::Instant::now() > deadline {
-                break now;
-            }
-        };
-        assert!(after > before, "{before:?} -> {after:?}");
     }
 }

@@ -1,6 +1,8 @@
 //! `rpcenv demo`: a master and three workers as separate processes on 127.0.0.1 (this binary
 //! run in the other roles), one worker in client mode; 200 tasks; one worker killed with SIGKILL
-//! mid-run; every task must complete exactly once.
+//! mid-run; every task must complete exactly once. The master publishes a job file (a few MiB)
+//! from its file server, and every worker fetches it through `open_channel` and checks its
+//! SHA-256 before its first task.
 //!
 //! Every connection is authenticated: the demo writes a random secret to a file only its user
 //! can read and hands the file's path (never the secret) to its children through
@@ -21,6 +23,7 @@ use rand::RngCore;
 use rpcenv::{RpcConf, RpcEndpointRef, RpcEnv};
 use rpcenv_cli::cluster::{ClusterStatus, MasterMsg, Submitted};
 
+use crate::generated::GeneratedFile;
 use crate::hosts::HostArgs;
 
 /// Arguments of `rpcenv demo`.
@@ -44,6 +47,13 @@ pub struct DemoArgs {
 }
 
 const WORKERS: usize = 3;
+/// Size of the job file every worker fetches.
+const JOB_BYTES: u64 = 3 << 20;
+/// How long a child has to print an expected line.
+const LINE_WAIT: Duration = Duration::from_secs(10);
+/// How long a worker has to download the job file (an unoptimized build encrypts and decrypts
+/// at a few MB/s, and the three workers share the master).
+const FETCH_WAIT: Duration = Duration::from_secs(40);
 const CORES: u32 = 2;
 /// The whole demo must finish well within this.
 const DEADLINE: Duration = Duration::from_secs(45);
@@ -91,10 +101,19 @@ struct Proc {
     name: String,
     child: Child,
     stdin: Option<ChildStdin>,
+    /// Its standard output, line by line.
+    lines: mpsc::Receiver<String>,
 }
 
 impl Proc {
     fn spawn(name: &str, args: &[String], first_line: &str) -> anyhow::Result<(Proc, String)> {
+        let mut proc = Proc::start(name, args)?;
+        let line = proc.next_line(first_line, LINE_WAIT)?;
+        Ok((proc, line))
+    }
+
+    /// Starts the child without waiting for its output.
+    fn start(name: &str, args: &[String]) -> anyhow::Result<Proc> {
         let exe = std::env::current_exe().context("cannot find the rpcenv binary")?;
         let mut child = Command::new(exe)
             .args(args)
@@ -114,19 +133,28 @@ impl Proc {
                 }
             }
         });
-        let mut proc = Proc {
+        Ok(Proc {
             name: name.to_string(),
             child,
             stdin,
-        };
-        let line = rx.recv_timeout(Duration::from_secs(10)).map_err(|_| {
-            anyhow!("the {name} process did not start (no {first_line:?} line within 10 s)")
+            lines: rx,
+        })
+    }
+
+    /// Its next line of output, which must start with `expected` and come within `wait`.
+    fn next_line(&mut self, expected: &str, wait: Duration) -> anyhow::Result<String> {
+        let name = &self.name;
+        let line = self.lines.recv_timeout(wait).map_err(|_| {
+            anyhow!("the {name} process did not print {expected:?}... within {wait:?}")
         })?;
-        if !line.starts_with(first_line) {
-            proc.kill();
-            bail!("the {name} process said {line:?}, expected {first_line:?}...");
+        if !line.starts_with(expected) {
+            self.kill();
+            bail!(
+                "the {} process said {line:?}, expected {expected:?}...",
+                self.name
+            );
         }
-        Ok((proc, line))
+        Ok(line)
     }
 
     fn kill(&mut self) {
@@ -210,6 +238,9 @@ fn play(
         Some(secret)
     };
     let common = common_args(&conf_args, log_level);
+    // The job's file, published by the master and fetched by every worker before its first
+    // task; removed after the children are stopped.
+    let job = GeneratedFile::create("demo-job", JOB_BYTES)?;
     let mut master_args: Vec<String> = vec!["master".into()];
     master_args.extend(args.hosts.to_args());
     master_args.extend([
@@ -218,6 +249,11 @@ fn play(
         "--worker-timeout".into(),
         args.worker_timeout.clone(),
         "--parent-watch".into(),
+        "--serve-file".into(),
+        job.path().to_string_lossy().into_owned(),
+        // Should this process be killed, the master removes the job file when it sees it gone.
+        "--remove-on-exit".into(),
+        job.path().to_string_lossy().into_owned(),
     ]);
     if let Some(secret) = &secret {
         // Should this process be killed, the master removes the file when it sees it gone.
@@ -228,8 +264,15 @@ fn play(
     let (mut master, line) = Proc::spawn("master", &master_args, "master listening on ")?;
     let uri = line.trim_start_matches("master listening on ").to_string();
     println!("started master at {uri}");
+    let served = master.next_line("serving ", LINE_WAIT)?;
+    let job_uri = served.trim_start_matches("serving ").to_string();
+    println!(
+        "master serving the job file at {job_uri} ({} bytes)",
+        job.len()
+    );
 
     let mut workers = Vec::new();
+    let mut fetches = 0;
     for i in 1..=WORKERS {
         let id = format!("worker-{i}");
         let mut w: Vec<String> = vec![
@@ -243,6 +286,10 @@ fn play(
             "--task-time".into(),
             args.task_time.clone(),
             "--parent-watch".into(),
+            "--job-file".into(),
+            job_uri.clone(),
+            "--job-sha256".into(),
+            job.sha256().to_string(),
         ];
         // The last worker has no listening port: the master reaches it over its connection.
         if i == WORKERS {
@@ -251,9 +298,16 @@ fn play(
             w.extend(args.hosts.to_args());
         }
         w.extend(common.iter().cloned());
-        let (proc, line) = Proc::spawn(&id, &w, &format!("worker {id} registered"))?;
+        workers.push(Proc::start(&id, &w)?);
+    }
+    // Started together, the workers fetch the job file at the same time, so that no worker is
+    // registered (and heartbeating) for long while another's download keeps the master busy.
+    for (i, proc) in workers.iter_mut().enumerate() {
+        let id = format!("worker-{}", i + 1);
+        proc.next_line(&format!("worker {id} fetched {job_uri} "), FETCH_WAIT)?;
+        fetches += 1;
+        let line = proc.next_line(&format!("worker {id} registered"), LINE_WAIT)?;
         println!("started {line}");
-        workers.push(proc);
     }
 
     let env = RpcEnv::builder("demo")
@@ -275,6 +329,10 @@ fn play(
     let status = outcome?;
     let summary = check(args, &status)?;
     print_summary(&status, started.elapsed());
+    println!(
+        "job file: fetched by {fetches} of {WORKERS} workers through open_channel before their first task, {} bytes each, SHA-256 verified",
+        job.len()
+    );
     Ok(summary)
 }
 

@@ -5,6 +5,8 @@
 //! - `rpcenv master` / `rpcenv worker`: the same roles, run by hand; `rpcenv submit` queues tasks
 //!   on a master and follows them.
 //! - `rpcenv ping URI`: round trips to an endpoint.
+//! - `rpcenv fetch URI -o FILE`: a file from an RpcEnv file server (`rpcenv master
+//!   --serve-file`, or Spark's driver).
 //! - `rpcenv bench`: the shared benchmark workloads W1-W7.
 //! - `rpcenv status URI` / `rpcenv top URI`: what a running env is doing (once, or every
 //!   second); `--metrics-addr` serves the process's metrics to Prometheus.
@@ -14,12 +16,15 @@
 
 mod bench;
 mod demo;
+mod fetch;
+mod generated;
 mod hosts;
 mod observe;
 mod ping;
 mod roles;
 mod settings;
 mod submit;
+mod usage;
 
 use std::process::ExitCode;
 
@@ -73,6 +78,8 @@ enum Command {
     Submit(submit::SubmitArgs),
     /// Look an endpoint up through its env's endpoint-verifier and time round trips to it.
     Ping(ping::PingArgs),
+    /// Download a file from an RpcEnv file server (rpcenv's or Spark's) through open_channel.
+    Fetch(fetch::FetchArgs),
     /// Run the benchmark workloads W1-W7 and print one JSON line per workload.
     Bench(bench::BenchArgs),
     /// Print what a running env is doing: its endpoints, outboxes and connections.
@@ -127,6 +134,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => roles::run_worker(args, &conf),
         Command::Submit(args) => submit::run(args, &conf),
         Command::Ping(args) => ping::run(args, &conf),
+        Command::Fetch(args) => fetch::run(args, &conf),
         Command::Bench(args) => bench::run(args, &conf),
         Command::Status(args) => observe::run_status(args, &conf),
         Command::Top(args) => observe::run_top(args, &conf),

@@ -1,6 +1,7 @@
 //! `rpcenv master` and `rpcenv worker`: the cluster's two roles as processes.
 
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::Duration;
@@ -40,10 +41,61 @@ pub struct MasterArgs {
     /// Exit when standard input closes (the demo runs its children this way).
     #[arg(long, hide = true)]
     pub parent_watch: bool,
-    /// A file to remove when exiting (the demo's secret file, so that it goes even if the demo
-    /// itself is killed).
+    /// A file to remove when exiting (repeatable: the demo's secret and job files, so that they
+    /// go even if the demo itself is killed).
     #[arg(long, hide = true, value_name = "PATH")]
-    pub remove_on_exit: Option<std::path::PathBuf>,
+    pub remove_on_exit: Vec<PathBuf>,
+    /// Serve this file from the master's file server at rpc://HOST:PORT/files/NAME (repeatable);
+    /// a `serving <uri>` line is printed for it after the first line.
+    #[arg(long = "serve-file", value_name = "PATH")]
+    pub serve_files: Vec<PathBuf>,
+    /// Serve this file at rpc://HOST:PORT/jars/NAME (repeatable); printed like --serve-file.
+    #[arg(long = "serve-jar", value_name = "PATH")]
+    pub serve_jars: Vec<PathBuf>,
+    /// Serve the files under directory DIR at rpc://HOST:PORT/BASE/... (repeatable, e.g.
+    /// --serve-dir /classes=out/classes); the directory's base URI is printed like --serve-file.
+    #[arg(long = "serve-dir", value_name = "BASE=DIR", value_parser = parse_serve_dir)]
+    pub serve_dirs: Vec<(String, PathBuf)>,
+}
+
+fn parse_serve_dir(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((base, dir)) if !base.is_empty() && !dir.is_empty() => {
+            Ok((base.to_string(), PathBuf::from(dir)))
+        }
+        _ => Err(format!(
+            "{s:?}: expected BASE=DIR, e.g. /classes=out/classes"
+        )),
+    }
+}
+
+/// Registers the files of --serve-file, --serve-jar and --serve-dir (in that order) with the
+/// master's file server; returns their URIs.
+fn serve_files(env: &RpcEnv, args: &MasterArgs) -> anyhow::Result<Vec<String>> {
+    let mut uris = Vec::new();
+    if args.serve_files.is_empty() && args.serve_jars.is_empty() && args.serve_dirs.is_empty() {
+        return Ok(uris);
+    }
+    let server = env.file_server()?;
+    for path in &args.serve_files {
+        let uri = server
+            .add_file(path)
+            .with_context(|| format!("--serve-file {}", path.display()))?;
+        uris.push(uri);
+    }
+    for path in &args.serve_jars {
+        let uri = server
+            .add_jar(path)
+            .with_context(|| format!("--serve-jar {}", path.display()))?;
+        uris.push(uri);
+    }
+    for (base, dir) in &args.serve_dirs {
+        let uri = server
+            .add_directory(base, dir)
+            .with_context(|| format!("--serve-dir {base}={}", dir.display()))?;
+        uris.push(uri);
+    }
+    Ok(uris)
 }
 
 /// Arguments of `rpcenv worker`.
@@ -73,6 +125,13 @@ pub struct WorkerArgs {
     /// Exit when standard input closes (the demo runs its children this way).
     #[arg(long, hide = true)]
     pub parent_watch: bool,
+    /// Before registering, read this file from its file server (e.g. the master's --serve-file)
+    /// through open_channel, as a Spark executor fetches its job's files.
+    #[arg(long, value_name = "URI", requires = "job_sha256")]
+    pub job_file: Option<String>,
+    /// The SHA-256 (hex) that the --job-file must have; the worker exits if it differs.
+    #[arg(long, value_name = "HEX", requires = "job_file")]
+    pub job_sha256: Option<String>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -122,8 +181,12 @@ pub fn run_master(args: &MasterArgs, conf: &RpcConf) -> anyhow::Result<ExitCode>
             )
         })?;
     env.setup_endpoint(MASTER, Master::new(limits))?;
+    let served = serve_files(&env, args)?;
     let address = env.address().expect("a server env has an address");
     println!("master listening on rpc://{MASTER}@{address}");
+    for uri in served {
+        println!("serving {uri}");
+    }
     std::io::stdout().flush()?;
     let (exit, signalled) = mpsc::channel();
     watch_parent(args.parent_watch, exit.clone(), ());
@@ -131,7 +194,7 @@ pub fn run_master(args: &MasterArgs, conf: &RpcConf) -> anyhow::Result<ExitCode>
     let _ = signalled.recv();
     drop(exit);
     env.shutdown();
-    if let Some(path) = &args.remove_on_exit {
+    for path in &args.remove_on_exit {
         remove_if_present(path);
     }
     Ok(ExitCode::SUCCESS)
@@ -283,6 +346,11 @@ pub fn run_worker(args: &WorkerArgs, conf: &RpcConf) -> anyhow::Result<ExitCode>
             events_tx.clone(),
         ),
     )?;
+    if let (Some(uri), Some(sha256)) = (&args.job_file, &args.job_sha256) {
+        let bytes = fetch_job_file(&env, uri, sha256)?;
+        println!("worker {id} fetched {uri} ({bytes} bytes, SHA-256 verified)");
+        std::io::stdout().flush()?;
+    }
     let registrar = Registrar {
         args,
         id,
@@ -296,4 +364,17 @@ pub fn run_worker(args: &WorkerArgs, conf: &RpcConf) -> anyhow::Result<ExitCode>
     registrar.run(Some(first), &events);
     env.shutdown();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads the job file at `uri` through `open_channel` and checks its SHA-256; returns its length.
+fn fetch_job_file(env: &RpcEnv, uri: &str, sha256: &str) -> anyhow::Result<u64> {
+    let channel = env
+        .open_channel(uri)
+        .with_context(|| format!("cannot fetch the job file {uri}"))?;
+    let (bytes, got) = crate::generated::sha256_of(channel)
+        .with_context(|| format!("cannot fetch the job file {uri}"))?;
+    if !got.eq_ignore_ascii_case(sha256) {
+        anyhow::bail!("the job file {uri} ({bytes} bytes) has SHA-256 {got}, expected {sha256}");
+    }
+    Ok(bytes)
 }

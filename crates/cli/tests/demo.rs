@@ -1,4 +1,5 @@
-//! `rpcenv demo`: the scenario's outcome, its authentication, and that it leaves nothing behind.
+//! `rpcenv demo`: the scenario's outcome, its authentication, the job file its workers fetch,
+//! and that it leaves nothing behind.
 
 mod common;
 
@@ -29,6 +30,15 @@ fn assert_ok(lines: &[String]) {
         "{all}"
     );
     assert!(all.contains("lost: worker-1"), "{all}");
+    // Every worker fetched the master's job file through open_channel; reported before the
+    // summary.
+    let fetched = lines
+        .iter()
+        .position(|l| {
+            l.starts_with("job file: fetched by 3 of 3 workers through open_channel before their first task, 3145728 bytes each, SHA-256 verified")
+        })
+        .unwrap_or_else(|| panic!("no job-file line: {all}"));
+    assert!(fetched < lines.len() - 1, "{all}");
 }
 
 #[test]
@@ -110,9 +120,20 @@ fn killing_the_demo_leaves_no_process_and_no_secret_file_behind() {
     let path = PathBuf::from(&line["demo secret file: ".len()..]);
     demo.out
         .expect("the master", |l| l.starts_with("started master at"));
+    let job = demo.out.expect("the job file", |l| {
+        l.starts_with("master serving the job file at ")
+    });
+    let name = job
+        .split("/files/")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .expect("the job file's name");
+    let job_path = std::env::temp_dir().join(name);
+    assert!(job_path.exists(), "{}", job_path.display());
     // The master and at least one worker are running (children carry the marker too).
     wait_until("children to start", || processes_with(&marker).len() >= 3);
     demo.kill(); // SIGKILL: no chance to clean up
     wait_until("every child to exit", || processes_with(&marker).is_empty());
     assert!(!path.exists(), "{} left behind", path.display());
+    assert!(!job_path.exists(), "{} left behind", job_path.display());
 }

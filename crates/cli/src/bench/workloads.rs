@@ -1,4 +1,5 @@
-//! The seven workloads, each against fresh envs that are shut down afterwards.
+//! The seven shared workloads and `file_fetch`, each against fresh envs that are shut down
+//! afterwards.
 //!
 //! Callers run as tasks on the envs' tokio runtime (what an async application does); W5's sender
 //! is a plain thread calling `send`, the natural way to reach a local endpoint, and W7's caller
@@ -19,9 +20,10 @@ use rpcenv::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    process_cpu, warm_up, Measured, Plan, Workload, LARGE_BYTES, SMALL_BYTES, W2_WINDOW,
-    W6_CLIENTS, W6_WINDOW,
+    process_cpu, warm_up, Measured, Plan, Workload, FILE_BYTES, LARGE_BYTES, SMALL_BYTES,
+    W2_WINDOW, W6_CLIENTS, W6_WINDOW,
 };
+use crate::generated::GeneratedFile;
 
 /// The message of every workload: a byte payload. [`Blob`] is rpcenv's type for byte payloads:
 /// written as a byte string, and a large one is decoded without a copy (it shares the frame).
@@ -164,9 +166,9 @@ fn pair<E: RpcEndpoint<Message = Payload>>(
 }
 
 /// Runs `fut` as a task on `env`'s runtime and blocks the calling (non-runtime) thread for it.
-fn block<T: Send + 'static>(
+fn block<T: Send + 'static, E: std::error::Error + Send + Sync + 'static>(
     env: &RpcEnv,
-    fut: impl Future<Output = Result<T, RpcError>> + Send + 'static,
+    fut: impl Future<Output = Result<T, E>> + Send + 'static,
 ) -> anyhow::Result<T> {
     let rt = env.runtime();
     Ok(rt
@@ -347,7 +349,7 @@ fn local_sends(
     let tally = tally.clone();
     block(env, async move {
         tally.wait(target).await;
-        Ok(())
+        Ok::<_, RpcError>(())
     })?;
     Ok(t0.elapsed())
 }
@@ -476,5 +478,49 @@ pub(crate) fn run(w: Workload, plan: Plan, conf: &RpcConf) -> anyhow::Result<Mea
         Workload::LocalSend => w5(plan, conf),
         Workload::FanIn => w6(plan, conf),
         Workload::PacedAsk => w7(plan, conf),
+        Workload::FileFetch => file_fetch(plan, conf),
     }
+}
+
+/// `n` whole reads of the file at `uri`, one after another, each through a fresh
+/// `open_channel`; the bytes are counted and dropped.
+async fn fetch_files(env: RpcEnv, uri: String, n: usize) -> std::io::Result<Vec<u64>> {
+    use tokio::io::AsyncReadExt as _;
+    let mut lat = Vec::with_capacity(n);
+    let mut buf = vec![0u8; 256 << 10];
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let mut channel = env
+            .open_channel_async(&uri)
+            .await
+            .map_err(std::io::Error::other)?;
+        let mut total = 0u64;
+        loop {
+            let read = channel.read(&mut buf).await?;
+            if read == 0 {
+                break;
+            }
+            total += read as u64;
+        }
+        if total != FILE_BYTES {
+            return Err(std::io::Error::other(format!(
+                "{uri}: {total} bytes read, expected {FILE_BYTES}"
+            )));
+        }
+        lat.push(elapsed_ns(t0));
+    }
+    Ok(lat)
+}
+
+/// `file_fetch`: a server env's file server publishes a generated file; a client env fetches it
+/// whole, one file after another.
+fn file_fetch(plan: Plan, conf: &RpcConf) -> anyhow::Result<Measured> {
+    let file = GeneratedFile::create("bench-file", FILE_BYTES)?;
+    let mut envs = Envs(Vec::new());
+    let server = envs.start("bench-server", conf)?;
+    let client = envs.start("bench-client", conf)?;
+    let uri = server.file_server()?.add_file(file.path())?;
+    measure(plan, Workload::FileFetch, |n| {
+        block(&client, fetch_files(client.clone(), uri.clone(), n)).map(Run::Latencies)
+    })
 }
