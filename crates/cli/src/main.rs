@@ -107,7 +107,7 @@ fn main() -> ExitCode {
     let conf = match settings::conf_from_args(&cli.conf) {
         Ok(conf) => conf,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             return ExitCode::from(2);
         }
     };
@@ -124,7 +124,7 @@ fn main() -> ExitCode {
             ))
         };
         if let Err(e) = served {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             return ExitCode::from(2);
         }
     }
@@ -142,7 +142,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
     }
@@ -162,4 +162,48 @@ fn init_logging(level: &str, format: LogFormat) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// The error and its causes on one line, each cause once: a library error whose message
+/// already quotes its source (`connection to X failed: <source>`) also returns that source
+/// from `Error::source`, so a plain `{:#}` would print it twice.
+fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let line = cause.to_string();
+        if text.contains(&line) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&line);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection to h:1 failed: {source}")]
+    struct Quoting {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_already_quoted_is_not_repeated() {
+        let e = anyhow::Error::new(Quoting {
+            source: std::io::Error::other("refused"),
+        })
+        .context("fetch failed");
+        assert_eq!(
+            error_text(&e),
+            "fetch failed: connection to h:1 failed: refused"
+        );
+        let plain = anyhow::anyhow!("bad").context("outer");
+        assert_eq!(error_text(&plain), "outer: bad");
+    }
 }

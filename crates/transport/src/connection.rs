@@ -46,6 +46,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// worker first): tasks woken by the same batch of replies, or a message loop still answering a
 /// batch of requests, then add their messages, and many leave in one write instead of one each.
 const COALESCE_BELOW: usize = 64 * 1024;
+/// Bytes one turn of the task writes before it yields to the other tasks of its IO thread: a
+/// large body (a served file, encrypted on the way out) must not keep the other connections of
+/// that thread waiting for its whole length.
+const TURN_WRITE_MAX: usize = 1 << 20;
 /// How long a closing connection keeps writing what is queued, and waits for its shutdown.
 const LINGER: Duration = Duration::from_secs(1);
 
@@ -135,6 +139,7 @@ where
         requested: false,
         needs_flush: false,
         write_deferred: false,
+        turn_written: 0,
         waker: None,
     };
     let conn = Arc::new(Mutex::new(conn));
@@ -166,6 +171,8 @@ struct Connection<S> {
     needs_flush: bool,
     /// The write of what is queued was put off once, to let other tasks add to it.
     write_deferred: bool,
+    /// Bytes written in this turn of the task (or of a producer in the flush hook).
+    turn_written: usize,
     /// The task, for the flush hook to wake when it leaves work behind.
     waker: Option<Waker>,
 }
@@ -292,6 +299,7 @@ where
             self.out.push(msg);
         }
         let mut cx = Context::from_waker(Waker::noop());
+        self.turn_written = 0;
         let wrote = self.poll_write(&mut cx);
         if wrote.is_err() || !self.out.is_empty() || self.needs_flush {
             // Left for the task (which also meets the error again and closes).
@@ -313,8 +321,8 @@ where
         }
     }
 
-    /// Writes queued bytes until the socket is full or nothing is queued; flushes after.
-    /// Returns whether it made progress.
+    /// Writes queued bytes until the socket is full, nothing is queued, or this turn has
+    /// written [`TURN_WRITE_MAX`] bytes; flushes after. Returns whether it made progress.
     fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<bool, TransportError> {
         let mut progress = false;
         while !self.out.is_empty() {
@@ -335,6 +343,10 @@ where
                     self.write_deferred = false;
                     self.needs_flush = true;
                     progress = true;
+                    self.turn_written += written;
+                    if self.turn_written >= TURN_WRITE_MAX {
+                        break;
+                    }
                 }
                 Poll::Ready(Err(e)) => return Err(TransportError::io(self.peer, e)),
                 Poll::Pending => break,
@@ -386,6 +398,7 @@ where
         if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             self.waker = Some(cx.waker().clone());
         }
+        self.turn_written = 0;
         loop {
             let mut progress = false;
             let mut io_progress = false;
@@ -465,6 +478,11 @@ where
             if defer {
                 // Back of the run queue (a woken idle worker may take the task meanwhile): the
                 // write happens on the next poll, after the tasks queued before it ran.
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            if self.turn_written >= TURN_WRITE_MAX {
+                // A long write (a large body): the other tasks of this thread go first.
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
