@@ -5,7 +5,7 @@ use std::any::Any;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -96,6 +96,9 @@ enum SlotState {
 pub(crate) struct ReplySlot {
     state: Mutex<SlotState>,
     cond: Condvar,
+    /// When the outcome came to a caller asleep on it: how long the reply took, without the
+    /// caller's wake-up (what the callers' pace learns from).
+    woken_at: OnceLock<Instant>,
 }
 
 impl ReplySlot {
@@ -107,6 +110,7 @@ impl ReplySlot {
                 cancel: None,
             }),
             cond: Condvar::new(),
+            woken_at: OnceLock::new(),
         })
     }
 
@@ -154,6 +158,7 @@ impl ReplySlot {
         *state = SlotState::Done(result);
         drop(state);
         if notify {
+            let _ = self.woken_at.set(Instant::now());
             self.cond.notify_all();
         }
         if let Some(w) = waker {
@@ -203,9 +208,13 @@ impl ReplySlot {
             Some(d) => pace.spin_budget().min(d.saturating_duration_since(start)),
             None => pace.spin_budget(),
         };
-        spin_until(budget, || self.is_complete());
+        let awake = spin_until(budget, || self.is_complete());
         let outcome = self.wait_asleep(deadline);
-        pace.observe(start.elapsed());
+        let took = match self.woken_at.get() {
+            Some(at) if !awake => at.saturating_duration_since(start),
+            _ => start.elapsed(),
+        };
+        pace.observe(took);
         outcome
     }
 

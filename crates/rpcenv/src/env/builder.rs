@@ -179,7 +179,7 @@ impl RpcEnvBuilder {
                 retry_wait: self.conf.retry_wait(),
                 waits: Arc::new(Waits {
                     runtime: runtime.clone(),
-                    pace: Pace::new(self.conf.spin_window()),
+                    pace: Pace::for_replies(self.conf.spin_window()),
                     metrics: AskMetrics::new(),
                 }),
                 sender: address.clone(),
