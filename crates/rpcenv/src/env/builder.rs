@@ -153,6 +153,7 @@ impl RpcEnvBuilder {
         let shared_loop = Dispatcher::start_shared_loop(
             self.conf.dispatcher_threads(),
             self.conf.max_extra_loop_threads(),
+            self.conf.spin_window(),
         )
         .map_err(|e| startup(format!("cannot start message loop threads: {e}")))?;
         let client_bootstraps =
