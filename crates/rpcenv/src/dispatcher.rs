@@ -11,13 +11,13 @@
 
 use std::any::Any;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::Backoff;
+use foldhash::{HashMap, HashMapExt};
 
 use crate::address::RpcEndpointAddress;
 use crate::blocking::LoopThreads;

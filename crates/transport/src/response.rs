@@ -1,9 +1,11 @@
 //! Response routing (Spark's `TransportResponseHandler`): the outstanding requests of one
 //! connection and the matching of response messages to them. No sockets, no clocks.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
