@@ -269,6 +269,7 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
             waits: Arc::new(Waits {
                 runtime: crate::runtime::shared_runtime(1),
                 pace: crate::pace::Pace::new(Duration::ZERO),
+                gaps: crate::reply::AskGaps::new(Duration::ZERO),
                 metrics: crate::metrics::AskMetrics::new(),
             }),
             sender: None,

@@ -22,7 +22,7 @@ use crate::file_server::FileRegistry;
 use crate::metrics::AskMetrics;
 use crate::net::{Network, NetworkParts, RpcEnvHandler, FRAME_HEADROOM};
 use crate::pace::Pace;
-use crate::reply::Waits;
+use crate::reply::{AskGaps, Waits};
 use crate::stats::STATS_NAME;
 use crate::stats_endpoint::StatsEndpoint;
 use crate::stream_service::StreamService;
@@ -181,6 +181,7 @@ impl RpcEnvBuilder {
                 waits: Arc::new(Waits {
                     runtime: runtime.clone(),
                     pace: Pace::for_replies(self.conf.spin_window()),
+                    gaps: AskGaps::new(self.conf.spin_window()),
                     metrics: AskMetrics::new(),
                 }),
                 sender: address.clone(),
