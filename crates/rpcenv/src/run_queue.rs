@@ -3,11 +3,10 @@
 //!
 //! A thread that finds the queue empty goes to sleep at once, and a poster wakes one only when
 //! one sleeps. A general-purpose channel spins and then yields the CPU a few times before it
-//! sleeps (crossbeam's `recv` does), which is right for a consumer that expects the next item
-//! within microseconds but not here: whether a loop thread stays awake for the next message is
-//! the inbox's decision, made from the pace of its messages (`pace`), and at a light, steady
-//! load (a message a millisecond) the channel's spin and four `sched_yield` calls were paid by
-//! every thread on every message, for nothing.
+//! sleeps (crossbeam's `recv` does), which at a light, steady load (a message a millisecond)
+//! cost every loop thread four `sched_yield` calls per message, for nothing. Whether a thread
+//! first looks again for a while is its loop's decision, made from the pace of its jobs
+//! (`MessageLoop::next_job`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
