@@ -172,53 +172,48 @@ mod tests {
         assert_eq!(pace.spin_budget(), WINDOW);
     }
 
+    /// The budget once `pace` has seen nothing but `interval` for a while.
+    fn settled(pace: &Pace, interval: Duration) -> Duration {
+        for _ in 0..64 {
+            pace.observe(interval);
+        }
+        pace.spin_budget()
+    }
+
     #[test]
     fn intervals_at_the_edge_of_the_window() {
         let pace = Pace::new(WINDOW);
-        for _ in 0..64 {
-            pace.observe(Duration::from_micros(40));
-        }
+        let us = Duration::from_micros;
         assert_eq!(
-            pace.spin_budget(),
+            settled(&pace, us(40)),
             WINDOW,
-            "40 µs intervals are worth a 50 µs spin"
+            "40 µs intervals earn a 50 µs spin"
         );
-        for _ in 0..64 {
-            pace.observe(Duration::from_micros(90));
-        }
         assert_eq!(
-            pace.spin_budget(),
+            settled(&pace, us(90)),
             WINDOW,
-            "so are 90 µs ones seen while nobody spun: the wake-ups were part of them"
+            "so do 90 µs ones seen while nobody spun: the wake-ups were part of them"
         );
-        for _ in 0..64 {
-            pace.observe(Duration::from_micros(150));
-        }
         assert_eq!(
-            pace.spin_budget(),
+            settled(&pace, us(150)),
             Duration::ZERO,
-            "150 µs intervals are not"
+            "150 µs ones do not"
         );
     }
 
     #[test]
     fn a_blocked_caller_spins_only_for_replies_within_the_window() {
         let pace = Pace::for_replies(WINDOW);
-        for _ in 0..64 {
-            pace.observe(Duration::from_micros(40));
-        }
+        let us = Duration::from_micros;
         assert_eq!(
-            pace.spin_budget(),
+            settled(&pace, us(40)),
             WINDOW,
-            "40 µs replies are worth a 50 µs spin"
+            "40 µs replies earn a 50 µs spin"
         );
-        for _ in 0..64 {
-            pace.observe(Duration::from_micros(90));
-        }
         assert_eq!(
-            pace.spin_budget(),
+            settled(&pace, us(90)),
             Duration::ZERO,
-            "90 µs replies are not: the caller's spin does not bring them sooner"
+            "90 µs replies do not: the caller's spin does not bring them sooner"
         );
     }
 

@@ -16,7 +16,7 @@ use crate::budget::Inbound;
 use crate::command::{queue_cost, Command, CommandSender, PendingKind};
 use crate::error::TransportError;
 use crate::message::{Message, StreamChunkId};
-use crate::response::{ByteStream, PendingRpc, RpcReply};
+use crate::response::{ByteStream, PendingRpc, RpcCallback, RpcReply};
 
 pub(crate) struct ClientShared {
     pub(crate) id: u64,
@@ -418,14 +418,7 @@ impl TransportClient {
         body: Bytes,
         callback: impl FnOnce(Result<Bytes, TransportError>) + Send + 'static,
     ) -> i64 {
-        let id = self.next_request_id();
-        let msg = Message::RpcRequest {
-            request_id: id,
-            body,
-        };
-        let pending = PendingKind::Rpc(id, PendingRpc::Rpc(RpcReply::Callback(Box::new(callback))));
-        self.request_with_callback(Command::Request(msg, pending), None);
-        id
+        self.rpc_with_callback(body, Box::new(callback), None)
     }
 
     /// [`send_rpc_with_callback`](Self::send_rpc_with_callback), writing the request from the
@@ -438,19 +431,26 @@ impl TransportClient {
         callback: impl FnOnce(Result<Bytes, TransportError>) + Send + 'static,
         when: WriteNow,
     ) -> i64 {
+        self.rpc_with_callback(body, Box::new(callback), Some(when))
+    }
+
+    /// Runs (through the flush hook, when `now` says so) or queues an RpcRequest whose answer
+    /// goes to `callback`; fails the callback at once when the connection is closed. Returns
+    /// the request id.
+    fn rpc_with_callback(&self, body: Bytes, callback: RpcCallback, now: Option<WriteNow>) -> i64 {
         let id = self.next_request_id();
         let msg = Message::RpcRequest {
             request_id: id,
             body,
         };
-        let pending = PendingKind::Rpc(id, PendingRpc::Rpc(RpcReply::Callback(Box::new(callback))));
-        self.request_with_callback(Command::Request(msg, pending), Some(when));
+        let pending = PendingKind::Rpc(id, PendingRpc::Rpc(RpcReply::Callback(callback)));
+        self.run_or_queue(Command::Request(msg, pending), now);
         id
     }
 
-    /// Runs (through the flush hook, when `now` says so) or queues a request whose answer goes
-    /// to a callback; fails the callback at once when the connection is closed.
-    fn request_with_callback(&self, cmd: Command, now: Option<WriteNow>) {
+    /// Runs `cmd` (a request whose answer goes to a callback) through the flush hook when `now`
+    /// says so, else queues it; fails the callback at once when the connection is closed.
+    fn run_or_queue(&self, cmd: Command, now: Option<WriteNow>) {
         let cmd = match now {
             Some(when) => match self.shared.try_flush(Some(cmd), when) {
                 Ok(()) => return,
