@@ -313,7 +313,7 @@ pub(crate) fn dispatch(client: &TransportClient, message: OutboxMessage, cx: &Ou
             // The request is written from this thread when the connection's task is idle,
             // instead of waking that task (a thread hand-off) to write it: always for an ask
             // from a plain thread, which will most likely block for the reply; from a task only
-            // when no other ask of the connection is in flight (a lone caller waiting for each
+            // while the connection's asks go one at a time (a lone caller waiting for each
             // reply), so that asks in flight together still leave in one write.
             let when = if tokio::runtime::Handle::try_current().is_err() {
                 WriteNow::Always

@@ -69,9 +69,10 @@ pub(crate) trait Flush: Send + Sync {
 pub enum WriteNow {
     /// Whenever the task is not busy: a caller about to block for the answer (a plain thread).
     Always,
-    /// Only when no other request of this connection awaits its answer either: a lone request
-    /// (one caller asking and waiting) gains latency and a hand-off, while requests in flight
-    /// together are left for the task to batch.
+    /// Only when no other request of this connection awaits its answer and the ones before
+    /// went one at a time (each answered before the next): a lone caller asking and waiting
+    /// gains latency and a hand-off, while requests that travel together (several callers, a
+    /// window of asks) are left for the task to batch, including the first of each round.
     WhenAlone,
 }
 

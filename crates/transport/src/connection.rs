@@ -195,7 +195,7 @@ where
         // Closed under the lock: the task has failed (or is about to fail) what it holds, so a
         // request registered now would never be answered; queued instead, it fails with the rest.
         let closed = conn.client.shared.closed.load(Ordering::Acquire);
-        if closed || (when == WriteNow::WhenAlone && conn.router.outstanding() > 0) {
+        if closed || (when == WriteNow::WhenAlone && !conn.router.one_at_a_time()) {
             return Err(cmd);
         }
         conn.flush_now(cmd);
