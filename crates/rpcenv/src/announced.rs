@@ -10,8 +10,9 @@
 //!
 //! Socket- and clock-free: the network feeds it connection ids and envelope addresses.
 
-use std::collections::HashMap;
 use std::sync::RwLock;
+
+use foldhash::HashMap;
 
 use crate::address::RpcAddress;
 use crate::codec::WireAddress;
@@ -29,7 +30,8 @@ struct Addresses {
 }
 
 /// Connection id -> the addresses its peer announced. Read for every incoming message (a shared
-/// lock, no allocation while the address does not change), written when it does.
+/// lock, no allocation while the address does not change, a fast hash of the id: the keys are
+/// this process's own connection ids), written when it does.
 #[derive(Default)]
 pub(crate) struct Announced {
     by_connection: RwLock<HashMap<u64, Addresses>>,

@@ -274,10 +274,31 @@ pub(crate) fn encode_request<T: Serialize + ?Sized>(
     name: &str,
     message: &T,
 ) -> Result<Bytes, String> {
-    let mut out = BytesMut::with_capacity(64 + name.len());
+    encode_with_header(&envelope_header(sender, receiver, name), message)
+}
+
+/// An envelope's header (sender, receiver, endpoint name): the same for every message of a ref,
+/// so a ref encodes it once.
+pub(crate) fn envelope_header(
+    sender: Option<&RpcAddress>,
+    receiver: Option<&RpcAddress>,
+    name: &str,
+) -> Bytes {
+    let mut out = BytesMut::with_capacity(32 + name.len());
     put_address(&mut out, sender);
     put_address(&mut out, receiver);
     put_str(&mut out, name);
+    out.freeze()
+}
+
+/// Encodes an envelope from its encoded `header` ([`envelope_header`]), then `message` with
+/// the default codec.
+pub(crate) fn encode_with_header<T: Serialize + ?Sized>(
+    header: &[u8],
+    message: &T,
+) -> Result<Bytes, String> {
+    let mut out = BytesMut::with_capacity(header.len() + 32);
+    out.put_slice(header);
     encode_content(message, &mut out)?;
     Ok(out.freeze())
 }

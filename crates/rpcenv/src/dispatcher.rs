@@ -11,11 +11,13 @@
 
 use std::any::Any;
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::ThreadId;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crossbeam_utils::Backoff;
+use foldhash::{HashMap, HashMapExt};
 
 use crate::address::RpcEndpointAddress;
 use crate::blocking::LoopThreads;
@@ -26,6 +28,8 @@ use crate::flavour::Behaviour;
 use crate::inbox::{Inbox, Job, Scheduler, TerminationListener};
 use crate::mailbox::{Event, InboxControl};
 use crate::message::RpcMessage;
+use crate::pace::Pace;
+use crate::run_queue::RunQueue;
 use crate::stats::EndpointStats;
 
 /// Whether the current thread is a message loop thread (a handler is running on it).
@@ -39,8 +43,14 @@ const EXTRA_IDLE: Duration = Duration::from_millis(500);
 pub(crate) struct MessageLoop {
     me: Weak<MessageLoop>,
     name: String,
-    tx: crossbeam_channel::Sender<Job>,
-    rx: crossbeam_channel::Receiver<Job>,
+    /// The inboxes waiting for a thread (and the requests to exit).
+    jobs: Arc<RunQueue<Job>>,
+    /// How closely jobs follow each other: whether a thread that ran out of them looks for the
+    /// next one awake for a moment before it sleeps.
+    pace: Pace,
+    /// When the loop was started, and when a thread last took a job (ns after that).
+    started: Instant,
+    last_job_ns: AtomicU64,
     /// The threads running (taken off when they end), and the signal that one did.
     threads: Mutex<Vec<ThreadId>>,
     ended: Condvar,
@@ -56,18 +66,22 @@ pub(crate) struct MessageLoop {
 impl MessageLoop {
     /// Starts `size` threads named `name-N` (`numbered`) or `name`; while handlers block in
     /// `ask_sync`, up to `max_extra` more (`name-extra`).
+    /// A thread out of jobs stays awake for the next while they come within `spin`
+    /// (`rpc.messageLoop.spinMicros`).
     pub(crate) fn start(
         name: &str,
         numbered: bool,
         size: usize,
         max_extra: usize,
+        spin: Duration,
     ) -> std::io::Result<Arc<Self>> {
-        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
         let message_loop = Arc::new_cyclic(|me| MessageLoop {
             me: me.clone(),
             name: name.to_string(),
-            tx,
-            rx,
+            jobs: Arc::new(RunQueue::default()),
+            pace: Pace::new(spin),
+            started: Instant::now(),
+            last_job_ns: AtomicU64::new(0),
             threads: Mutex::new(Vec::with_capacity(size)),
             ended: Condvar::new(),
             size,
@@ -99,22 +113,18 @@ impl MessageLoop {
             .upgrade()
             .expect("a loop spawns threads while it exists");
         // Listed before it starts, so that a join never misses it.
-        let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
         let spawned = std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || {
                 let _ = rx.recv();
                 let _listed = Listed(me.clone());
-                let jobs = me.rx.clone();
                 crate::blocking::set_loop_thread(me.clone());
                 if extra {
-                    me.run_extra(&jobs);
+                    me.run_extra();
                 } else {
-                    while let Ok(job) = jobs.recv() {
-                        match job {
-                            Job::Run(inbox) => inbox.run(),
-                            Job::Exit => break,
-                        }
+                    while let Job::Run(inbox) = me.next_job() {
+                        inbox.run();
                     }
                 }
             })?;
@@ -126,14 +136,34 @@ impl MessageLoop {
         Ok(())
     }
 
+    /// The next job for a thread of the loop. While jobs have been following each other within
+    /// the spin window (a busy loop), a thread that finds none looks again for a moment
+    /// (`Backoff`: brief spinning, then yielding the CPU a few times, which on a busy machine
+    /// lets the thread that will post the next job run) before it sleeps; at a light load it
+    /// sleeps at once, and the poster's wake-up is the only cost.
+    fn next_job(&self) -> Job {
+        if !self.pace.spin_budget().is_zero() {
+            let backoff = Backoff::new();
+            while self.jobs.is_empty() && !backoff.is_completed() {
+                backoff.snooze();
+            }
+        }
+        let job = self.jobs.pop();
+        let now = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let last = self.last_job_ns.swap(now, Ordering::Relaxed);
+        self.pace
+            .observe(Duration::from_nanos(now.saturating_sub(last)));
+        job
+    }
+
     /// A compensating thread: runs jobs until it has been idle for a while and no more threads
     /// of the loop block than compensating threads remain, or the loop ends.
-    fn run_extra(&self, rx: &crossbeam_channel::Receiver<Job>) {
+    fn run_extra(&self) {
         loop {
-            match rx.recv_timeout(EXTRA_IDLE) {
-                Ok(Job::Run(inbox)) => inbox.run(),
-                Ok(Job::Exit) => break,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+            match self.jobs.pop_timeout(EXTRA_IDLE) {
+                Some(Job::Run(inbox)) => inbox.run(),
+                Some(Job::Exit) => break,
+                None => {
                     let extra = self.extra.load(Ordering::Acquire);
                     if self.blocked.load(Ordering::Acquire) < extra
                         && self
@@ -144,21 +174,20 @@ impl MessageLoop {
                         return;
                     }
                 }
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
             }
         }
         self.extra.fetch_sub(1, Ordering::AcqRel);
     }
 
     pub(crate) fn scheduler(&self) -> Scheduler {
-        Scheduler::Loop(self.tx.clone())
+        Scheduler::Loop(self.jobs.clone())
     }
 
     /// Asks every thread (compensating ones included) to exit once the jobs queued before are
     /// done.
     fn signal_exit(&self) {
         for _ in 0..self.size + self.max_extra {
-            let _ = self.tx.send(Job::Exit);
+            self.jobs.push(Job::Exit);
         }
     }
 
@@ -277,8 +306,15 @@ impl Dispatcher {
     pub(crate) fn start_shared_loop(
         threads: usize,
         max_extra: usize,
+        spin: Duration,
     ) -> std::io::Result<Arc<MessageLoop>> {
-        MessageLoop::start("dispatcher-event-loop", true, threads.max(1), max_extra)
+        MessageLoop::start(
+            "dispatcher-event-loop",
+            true,
+            threads.max(1),
+            max_extra,
+            spin,
+        )
     }
 
     /// A dispatcher whose endpoints run on `shared_loop` unless isolated, and whose refs share
@@ -338,13 +374,17 @@ impl Dispatcher {
         let (scheduler, max_threads, listener): (_, _, Arc<dyn TerminationListener>) =
             if dedicated_threads > 0 {
                 let threads = if B::CONCURRENT { dedicated_threads } else { 1 };
-                let message_loop =
-                    MessageLoop::start(&format!("dispatcher-{name}"), false, threads, 0).map_err(
-                        |e| RpcError::Startup {
-                            name: name.to_string(),
-                            reason: format!("cannot start the endpoint's message loop: {e}"),
-                        },
-                    )?;
+                let message_loop = MessageLoop::start(
+                    &format!("dispatcher-{name}"),
+                    false,
+                    threads,
+                    0,
+                    self.defaults.waits.pace.window(),
+                )
+                .map_err(|e| RpcError::Startup {
+                    name: name.to_string(),
+                    reason: format!("cannot start the endpoint's message loop: {e}"),
+                })?;
                 self.dedicated
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,7 +20,7 @@ use rpcenv_transport::TransportClient;
 use crate::address::{RpcAddress, RpcEndpointAddress};
 use crate::blocking::{self, BlockedAsks};
 use crate::call_context::{ReplyTarget, RpcCallContext};
-use crate::codec::encode_request;
+use crate::codec::{encode_with_header, envelope_header};
 use crate::error::RpcError;
 use crate::mailbox::{InboxControl, InboxMessage, Mailbox};
 use crate::message::{RpcMessage, RpcReply};
@@ -111,6 +111,8 @@ struct RefInner<M> {
     name: Arc<str>,
     route: Route<M>,
     defaults: Arc<RefDefaults>,
+    /// The envelope header of this ref's remote messages, encoded on first use.
+    header: OnceLock<Bytes>,
 }
 
 /// A handle to an endpoint whose messages are of type `M`.
@@ -172,6 +174,7 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
                 name,
                 route,
                 defaults,
+                header: OnceLock::new(),
             }),
         }
     }
@@ -187,13 +190,14 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
 
     /// Serializes `message` in an envelope for the remote endpoint.
     fn envelope(&self, message: &M, net: &dyn RefNetwork) -> Result<Bytes, RpcError> {
-        let body = encode_request(
-            self.inner.defaults.sender.as_ref(),
-            self.inner.address.address(),
-            &self.inner.name,
-            message,
-        )
-        .map_err(|e| RpcError::Serialization {
+        let header = self.inner.header.get_or_init(|| {
+            envelope_header(
+                self.inner.defaults.sender.as_ref(),
+                self.inner.address.address(),
+                &self.inner.name,
+            )
+        });
+        let body = encode_with_header(header, message).map_err(|e| RpcError::Serialization {
             endpoint: self.inner.address.to_string(),
             message: e,
         })?;
@@ -269,6 +273,7 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
             waits: Arc::new(Waits {
                 runtime: crate::runtime::shared_runtime(1),
                 pace: crate::pace::Pace::new(Duration::ZERO),
+                gaps: crate::reply::AskGaps::new(Duration::ZERO),
                 metrics: crate::metrics::AskMetrics::new(),
             }),
             sender: None,

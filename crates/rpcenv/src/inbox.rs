@@ -33,6 +33,7 @@ use crate::flavour::{Behaviour, Callbacks};
 use crate::mailbox::{Event, InboxControl, InboxMessage, Mailbox};
 use crate::metrics::{seconds, EndpointMetrics};
 use crate::pace::{spin_until, Pace};
+use crate::run_queue::RunQueue;
 use crate::slow_handler::SlowHandler;
 use crate::stats::{EndpointCounters, EndpointStats};
 use rpcenv_transport::TransportClient;
@@ -46,7 +47,7 @@ pub(crate) trait Runnable: Send + Sync {
 #[derive(Clone)]
 pub(crate) enum Scheduler {
     /// Queue it on a message loop.
-    Loop(crossbeam_channel::Sender<Job>),
+    Loop(Arc<RunQueue<Job>>),
     /// Nobody: the owner calls [`Inbox::process_now`] (tests).
     #[cfg_attr(not(test), allow(dead_code))]
     Manual,
@@ -60,11 +61,9 @@ pub(crate) enum Job {
 
 impl Scheduler {
     fn schedule(&self, job: Arc<dyn Runnable>) {
-        if let Scheduler::Loop(tx) = self {
-            // The loop only goes away after every inbox on it has terminated.
-            if tx.send(Job::Run(job)).is_err() {
-                tracing::error!("message loop is gone; inbox not scheduled");
-            }
+        // The loop only goes away after every inbox on it has terminated.
+        if let Scheduler::Loop(jobs) = self {
+            jobs.push(Job::Run(job));
         }
     }
 
@@ -75,7 +74,7 @@ impl Scheduler {
     /// Whether other inboxes wait for a thread of this loop.
     fn others_waiting(&self) -> bool {
         match self {
-            Scheduler::Loop(tx) => !tx.is_empty(),
+            Scheduler::Loop(jobs) => !jobs.is_empty(),
             Scheduler::Manual => false,
         }
     }

@@ -3,11 +3,11 @@
 //! connections into `on_connected` / `on_disconnected` / `on_network_error` events (Spark's
 //! `NettyRpcHandler`).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt};
 use rpcenv_transport::{
     ReplyBody, RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportError,
     TransportServer,
@@ -40,6 +40,8 @@ pub(crate) struct Network {
     dispatcher: Arc<Dispatcher>,
     cx: Arc<OutboxContext>,
     server: Mutex<Option<TransportServer>>,
+    /// Looked up for every message sent to a peer (hence a fast hash: the keys are the
+    /// addresses this env sends to, not chosen by a peer).
     outboxes: Mutex<HashMap<RpcAddress, Arc<Outbox>>>,
     /// The listening addresses peers announced on their connections.
     announced: Announced,

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
-use rpcenv_transport::{TransportClient, TransportClientFactory, TransportError};
+use rpcenv_transport::{TransportClient, TransportClientFactory, TransportError, WriteNow};
 
 use crate::address::RpcAddress;
 use crate::codec::decode_reply;
@@ -310,13 +310,17 @@ pub(crate) fn dispatch(client: &TransportClient, message: OutboxMessage, cx: &Ou
                 return;
             }
             let on_reply = cx.reply_handler(slot.clone(), client);
-            let id = client.send_rpc_with_callback(body, on_reply);
-            if tokio::runtime::Handle::try_current().is_err() {
-                // An ask from a plain thread, which will most likely block for the reply: write
-                // it from here when the connection's task is idle, instead of waking that task
-                // (a thread hand-off) to write it.
-                client.try_flush();
-            }
+            // The request is written from this thread when the connection's task is idle,
+            // instead of waking that task (a thread hand-off) to write it: always for an ask
+            // from a plain thread, which will most likely block for the reply; from a task only
+            // while the connection's asks go one at a time (a lone caller waiting for each
+            // reply), so that asks in flight together still leave in one write.
+            let when = if tokio::runtime::Handle::try_current().is_err() {
+                WriteNow::Always
+            } else {
+                WriteNow::WhenAlone
+            };
+            let id = client.send_rpc_with_callback_now(body, on_reply, when);
             let client = client.clone();
             slot.set_cancel(Box::new(move || client.remove_rpc_request(id)));
         }

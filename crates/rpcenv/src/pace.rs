@@ -24,7 +24,8 @@ use crossbeam_utils::Backoff;
 /// Weight of a new sample in the moving average, as a shift: 1/4.
 const NEW_SAMPLE_SHIFT: u32 = 2;
 
-/// Intervals up to this many windows earn a spin (see [`Pace::spin_budget`]).
+/// Intervals up to this many windows earn a spin when the spin also saves the wake-ups that
+/// lengthened them (see [`Pace::spin_budget`]).
 const REACH: u64 = 2;
 
 /// A sample is capped at this many windows, so that after a long pause a few short intervals
@@ -41,16 +42,36 @@ pub(crate) struct Pace {
     window_ns: u64,
     /// Exponential moving average of the observed intervals, in ns.
     estimate_ns: AtomicU64,
+    /// Estimates up to this many windows earn a spin.
+    reach: u64,
 }
 
 impl Pace {
     /// A pace for waits of at most `window`; starts by assuming a busy source (an estimate of
     /// half the window), so the first pieces of a burst are not slowed down.
+    ///
+    /// For a source whose intervals shrink when its waiter stays awake: an inbox, whose next
+    /// message comes sooner when the answer to the last one left without a wake-up (see
+    /// [`spin_budget`](Self::spin_budget)).
     pub(crate) fn new(window: Duration) -> Self {
+        Self::with_reach(window, REACH)
+    }
+
+    /// A pace for a caller blocked on its reply: the reply comes no sooner because the caller
+    /// spins (the peer's wake-ups are not the caller's to save), so only replies within the
+    /// window earn a spin. A reply that takes 100 µs at a light load would otherwise make the
+    /// caller spin 50 µs for nothing on every ask; the intervals it learns from are the times
+    /// the replies arrived, not the times the caller woke up.
+    pub(crate) fn for_replies(window: Duration) -> Self {
+        Self::with_reach(window, 1)
+    }
+
+    fn with_reach(window: Duration, reach: u64) -> Self {
         let window_ns = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
         Pace {
             window_ns,
             estimate_ns: AtomicU64::new(window_ns / 2),
+            reach,
         }
     }
 
@@ -67,14 +88,14 @@ impl Pace {
         self.estimate_ns.store(new, Ordering::Relaxed);
     }
 
-    /// How long a waiter may spin now: the window while the estimated interval is within
-    /// [`REACH`] windows, else nothing. The reach is wider than the window because an interval
-    /// observed while nobody spun includes the wake-ups a spin saves: a caller that asks again
-    /// as soon as it has its reply comes back within the window once the loop stays awake, but
-    /// not before.
+    /// How long a waiter may spin now: the window while the estimated interval is within the
+    /// pace's reach, else nothing. An inbox's reach ([`REACH`] windows) is wider than the
+    /// window because an interval observed while nobody spun includes the wake-ups a spin
+    /// saves: a caller that asks again as soon as it has its reply comes back within the window
+    /// once the loop stays awake, but not before.
     pub(crate) fn spin_budget(&self) -> Duration {
         if self.window_ns != 0
-            && self.estimate_ns.load(Ordering::Relaxed) <= self.window_ns.saturating_mul(REACH)
+            && self.estimate_ns.load(Ordering::Relaxed) <= self.window_ns.saturating_mul(self.reach)
         {
             Duration::from_nanos(self.window_ns)
         } else {
@@ -151,32 +172,48 @@ mod tests {
         assert_eq!(pace.spin_budget(), WINDOW);
     }
 
+    /// The budget once `pace` has seen nothing but `interval` for a while.
+    fn settled(pace: &Pace, interval: Duration) -> Duration {
+        for _ in 0..64 {
+            pace.observe(interval);
+        }
+        pace.spin_budget()
+    }
+
     #[test]
     fn intervals_at_the_edge_of_the_window() {
         let pace = Pace::new(WINDOW);
-        for _ in 0..64 {
-            pace.observe(Duration::from_micros(40));
-        }
+        let us = Duration::from_micros;
         assert_eq!(
-            pace.spin_budget(),
+            settled(&pace, us(40)),
             WINDOW,
-            "40 µs intervals are worth a 50 µs spin"
+            "40 µs intervals earn a 50 µs spin"
         );
-        for _ in 0..64 {
-            pace.observe(Duration::from_micros(90));
-        }
         assert_eq!(
-            pace.spin_budget(),
+            settled(&pace, us(90)),
             WINDOW,
-            "so are 90 µs ones seen while nobody spun: the wake-ups were part of them"
+            "so do 90 µs ones seen while nobody spun: the wake-ups were part of them"
         );
-        for _ in 0..64 {
-            pace.observe(Duration::from_micros(150));
-        }
         assert_eq!(
-            pace.spin_budget(),
+            settled(&pace, us(150)),
             Duration::ZERO,
-            "150 µs intervals are not"
+            "150 µs ones do not"
+        );
+    }
+
+    #[test]
+    fn a_blocked_caller_spins_only_for_replies_within_the_window() {
+        let pace = Pace::for_replies(WINDOW);
+        let us = Duration::from_micros;
+        assert_eq!(
+            settled(&pace, us(40)),
+            WINDOW,
+            "40 µs replies earn a 50 µs spin"
+        );
+        assert_eq!(
+            settled(&pace, us(90)),
+            Duration::ZERO,
+            "90 µs replies do not: the caller's spin does not bring them sooner"
         );
     }
 

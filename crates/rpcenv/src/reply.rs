@@ -5,9 +5,10 @@ use std::any::Any;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -96,6 +97,9 @@ enum SlotState {
 pub(crate) struct ReplySlot {
     state: Mutex<SlotState>,
     cond: Condvar,
+    /// When the outcome came to a caller asleep on it: how long the reply took, without the
+    /// caller's wake-up (what the callers' pace learns from).
+    woken_at: OnceLock<Instant>,
 }
 
 impl ReplySlot {
@@ -107,6 +111,7 @@ impl ReplySlot {
                 cancel: None,
             }),
             cond: Condvar::new(),
+            woken_at: OnceLock::new(),
         })
     }
 
@@ -154,6 +159,7 @@ impl ReplySlot {
         *state = SlotState::Done(result);
         drop(state);
         if notify {
+            let _ = self.woken_at.set(Instant::now());
             self.cond.notify_all();
         }
         if let Some(w) = waker {
@@ -197,15 +203,29 @@ impl ReplySlot {
     /// have recently come within `pace`'s window it first looks for the reply awake (a local
     /// endpoint or a peer on the same host often answers within a few µs, and waking a sleeping
     /// thread costs tens of µs); how long the reply took teaches `pace`.
-    fn wait(&self, deadline: Option<Instant>, pace: &Pace) -> Option<ReplyResult> {
+    ///
+    /// Only a caller that asks back to back (`gaps`) stays awake: one that asks at a pace of its
+    /// own (heartbeats, status asks) sleeps at once, since a spin would cost it about the reply
+    /// time in CPU on every ask to save a wake-up of a few µs.
+    fn wait(&self, deadline: Option<Instant>, pace: &Pace, gaps: &AskGaps) -> Option<ReplyResult> {
         let start = Instant::now();
-        let budget = match deadline {
-            Some(d) => pace.spin_budget().min(d.saturating_duration_since(start)),
-            None => pace.spin_budget(),
+        let spin = if gaps.back_to_back(start) {
+            pace.spin_budget()
+        } else {
+            Duration::ZERO
         };
-        spin_until(budget, || self.is_complete());
+        let budget = match deadline {
+            Some(d) => spin.min(d.saturating_duration_since(start)),
+            None => spin,
+        };
+        let awake = spin_until(budget, || self.is_complete());
         let outcome = self.wait_asleep(deadline);
-        pace.observe(start.elapsed());
+        let took = match self.woken_at.get() {
+            Some(at) if !awake => at.saturating_duration_since(start),
+            _ => start.elapsed(),
+        };
+        pace.observe(took);
+        gaps.ended(Instant::now());
         outcome
     }
 
@@ -245,12 +265,57 @@ impl ReplySlot {
     }
 }
 
+/// When the env's callers blocked on replies last had one, and how soon they ask again after
+/// it: whether they ask back to back.
+#[derive(Debug)]
+pub(crate) struct AskGaps {
+    epoch: Instant,
+    /// When the last wait ended, in ns after `epoch` (0: none yet).
+    last_end_ns: AtomicU64,
+    /// The gaps between a wait's end and the next wait's start.
+    pace: Pace,
+}
+
+impl AskGaps {
+    /// Gaps within `window` count as back to back.
+    pub(crate) fn new(window: Duration) -> Self {
+        AskGaps {
+            epoch: Instant::now(),
+            last_end_ns: AtomicU64::new(0),
+            pace: Pace::for_replies(window),
+        }
+    }
+
+    fn ns(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A caller starts to wait at `start`: learns the gap since the last wait ended, and answers
+    /// whether callers have been asking back to back.
+    fn back_to_back(&self, start: Instant) -> bool {
+        let last = self.last_end_ns.load(Ordering::Relaxed);
+        if last != 0 {
+            let gap = self.ns(start).saturating_sub(last);
+            self.pace.observe(Duration::from_nanos(gap));
+        }
+        !self.pace.spin_budget().is_zero()
+    }
+
+    /// A wait ended at `at`.
+    fn ended(&self, at: Instant) {
+        self.last_end_ns
+            .store(self.ns(at).max(1), Ordering::Relaxed);
+    }
+}
+
 /// What the asks of one env share: the runtime their timers run on, and how fast replies have
-/// been coming to callers blocked on them (whether such a caller should stay awake).
+/// been coming to callers blocked on them and how soon they ask again (whether such a caller
+/// should stay awake).
 #[derive(Debug)]
 pub(crate) struct Waits {
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) pace: Pace,
+    pub(crate) gaps: AskGaps,
     /// The env's ask metrics (pending asks, timeouts).
     pub(crate) metrics: AskMetrics,
 }
@@ -322,7 +387,10 @@ impl<R: RpcReply> Ask<R> {
     /// there instead.
     pub fn wait(self) -> Result<R, RpcError> {
         ensure_blocking_allowed("Ask::wait")?;
-        match self.slot.wait(self.deadline, &self.waits.pace) {
+        match self
+            .slot
+            .wait(self.deadline, &self.waits.pace, &self.waits.gaps)
+        {
             Some(r) => r.and_then(|v| v.into_typed(&self.endpoint)),
             None => Err(self.expire()),
         }
@@ -417,7 +485,28 @@ impl<R> std::fmt::Debug for Ask<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Callers asking again within the window count as back to back (they may spin for their
+    /// replies); callers at a pace of their own (an ask a millisecond) do not.
+    #[test]
+    fn only_back_to_back_callers_count_as_such() {
+        let window = Duration::from_micros(50);
+        let gaps = AskGaps::new(window);
+        let mut t = Instant::now();
+        for _ in 0..8 {
+            gaps.ended(t);
+            t += Duration::from_millis(1);
+            gaps.back_to_back(t);
+        }
+        assert!(!gaps.back_to_back(t), "an ask a millisecond");
+        for _ in 0..16 {
+            gaps.ended(t);
+            t += Duration::from_micros(5);
+            gaps.back_to_back(t);
+        }
+        assert!(gaps.back_to_back(t), "asks 5 µs after each reply");
+    }
+    use std::sync::atomic::AtomicUsize;
     use std::sync::Barrier;
 
     /// A hook registered after the ask ended runs at once.
@@ -479,6 +568,7 @@ mod tests {
                 .wait(
                     Some(Instant::now() + std::time::Duration::from_secs(10)),
                     &Pace::new(std::time::Duration::from_micros(50)),
+                    &AskGaps::new(std::time::Duration::from_micros(50)),
                 )
                 .expect("the waiter wakes");
             for r in racers {

@@ -16,7 +16,7 @@ use crate::budget::{BudgetHold, Inbound};
 use crate::command::{queue_cost, Command, CommandSender, PendingKind, QUEUE_ENTRY_OVERHEAD};
 use crate::error::TransportError;
 use crate::message::{Message, StreamChunkId};
-use crate::response::{ByteStream, PendingRpc, RpcReply};
+use crate::response::{ByteStream, PendingRpc, RpcCallback, RpcReply};
 
 pub(crate) struct ClientShared {
     pub(crate) id: u64,
@@ -53,22 +53,44 @@ pub(crate) struct ClientShared {
 
 /// Writes what is queued on a connection from the calling thread if its task is not busy.
 pub(crate) trait Flush: Send + Sync {
-    /// When the connection's task is not busy: takes the queued messages, appends `msg` if
-    /// given, writes what the socket accepts and returns true. Otherwise returns false and
-    /// leaves everything (including `msg`) to the caller and the task.
-    fn try_flush(&self, msg: Option<&Message>) -> bool;
+    /// When the connection's task is not busy (and, for [`WriteNow::WhenAlone`], no request of
+    /// the connection awaits its answer): takes the queued commands, then `cmd` if given, writes
+    /// what the socket accepts and returns `Ok`. Otherwise hands `cmd` back untouched, for the
+    /// caller to queue for the task.
+    #[allow(clippy::result_large_err)]
+    fn try_flush(&self, cmd: Option<Command>, when: WriteNow) -> Result<(), Option<Command>>;
+}
+
+/// When a request is written from the calling thread (through the flush hook) instead of being
+/// handed to the connection's task. The hand-off costs a wake-up of the task (a thread switch
+/// when its worker sleeps) and a turn of its scheduler before the bytes leave; the task pays
+/// off when it batches many messages into one write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteNow {
+    /// Whenever the task is not busy: a caller about to block for the answer (a plain thread).
+    Always,
+    /// Only when no other request of this connection awaits its answer and the ones before
+    /// went one at a time (each answered before the next): a lone caller asking and waiting
+    /// gains latency and a hand-off, while requests that travel together (several callers, a
+    /// window of asks) are left for the task to batch, including the first of each round.
+    WhenAlone,
 }
 
 impl ClientShared {
-    /// The flush hook (see [`TransportClient::try_flush`]), with a message to write after
-    /// what is queued.
-    pub(crate) fn try_flush(&self, msg: Option<&Message>) -> bool {
+    /// The flush hook (see [`TransportClient::try_flush`]), with a command to run after what
+    /// is queued; a command it could not run is handed back.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn try_flush(
+        &self,
+        cmd: Option<Command>,
+        when: WriteNow,
+    ) -> Result<(), Option<Command>> {
         if self.closed.load(Ordering::Acquire) {
-            return false;
+            return Err(cmd);
         }
         match self.flush.get().and_then(std::sync::Weak::upgrade) {
-            Some(conn) => conn.try_flush(msg),
-            None => false,
+            Some(conn) => conn.try_flush(cmd, when),
+            None => Err(cmd),
         }
     }
 
@@ -303,10 +325,7 @@ impl TransportClient {
     /// task then writes them as usual. Never blocks; meant for producer threads, not for
     /// handler callbacks running on the connection's own task (those always get false).
     pub fn try_flush(&self) -> bool {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return false;
-        }
-        self.shared.try_flush(None)
+        self.shared.try_flush(None, WriteNow::Always).is_ok()
     }
 
     /// Counts a message of `len` bytes received on this connection in its byte budget
@@ -410,26 +429,57 @@ impl TransportClient {
         body: Bytes,
         callback: impl FnOnce(Result<Bytes, TransportError>) + Send + 'static,
     ) -> i64 {
+        self.rpc_with_callback(body, Box::new(callback), None)
+    }
+
+    /// [`send_rpc_with_callback`](Self::send_rpc_with_callback), writing the request from the
+    /// calling thread when `when` allows it and the connection's task is not busy (the flush
+    /// hook, see [`try_flush`](Self::try_flush)): no hand-off to the task and no wake-up of it.
+    /// Otherwise the request is queued for the task as usual. Never blocks.
+    pub fn send_rpc_with_callback_now(
+        &self,
+        body: Bytes,
+        callback: impl FnOnce(Result<Bytes, TransportError>) + Send + 'static,
+        when: WriteNow,
+    ) -> i64 {
+        self.rpc_with_callback(body, Box::new(callback), Some(when))
+    }
+
+    /// Runs (through the flush hook, when `now` says so) or queues an RpcRequest whose answer
+    /// goes to `callback`; fails the callback at once when the connection is closed. Returns
+    /// the request id.
+    fn rpc_with_callback(&self, body: Bytes, callback: RpcCallback, now: Option<WriteNow>) -> i64 {
         let id = self.next_request_id();
         let msg = Message::RpcRequest {
             request_id: id,
             body,
         };
-        let pending = PendingKind::Rpc(id, PendingRpc::Rpc(RpcReply::Callback(Box::new(callback))));
-        if self.shared.closed.load(Ordering::Acquire) {
-            if let PendingKind::Rpc(_, PendingRpc::Rpc(reply)) = pending {
+        let pending = PendingKind::Rpc(id, PendingRpc::Rpc(RpcReply::Callback(callback)));
+        self.run_or_queue(Command::Request(msg, pending), now);
+        id
+    }
+
+    /// Runs `cmd` (a request whose answer goes to a callback) through the flush hook when `now`
+    /// says so, else queues it; fails the callback at once when the connection is closed.
+    fn run_or_queue(&self, cmd: Command, now: Option<WriteNow>) {
+        let cmd = match now {
+            Some(when) => match self.shared.try_flush(Some(cmd), when) {
+                Ok(()) => return,
+                Err(cmd) => cmd.expect("the flush hook hands back the command it did not run"),
+            },
+            None => cmd,
+        };
+        let fail = |cmd: Command| {
+            if let Command::Request(_, PendingKind::Rpc(_, PendingRpc::Rpc(reply))) = cmd {
                 reply.complete(Err(self.closed_error()));
             }
-            return id;
+        };
+        if self.shared.closed.load(Ordering::Acquire) {
+            return fail(cmd);
         }
-        if let Err(mpsc::error::SendError(Command::Request(
-            _,
-            PendingKind::Rpc(_, PendingRpc::Rpc(reply)),
-        ))) = self.shared.enqueue(Command::Request(msg, pending))
-        {
-            reply.complete(Err(self.closed_error()));
+        if let Err(mpsc::error::SendError(cmd)) = self.shared.enqueue(cmd) {
+            fail(cmd);
         }
-        id
     }
 
     /// Forget an outstanding RPC (its answer, if it comes, is dropped with a log line).

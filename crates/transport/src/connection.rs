@@ -23,7 +23,7 @@ use tokio::time::Sleep;
 use tracing::Instrument;
 
 use crate::budget::Inbound;
-use crate::client::{ClientShared, Flush, TransportClient};
+use crate::client::{ClientShared, Flush, TransportClient, WriteNow};
 use crate::codec::{WriteQueue, MAX_IO_SLICES};
 use crate::command::{queue_cost, Command, PendingKind, QUEUE_ENTRY_OVERHEAD};
 use crate::conf::TransportConf;
@@ -188,14 +188,18 @@ impl<S> Flush for Mutex<Connection<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    fn try_flush(&self, msg: Option<&Message>) -> bool {
-        match self.try_lock() {
-            Ok(mut conn) => {
-                conn.flush_now(msg);
-                true
-            }
-            Err(_) => false,
+    fn try_flush(&self, cmd: Option<Command>, when: WriteNow) -> Result<(), Option<Command>> {
+        let Ok(mut conn) = self.try_lock() else {
+            return Err(cmd);
+        };
+        // Closed under the lock: the task has failed (or is about to fail) what it holds, so a
+        // request registered now would never be answered; queued instead, it fails with the rest.
+        let closed = conn.client.shared.closed.load(Ordering::Acquire);
+        if closed || (when == WriteNow::WhenAlone && !conn.router.one_at_a_time()) {
+            return Err(cmd);
         }
+        conn.flush_now(cmd);
+        Ok(())
     }
 }
 
@@ -279,10 +283,10 @@ where
         outstanding
     }
 
-    /// The flush hook's work, on a producer's thread: takes the queued commands and writes
-    /// what it can without waiting. Registers no waker of its own; when something is left
+    /// The flush hook's work, on a producer's thread: takes the queued commands, then `cmd`, and
+    /// writes what it can without waiting. Registers no waker of its own; when something is left
     /// (the socket is full) the task is woken to carry on.
-    fn flush_now(&mut self, msg: Option<&Message>) {
+    fn flush_now(&mut self, cmd: Option<Command>) {
         let mut taken = 0;
         while let Ok(cmd) = self.rx.try_recv() {
             if let Command::Send(m) | Command::Request(m, _) = &cmd {
@@ -295,17 +299,30 @@ where
             shared.queued_bytes.fetch_sub(taken, Ordering::Relaxed);
             shared.drained.notify_waiters();
         }
-        if let Some(msg) = msg {
-            self.out.push(msg);
+        if let Some(cmd) = cmd {
+            self.on_command(cmd);
         }
         let mut cx = Context::from_waker(Waker::noop());
         self.turn_written = 0;
         let wrote = self.poll_write(&mut cx);
+        // The task may not run again before the deadlines are checked: what it would note, this
+        // thread notes.
+        self.note_activity(matches!(wrote, Ok(true)), false);
         if wrote.is_err() || !self.out.is_empty() || self.needs_flush {
             // Left for the task (which also meets the error again and closes).
             if let Some(w) = &self.waker {
                 w.wake_by_ref();
             }
+        }
+    }
+
+    /// Notes read or write progress and a request issued since the last note, for the
+    /// deadlines (read from the clock only when deadlines are kept).
+    fn note_activity(&mut self, io_progress: bool, read_progress: bool) {
+        if self.timer.is_some() && (io_progress || self.requested) {
+            self.state
+                .on_progress(Instant::now(), io_progress, read_progress, self.requested);
+            self.requested = false;
         }
     }
 
@@ -470,11 +487,7 @@ where
                 }
             }
 
-            if self.timer.is_some() && (io_progress || self.requested) {
-                self.state
-                    .on_progress(Instant::now(), io_progress, read_progress, self.requested);
-                self.requested = false;
-            }
+            self.note_activity(io_progress, read_progress);
             if defer {
                 // Back of the run queue (a woken idle worker may take the task meanwhile): the
                 // write happens on the next poll, after the tasks queued before it ran.

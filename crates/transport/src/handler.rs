@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::body::ReplyBody;
-use crate::client::{ClientShared, TransportClient};
+use crate::client::{ClientShared, TransportClient, WriteNow};
 use crate::command::Command;
 use crate::error::TransportError;
 use crate::message::Message;
@@ -205,12 +205,20 @@ impl RpcResponder {
             request_id: inner.request_id,
             body,
         };
-        if inner.shared.try_flush(Some(&msg)) {
-            inner.shared.inbound.release(inner.cost);
-            true
-        } else {
-            inner.send(msg);
-            false
+        match inner
+            .shared
+            .try_flush(Some(Command::Send(msg)), WriteNow::Always)
+        {
+            Ok(()) => {
+                inner.shared.inbound.release(inner.cost);
+                true
+            }
+            Err(cmd) => {
+                if let Some(Command::Send(msg)) = cmd {
+                    inner.send(msg);
+                }
+                false
+            }
         }
     }
 

@@ -59,7 +59,7 @@ pub use auth::{
 pub use body::{BodySource, FileRegion, ReplyBody, BODY_PIECE};
 pub use bootstrap::{AsyncIo, BootstrapFuture, BoxedIo, ClientBootstrap, ServerBootstrap};
 pub use budget::BudgetHold;
-pub use client::{ResponseFuture, RpcFuture, TransportClient};
+pub use client::{ResponseFuture, RpcFuture, TransportClient, WriteNow};
 pub use codec::WriteQueue;
 pub use conf::{TransportConf, SPARK_MAX_FRAME_BODY};
 pub use error::{Result, TransportError};

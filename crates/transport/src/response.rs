@@ -1,9 +1,11 @@
 //! Response routing (Spark's `TransportResponseHandler`): the outstanding requests of one
 //! connection and the matching of response messages to them. No sockets, no clocks.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
@@ -169,6 +171,10 @@ pub(crate) struct ResponseRouter {
     active_stream: Option<ActiveStream>,
     /// Stream pieces not yet taken by their reader count here (the connection's byte budget).
     inbound: Arc<Inbound>,
+    /// The most RPCs outstanding at once since none was, and that figure for the previous such
+    /// stretch: whether this connection's requests have been going one at a time.
+    rpc_peak: usize,
+    last_rpc_peak: usize,
 }
 
 impl ResponseRouter {
@@ -186,7 +192,24 @@ impl ResponseRouter {
             streams: VecDeque::new(),
             active_stream: None,
             inbound,
+            rpc_peak: 0,
+            last_rpc_peak: 0,
         }
+    }
+
+    /// Nothing is outstanding, and the requests before went one at a time (each answered
+    /// before the next was sent): a caller that waits for each answer.
+    pub(crate) fn one_at_a_time(&self) -> bool {
+        self.outstanding() == 0 && self.last_rpc_peak <= 1
+    }
+
+    /// Takes the pending RPC `request_id`, noting the stretch's peak when it was the last one.
+    fn take_rpc(&mut self, request_id: i64) -> Option<PendingRpc> {
+        let pending = self.rpcs.remove(&request_id)?;
+        if self.rpcs.is_empty() {
+            self.last_rpc_peak = std::mem::take(&mut self.rpc_peak);
+        }
+        Some(pending)
     }
 
     /// Requests still waiting for an answer (a stream whose body is arriving counts).
@@ -202,10 +225,11 @@ impl ResponseRouter {
             tracing::warn!(peer = %self.peer, request_id, "duplicate request id; the older request is failed");
             fail_pending(old, TransportError::ConnectionClosed { peer: self.peer });
         }
+        self.rpc_peak = self.rpc_peak.max(self.rpcs.len());
     }
 
     pub(crate) fn remove_rpc(&mut self, request_id: i64) -> bool {
-        self.rpcs.remove(&request_id).is_some()
+        self.take_rpc(request_id).is_some()
     }
 
     pub(crate) fn add_chunk(&mut self, chunk: StreamChunkId, reply: ChunkReply) {
@@ -230,7 +254,7 @@ impl ResponseRouter {
     pub(crate) fn handle(&mut self, msg: Message) {
         let peer = self.peer;
         match msg {
-            Message::RpcResponse { request_id, body } => match self.rpcs.remove(&request_id) {
+            Message::RpcResponse { request_id, body } => match self.take_rpc(request_id) {
                 Some(PendingRpc::Rpc(reply)) => {
                     if !reply.complete(Ok(body)) {
                         tracing::debug!(%peer, request_id, "late response dropped: the request was cancelled");
@@ -246,7 +270,7 @@ impl ResponseRouter {
                     tracing::warn!(%peer, request_id, "Ignoring response for RPC {request_id} from {peer} since it is not outstanding")
                 }
             },
-            Message::RpcFailure { request_id, error } => match self.rpcs.remove(&request_id) {
+            Message::RpcFailure { request_id, error } => match self.take_rpc(request_id) {
                 Some(p) => fail_pending(
                     p,
                     TransportError::RpcFailure {
@@ -263,7 +287,7 @@ impl ResponseRouter {
                 request_id,
                 num_chunks,
                 body,
-            } => match self.rpcs.remove(&request_id) {
+            } => match self.take_rpc(request_id) {
                 Some(PendingRpc::Meta(tx)) => {
                     let _ = tx.send(Ok((num_chunks, body)));
                 }
@@ -426,6 +450,36 @@ mod tests {
             stream_id: 1,
             chunk_index: i,
         }
+    }
+
+    /// Requests answered one by one keep the connection "one at a time"; a stretch with several
+    /// in flight ends it until a stretch of single requests follows.
+    #[test]
+    fn requests_going_one_at_a_time_are_recognised() {
+        let mut r = ResponseRouter::new(peer());
+        let log = Log::default();
+        let answer = |r: &mut ResponseRouter, id| {
+            r.handle(Message::RpcResponse {
+                request_id: id,
+                body: Bytes::new(),
+            })
+        };
+        assert!(r.one_at_a_time(), "a fresh connection");
+        r.add_rpc(1, PendingRpc::Rpc(callback(&log)));
+        assert!(!r.one_at_a_time(), "one is outstanding");
+        answer(&mut r, 1);
+        assert!(r.one_at_a_time());
+        for id in 2..10 {
+            r.add_rpc(id, PendingRpc::Rpc(callback(&log)));
+        }
+        for id in 2..10 {
+            answer(&mut r, id);
+        }
+        assert!(!r.one_at_a_time(), "eight went together");
+        r.add_rpc(10, PendingRpc::Rpc(callback(&log)));
+        answer(&mut r, 10);
+        assert!(r.one_at_a_time(), "then one alone");
+        assert_eq!(log.lock().unwrap().len(), 10);
     }
 
     #[test]

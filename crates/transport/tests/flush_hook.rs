@@ -9,7 +9,9 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use bytes::Bytes;
 use common::*;
-use rpcenv_transport::{RpcHandler, RpcResponder, TransportClient, TransportConf};
+use rpcenv_transport::{
+    RpcHandler, RpcResponder, TransportClient, TransportConf, TransportError, WriteNow,
+};
 
 /// Hands every request to a producer thread, which answers and then calls the flush hook.
 struct ViaProducer {
@@ -104,4 +106,71 @@ async fn the_flush_hook_of_a_closed_connection_does_nothing() {
     client.close();
     within(client.closed()).await;
     assert!(!client.try_flush());
+}
+
+type Answer = Result<Bytes, TransportError>;
+
+/// Sends `body` with `send_rpc_with_callback_now`; the answer comes on the returned channel.
+fn ask_now(client: &TransportClient, body: Bytes, when: WriteNow) -> mpsc::Receiver<Answer> {
+    let (tx, rx) = mpsc::channel();
+    client.send_rpc_with_callback_now(
+        body,
+        move |answer| {
+            let _ = tx.send(answer);
+        },
+        when,
+    );
+    rx
+}
+
+fn answer_of(rx: &mpsc::Receiver<Answer>) -> Answer {
+    rx.recv_timeout(std::time::Duration::from_secs(30))
+        .expect("every request is answered")
+}
+
+/// Requests written by their caller (a plain thread, one at a time, and many in flight from
+/// tasks, which the flush hook leaves to the connection's task) are all answered, each with its
+/// own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_written_through_the_flush_hook_are_all_answered() {
+    let (handler, _, thread) = producer(true);
+    let server = server_with(TransportConf::default(), handler).await;
+    let (_f, client) = client_of(&server).await;
+    let caller = client.clone();
+    tokio::task::spawn_blocking(move || {
+        for i in 0..500 {
+            let rx = ask_now(&caller, Bytes::from(format!("{i}")), WriteNow::Always);
+            assert_eq!(answer_of(&rx).unwrap(), Bytes::from(format!("{i}")));
+        }
+    })
+    .await
+    .unwrap();
+    for when in [WriteNow::Always, WriteNow::WhenAlone] {
+        let waiting: Vec<_> = (0..1000)
+            .map(|i| (i, ask_now(&client, Bytes::from(format!("{i}")), when)))
+            .collect();
+        for (i, rx) in waiting {
+            let rx = tokio::task::spawn_blocking(move || answer_of(&rx));
+            assert_eq!(rx.await.unwrap().unwrap(), Bytes::from(format!("{i}")));
+        }
+    }
+    server.close();
+    within(server.closed()).await;
+    thread.join().unwrap();
+}
+
+/// A request sent this way on a closed connection fails at once with the connection's error.
+#[tokio::test]
+async fn a_request_written_now_on_a_closed_connection_fails() {
+    let (server, _) = test_server().await;
+    let (_f, client) = client_of(&server).await;
+    client.close();
+    within(client.closed()).await;
+    for when in [WriteNow::Always, WriteNow::WhenAlone] {
+        let rx = ask_now(&client, Bytes::from_static(b"x"), when);
+        assert!(matches!(
+            answer_of(&rx),
+            Err(TransportError::ConnectionClosed { .. })
+        ));
+    }
 }

@@ -22,7 +22,7 @@ use crate::file_server::FileRegistry;
 use crate::metrics::AskMetrics;
 use crate::net::{Network, NetworkParts, RpcEnvHandler, FRAME_HEADROOM};
 use crate::pace::Pace;
-use crate::reply::Waits;
+use crate::reply::{AskGaps, Waits};
 use crate::stats::STATS_NAME;
 use crate::stats_endpoint::StatsEndpoint;
 use crate::stream_service::StreamService;
@@ -153,6 +153,7 @@ impl RpcEnvBuilder {
         let shared_loop = Dispatcher::start_shared_loop(
             self.conf.dispatcher_threads(),
             self.conf.max_extra_loop_threads(),
+            self.conf.spin_window(),
         )
         .map_err(|e| startup(format!("cannot start message loop threads: {e}")))?;
         let client_bootstraps =
@@ -179,7 +180,8 @@ impl RpcEnvBuilder {
                 retry_wait: self.conf.retry_wait(),
                 waits: Arc::new(Waits {
                     runtime: runtime.clone(),
-                    pace: Pace::new(self.conf.spin_window()),
+                    pace: Pace::for_replies(self.conf.spin_window()),
+                    gaps: AskGaps::new(self.conf.spin_window()),
                     metrics: AskMetrics::new(),
                 }),
                 sender: address.clone(),
