@@ -42,6 +42,17 @@ pub struct BenchArgs {
     /// A human-readable table instead of JSON lines.
     #[arg(long)]
     pub table: bool,
+    /// Size of the file `file_fetch` serves and fetches (e.g. 256m, 1g); the run fetches it
+    /// until about 1 GiB has been read (at least once).
+    #[arg(long, value_name = "SIZE", default_value = "256m", value_parser = parse_file_size)]
+    pub file_size: u64,
+}
+
+fn parse_file_size(v: &str) -> Result<u64, String> {
+    match rpcenv::conf::parse_size(v, 1)? {
+        0 => Err("the file must not be empty".to_string()),
+        n => Ok(n),
+    }
 }
 
 /// One of the shared workloads.
@@ -70,9 +81,10 @@ const ALL: [Workload; 7] = [
 /// Workloads run only when named: not among the shared W1-W7 that every anchor runs.
 const EXTRA: [Workload; 1] = [Workload::FileFetch];
 
-/// The file of `file_fetch`: fetched whole through `open_channel` from the file server of an
-/// env in the same process.
-pub(crate) const FILE_BYTES: u64 = 256 << 20;
+/// Bytes `file_fetch` reads in all: its file (`--file-size`, 256 MiB by default), fetched whole
+/// through `open_channel` from the file server of an env in the same process, this many bytes'
+/// worth of times.
+const FILE_FETCH_TOTAL: u64 = 1 << 30;
 
 /// Outstanding asks in W2.
 pub(crate) const W2_WINDOW: usize = 64;
@@ -122,15 +134,15 @@ impl Workload {
             Workload::LocalSend => 2_000_000,
             Workload::FanIn => 200_000,
             Workload::PacedAsk => 5_000,
-            // 1 GiB in all.
-            Workload::FileFetch => 4,
+            // Counted by `Plan::ops`, from the file's size.
+            Workload::FileFetch => 1,
         }
     }
 
-    fn payload_bytes(self) -> usize {
+    fn payload_bytes(self, plan: Plan) -> usize {
         match self {
             Workload::AskLarge => LARGE_BYTES,
-            Workload::FileFetch => FILE_BYTES as usize,
+            Workload::FileFetch => plan.file_bytes as usize,
             _ => SMALL_BYTES,
         }
     }
@@ -156,11 +168,17 @@ impl Workload {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Plan {
     quick: bool,
+    /// The size of `file_fetch`'s file.
+    pub(crate) file_bytes: u64,
 }
 
 impl Plan {
     /// Measured operations of `w`.
     pub(crate) fn ops(self, w: Workload) -> usize {
+        if w == Workload::FileFetch {
+            let files = FILE_FETCH_TOTAL.div_ceil(self.file_bytes).max(1) as usize;
+            return if self.quick { 1 } else { files };
+        }
         let base = w.base_ops();
         let n = if self.quick { base.div_ceil(10) } else { base };
         if w == Workload::FanIn {
@@ -227,6 +245,7 @@ pub(crate) struct Measured {
 /// One line of output.
 struct Outcome {
     workload: Workload,
+    payload_bytes: usize,
     ops: usize,
     secs: f64,
     p50_us: Option<f64>,
@@ -236,7 +255,7 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn new(w: Workload, mut m: Measured) -> Self {
+    fn new(w: Workload, plan: Plan, mut m: Measured) -> Self {
         let (p50_us, p99_us) = if w.has_latency() && !m.lat_ns.is_empty() {
             m.lat_ns.sort_unstable();
             (
@@ -248,6 +267,7 @@ impl Outcome {
         };
         Outcome {
             workload: w,
+            payload_bytes: w.payload_bytes(plan),
             ops: m.ops,
             secs: m.elapsed.as_secs_f64().max(1e-9),
             p50_us,
@@ -273,7 +293,7 @@ impl Outcome {
         format!(
             "{{\"system\":\"rpcenv\",\"workload\":\"{}\",\"payload_bytes\":{},\"ops\":{},\"secs\":{:.4},\"ops_per_sec\":{:.1},\"p50_us\":{},\"p99_us\":{},\"rss_kb\":{},\"cpu_us_per_op\":{}}}",
             self.workload.name(),
-            self.workload.payload_bytes(),
+            self.payload_bytes,
             self.ops,
             self.secs,
             self.ops_per_sec(),
@@ -368,7 +388,10 @@ pub fn run(args: &BenchArgs, conf: &RpcConf) -> anyhow::Result<ExitCode> {
     if let Some(only) = &child {
         workloads.retain(|w| w.matches(only));
     }
-    let plan = Plan { quick: args.quick };
+    let plan = Plan {
+        quick: args.quick,
+        file_bytes: args.file_size,
+    };
     if args.table && child.is_none() {
         println!("{}", table_header());
     }
@@ -384,7 +407,7 @@ pub fn run(args: &BenchArgs, conf: &RpcConf) -> anyhow::Result<ExitCode> {
         }
         match workloads::run(w, plan, conf) {
             Ok(m) => {
-                let outcome = Outcome::new(w, m);
+                let outcome = Outcome::new(w, plan, m);
                 if args.table {
                     println!("{}", table_row(&outcome));
                 } else {
@@ -435,6 +458,11 @@ fn json_string(s: &str) -> String {
 mod tests {
     use super::*;
 
+    const QUICK: Plan = Plan {
+        quick: true,
+        file_bytes: 256 << 20,
+    };
+
     #[test]
     fn nearest_rank_percentiles() {
         let v: Vec<u64> = (1..=100).collect();
@@ -445,11 +473,14 @@ mod tests {
 
     #[test]
     fn quick_counts_are_a_tenth() {
-        let quick = Plan { quick: true };
+        let quick = QUICK;
         assert_eq!(quick.ops(Workload::AskLatency), 2_000);
         assert_eq!(quick.ops(Workload::AskLarge), 50);
         assert_eq!(quick.ops(Workload::FanIn) % W6_CLIENTS, 0);
-        let full = Plan { quick: false };
+        let full = Plan {
+            quick: false,
+            ..QUICK
+        };
         assert_eq!(full.ops(Workload::SendThroughput), 1_000_000);
         assert_eq!(full.ops(Workload::FanIn), 200_000);
     }
@@ -473,15 +504,25 @@ mod tests {
             selected(&["file_fetch".into(), "W1".into()]).unwrap(),
             vec![Workload::AskLatency, Workload::FileFetch]
         );
-        assert_eq!(Workload::FileFetch.payload_bytes(), 256 << 20);
-        assert_eq!(Plan { quick: false }.ops(Workload::FileFetch), 4);
-        assert_eq!(Plan { quick: true }.ops(Workload::FileFetch), 1);
+        assert_eq!(Workload::FileFetch.payload_bytes(QUICK), 256 << 20);
+        let full = |file_bytes| Plan {
+            quick: false,
+            file_bytes,
+        };
+        // About 1 GiB in all, at least one file.
+        assert_eq!(full(256 << 20).ops(Workload::FileFetch), 4);
+        assert_eq!(full(1 << 30).ops(Workload::FileFetch), 1);
+        assert_eq!(full(3 << 30).ops(Workload::FileFetch), 1);
+        assert_eq!(QUICK.ops(Workload::FileFetch), 1);
+        assert_eq!(parse_file_size("1g"), Ok(1 << 30));
+        assert!(parse_file_size("0").is_err());
     }
 
     #[test]
     fn json_line_has_the_shared_format() {
         let o = Outcome {
             workload: Workload::LocalSend,
+            payload_bytes: Workload::LocalSend.payload_bytes(QUICK),
             ops: 10,
             secs: 0.5,
             p50_us: None,
@@ -503,7 +544,7 @@ mod tests {
             lat_ns: Vec::new(),
             cpu: Some(Duration::from_millis(20)),
         };
-        let o = Outcome::new(Workload::SendThroughput, m);
+        let o = Outcome::new(Workload::SendThroughput, QUICK, m);
         assert_eq!(o.cpu_us_per_op, Some(5_000.0));
         let unknown = Measured {
             ops: 4,
@@ -511,7 +552,7 @@ mod tests {
             lat_ns: Vec::new(),
             cpu: None,
         };
-        assert!(Outcome::new(Workload::SendThroughput, unknown)
+        assert!(Outcome::new(Workload::SendThroughput, QUICK, unknown)
             .json()
             .ends_with("\"cpu_us_per_op\":null}"));
     }

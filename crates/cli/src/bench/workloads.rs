@@ -20,8 +20,8 @@ use rpcenv::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    process_cpu, warm_up, Measured, Plan, Workload, FILE_BYTES, LARGE_BYTES, SMALL_BYTES,
-    W2_WINDOW, W6_CLIENTS, W6_WINDOW,
+    process_cpu, warm_up, Measured, Plan, Workload, LARGE_BYTES, SMALL_BYTES, W2_WINDOW,
+    W6_CLIENTS, W6_WINDOW,
 };
 use crate::generated::GeneratedFile;
 
@@ -484,7 +484,7 @@ pub(crate) fn run(w: Workload, plan: Plan, conf: &RpcConf) -> anyhow::Result<Mea
 
 /// `n` whole reads of the file at `uri`, one after another, each through a fresh
 /// `open_channel`; the bytes are counted and dropped.
-async fn fetch_files(env: RpcEnv, uri: String, n: usize) -> std::io::Result<Vec<u64>> {
+async fn fetch_files(env: RpcEnv, uri: String, len: u64, n: usize) -> std::io::Result<Vec<u64>> {
     use tokio::io::AsyncReadExt as _;
     let mut lat = Vec::with_capacity(n);
     let mut buf = vec![0u8; 256 << 10];
@@ -502,9 +502,9 @@ async fn fetch_files(env: RpcEnv, uri: String, n: usize) -> std::io::Result<Vec<
             }
             total += read as u64;
         }
-        if total != FILE_BYTES {
+        if total != len {
             return Err(std::io::Error::other(format!(
-                "{uri}: {total} bytes read, expected {FILE_BYTES}"
+                "{uri}: {total} bytes read, expected {len}"
             )));
         }
         lat.push(elapsed_ns(t0));
@@ -515,12 +515,16 @@ async fn fetch_files(env: RpcEnv, uri: String, n: usize) -> std::io::Result<Vec<
 /// `file_fetch`: a server env's file server publishes a generated file; a client env fetches it
 /// whole, one file after another.
 fn file_fetch(plan: Plan, conf: &RpcConf) -> anyhow::Result<Measured> {
-    let file = GeneratedFile::create("bench-file", FILE_BYTES)?;
+    let file = GeneratedFile::create("bench-file", plan.file_bytes)?;
     let mut envs = Envs(Vec::new());
     let server = envs.start("bench-server", conf)?;
     let client = envs.start("bench-client", conf)?;
     let uri = server.file_server()?.add_file(file.path())?;
     measure(plan, Workload::FileFetch, |n| {
-        block(&client, fetch_files(client.clone(), uri.clone(), n)).map(Run::Latencies)
+        block(
+            &client,
+            fetch_files(client.clone(), uri.clone(), plan.file_bytes, n),
+        )
+        .map(Run::Latencies)
     })
 }
