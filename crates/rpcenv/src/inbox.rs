@@ -336,14 +336,9 @@ impl<B: Behaviour> Inbox<B> {
             if st.stopped {
                 return Err(message);
             }
-            let message = match (message, feeder) {
-                (InboxMessage::OneWay(m), Some((c, len))) if st.queue.len() >= self.capacity => {
-                    if st.queue.len() == self.capacity {
-                        tracing::debug!(endpoint = %self.name, peer = %c.remote_addr(), "inbox full: one-way messages wait within their connection's byte budget");
-                    }
-                    InboxMessage::Held(m, c.hold(len))
-                }
-                (m, _) => m,
+            let message = match feeder {
+                Some((c, len)) if st.queue.len() >= self.capacity => self.held(message, c, len),
+                _ => message,
             };
             if st.queue.is_empty() {
                 st.oldest = Some(Instant::now());
@@ -359,6 +354,24 @@ impl<B: Behaviour> Inbox<B> {
             self.schedule();
         }
         Ok(())
+    }
+
+    /// A message for a full inbox from connection `c`: a one-way message holds its `len` bytes
+    /// of `c`'s budget until handled (a request's responder already holds its own).
+    #[cold]
+    fn held(
+        &self,
+        message: InboxMessage<B::Message>,
+        c: &TransportClient,
+        len: usize,
+    ) -> InboxMessage<B::Message> {
+        match message {
+            InboxMessage::OneWay(m) => {
+                tracing::trace!(endpoint = %self.name, peer = %c.remote_addr(), "inbox full: a one-way message waits within its connection's byte budget");
+                InboxMessage::Held(m, Box::new(c.hold(len)))
+            }
+            other => other,
+        }
     }
 
     /// The error a refused post is reported with.
@@ -534,10 +547,9 @@ impl<B: Behaviour> Inbox<B> {
                 self.report(cb, ctx, r);
             }
             InboxMessage::Held(m, hold) => {
-                let r = guarded(|| cb.receive(ctx, m));
-                // Handled: its bytes leave the connection's budget.
+                // Handled like any one-way message; then its bytes leave the connection's budget.
+                self.deliver(cb, ctx, InboxMessage::OneWay(m));
                 drop(hold);
-                self.report(cb, ctx, r);
             }
             InboxMessage::Rpc(m, reply) => {
                 let reply = *reply;

@@ -35,7 +35,8 @@ pub(crate) enum InboxMessage<M> {
     OneWay(M),
     /// A one-way message that came over a connection while the inbox was full: it counts in
     /// that connection's byte budget until handled (the hold is released when it is dropped).
-    Held(M, BudgetHold),
+    /// Boxed, as the context of `Rpc`: every message of every inbox would be larger otherwise.
+    Held(M, Box<BudgetHold>),
     /// Boxed: an inbox holds many messages, and the context would double the size of each.
     Rpc(M, Box<RpcCallContext>),
     Event(Event),
