@@ -36,7 +36,7 @@ use crate::pace::{spin_until, Pace};
 use crate::run_queue::RunQueue;
 use crate::slow_handler::SlowHandler;
 use crate::stats::{EndpointCounters, EndpointStats};
-use rpcenv_transport::TransportClient;
+use rpcenv_transport::{BudgetHold, TransportClient};
 
 /// Something a message loop thread can run.
 pub(crate) trait Runnable: Send + Sync {
@@ -101,11 +101,34 @@ struct State<M, C> {
     core: Option<Arc<C>>,
     /// Messages posted so far (wrapping), mirrored in `Inbox::posted`.
     posted: usize,
+    /// Messages taken from the queue so far (wrapping): the `posted` count of the last one taken.
+    taken: usize,
+    /// The budget holds of one-way messages posted past `capacity`, with their `posted` count:
+    /// released once a batch after the one that took them starts, or the queue has run empty
+    /// (the message was handled). Kept beside the queue, not in it, so that a message costs no
+    /// more to queue than before there were holds.
+    holds: VecDeque<(usize, BudgetHold)>,
     /// When the last batch was taken (what the inbox's pace learns from).
     last_batch: Option<Instant>,
     /// When the oldest queued message was posted (stamped when the queue was empty): the queue
     /// time of a batch, measured once per batch.
     oldest: Option<Instant>,
+}
+
+impl<M, C> State<M, C> {
+    /// The holds of messages taken from the queue so far (to be dropped outside the lock: a
+    /// release may wake a connection). Empty, without allocating, when there are none.
+    fn handled_holds(&mut self) -> Vec<BudgetHold> {
+        let mut done = Vec::new();
+        while let Some((posted, _)) = self.holds.front() {
+            // Wrapping counts: the message is taken when `taken` has reached its `posted`.
+            if (self.taken.wrapping_sub(*posted) as isize) < 0 {
+                break;
+            }
+            done.extend(self.holds.pop_front().map(|(_, h)| h));
+        }
+        done
+    }
 }
 
 /// Told when an inbox has terminated (`on_stop` ran), so shutdown can wait for all of them.
@@ -258,6 +281,8 @@ impl<B: Behaviour> Inbox<B> {
                 terminated: false,
                 core: None,
                 posted: 0,
+                taken: 0,
+                holds: VecDeque::new(),
                 last_batch: None,
                 oldest: None,
             }),
@@ -336,16 +361,18 @@ impl<B: Behaviour> Inbox<B> {
             if st.stopped {
                 return Err(message);
             }
-            let message = match feeder {
-                Some((c, len)) if st.queue.len() >= self.capacity => self.held(message, c, len),
-                _ => message,
-            };
             if st.queue.is_empty() {
                 st.oldest = Some(Instant::now());
             }
+            let one_way = matches!(message, InboxMessage::OneWay(_));
             st.queue.push_back(message);
             st.posted = st.posted.wrapping_add(1);
             self.posted.store(st.posted, Ordering::Relaxed);
+            if let Some((c, len)) = feeder {
+                if one_way && st.queue.len() > self.capacity {
+                    self.hold(&mut st, c, len);
+                }
+            }
             self.metrics.received.increment(1);
             self.metrics.depth.set(st.queue.len() as f64);
             self.claim_thread(&mut st)
@@ -356,22 +383,15 @@ impl<B: Behaviour> Inbox<B> {
         Ok(())
     }
 
-    /// A message for a full inbox from connection `c`: a one-way message holds its `len` bytes
-    /// of `c`'s budget until handled (a request's responder already holds its own).
+    /// The one-way message just queued past `capacity` came over `c`: its `len` bytes count in
+    /// `c`'s budget until it is handled (a request's responder already holds its own).
     #[cold]
-    fn held(
-        &self,
-        message: InboxMessage<B::Message>,
-        c: &TransportClient,
-        len: usize,
-    ) -> InboxMessage<B::Message> {
-        match message {
-            InboxMessage::OneWay(m) => {
-                tracing::trace!(endpoint = %self.name, peer = %c.remote_addr(), "inbox full: a one-way message waits within its connection's byte budget");
-                InboxMessage::Held(m, Box::new(c.hold(len)))
-            }
-            other => other,
+    fn hold(&self, st: &mut State<B::Message, Core<B>>, c: &TransportClient, len: usize) {
+        if st.holds.is_empty() {
+            tracing::debug!(endpoint = %self.name, peer = %c.remote_addr(), "inbox full: one-way messages wait within their connection's byte budget");
         }
+        let posted = st.posted;
+        st.holds.push_back((posted, c.hold(len)));
     }
 
     /// The error a refused post is reported with.
@@ -435,7 +455,7 @@ impl<B: Behaviour> Inbox<B> {
         let mut rounds = 0;
         let mut linger = Linger::new(self.scheduler.is_manual());
         loop {
-            let (core, queued, taken) = {
+            let (core, queued, taken, released) = {
                 let mut st = self.lock();
                 if st.spare.capacity() < batch.capacity() {
                     st.spare = std::mem::take(&mut batch);
@@ -457,8 +477,12 @@ impl<B: Behaviour> Inbox<B> {
                     st = self.lock();
                 }
                 if !alone || st.queue.is_empty() || st.core.is_none() {
-                    // Not alone while concurrency is off, or nothing to do: leave.
+                    // Not alone while concurrency is off, or nothing to do: leave (what this
+                    // thread took has been handled).
                     st.active -= 1;
+                    let handled = st.handled_holds();
+                    drop(st);
+                    drop(handled);
                     return;
                 }
                 if rounds >= ROUNDS_BEFORE_YIELD && self.scheduler.others_waiting() {
@@ -472,6 +496,8 @@ impl<B: Behaviour> Inbox<B> {
                 if let Some(last) = st.last_batch.replace(now) {
                     self.pace.observe(now - last);
                 }
+                // The batches taken before this one have been handled: their holds go.
+                let released = st.handled_holds();
                 if B::CONCURRENT {
                     // One at a time, so that other threads can take the rest once on_start ran.
                     batch.extend(st.queue.pop_front());
@@ -479,14 +505,21 @@ impl<B: Behaviour> Inbox<B> {
                     batch = std::mem::take(&mut st.spare);
                     std::mem::swap(&mut st.queue, &mut batch);
                 }
+                st.taken = st.taken.wrapping_add(batch.len());
                 let queued = st
                     .oldest
                     .map_or(Duration::ZERO, |t| now.saturating_duration_since(t));
                 st.oldest = (!st.queue.is_empty()).then_some(now);
                 self.metrics.depth.set(st.queue.len() as f64);
                 self.metrics.queue_time.record(seconds(queued));
-                (st.core.clone().expect("checked above"), queued, now)
+                (
+                    st.core.clone().expect("checked above"),
+                    queued,
+                    now,
+                    released,
+                )
             };
+            drop(released);
             rounds += 1;
             let handled = batch.len();
             let _span = tracing::trace_span!("endpoint", name = %self.name).entered();
@@ -545,11 +578,6 @@ impl<B: Behaviour> Inbox<B> {
             InboxMessage::OneWay(m) => {
                 let r = guarded(|| cb.receive(ctx, m));
                 self.report(cb, ctx, r);
-            }
-            InboxMessage::Held(m, hold) => {
-                // Handled like any one-way message; then its bytes leave the connection's budget.
-                self.deliver(cb, ctx, InboxMessage::OneWay(m));
-                drop(hold);
             }
             InboxMessage::Rpc(m, reply) => {
                 let reply = *reply;
@@ -673,12 +701,17 @@ impl<B: Behaviour> Inbox<B> {
     /// `on_stop` has run: drop the endpoint (and the cycle through its own ref) and tell the
     /// dispatcher.
     fn terminate(&self) {
-        let (core, leftover) = {
+        let (core, leftover, holds) = {
             let mut st = self.lock();
             st.terminated = true;
             // Nothing can follow OnStop (posts are refused once it is queued), but be thorough.
-            (st.core.take(), std::mem::take(&mut st.queue))
+            (
+                st.core.take(),
+                std::mem::take(&mut st.queue),
+                std::mem::take(&mut st.holds),
+            )
         };
+        drop(holds);
         for m in leftover {
             m.reject(self.refusal());
         }
@@ -759,7 +792,7 @@ impl<B: Behaviour> InboxControl for Inbox<B> {
         };
         if let Err(refused) = self.post_from(message, scope.client().map(|c| (c, content.len()))) {
             let error = self.refusal();
-            if matches!(refused, InboxMessage::OneWay(_) | InboxMessage::Held(..)) {
+            if matches!(refused, InboxMessage::OneWay(_)) {
                 tracing::warn!(endpoint = %self.name(), error = %error, "remote one-way message refused");
             }
             refused.reject(error);

@@ -13,7 +13,6 @@ use crate::call_context::RpcCallContext;
 use crate::decode_scope::DecodeScope;
 use crate::error::RpcError;
 use crate::stats::EndpointStats;
-use rpcenv_transport::BudgetHold;
 
 /// A lifecycle or network event, delivered to an endpoint's callback of the same name.
 #[derive(Clone)]
@@ -33,10 +32,6 @@ pub(crate) enum Event {
 /// A message in an inbox.
 pub(crate) enum InboxMessage<M> {
     OneWay(M),
-    /// A one-way message that came over a connection while the inbox was full: it counts in
-    /// that connection's byte budget until handled (the hold is released when it is dropped).
-    /// Boxed, as the context of `Rpc`: every message of every inbox would be larger otherwise.
-    Held(M, Box<BudgetHold>),
     /// Boxed: an inbox holds many messages, and the context would double the size of each.
     Rpc(M, Box<RpcCallContext>),
     Event(Event),
@@ -46,7 +41,7 @@ impl<M> InboxMessage<M> {
     /// What kind of message this is, for logs: `ask`, `one-way` or `event`.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
-            InboxMessage::OneWay(_) | InboxMessage::Held(..) => "one-way",
+            InboxMessage::OneWay(_) => "one-way",
             InboxMessage::Rpc(..) => "ask",
             InboxMessage::Event(_) => "event",
         }
