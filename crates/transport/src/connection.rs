@@ -141,6 +141,8 @@ where
         write_deferred: false,
         turn_written: 0,
         waker: None,
+        deliveries: Vec::new(),
+        stashed: None,
     };
     let conn = Arc::new(Mutex::new(conn));
     let flush: Weak<dyn Flush> = Arc::downgrade(&conn) as Weak<dyn Flush>;
@@ -148,6 +150,58 @@ where
     let span = tracing::info_span!("connection", id, peer = %remote, local = %local, side = ?side);
     tokio::spawn(Connection::run(conn, on_exit).instrument(span));
     client
+}
+
+/// What one turn of the connection's task ends with.
+enum Turn {
+    /// Nothing more to do until woken.
+    Pending,
+    /// Requests were read: hand them to the handler (outside the lock), then carry on.
+    Deliver,
+    /// The connection is done: closed cleanly, or failed.
+    Done(Result<(), TransportError>),
+}
+
+/// A request read from the peer, for the handler. Handed over after the turn that read it,
+/// once the connection's lock is released (see [`Connection::run`]); in the order read.
+enum Delivery {
+    Rpc(Bytes, RpcResponder),
+    OneWay(Bytes),
+    Upload {
+        meta: Bytes,
+        body: Bytes,
+        responder: RpcResponder,
+    },
+}
+
+impl Delivery {
+    fn hand_to(self, handler: &dyn RpcHandler, client: &TransportClient) {
+        match self {
+            Delivery::Rpc(body, responder) => {
+                let request_id = responder.request_id();
+                if let Err(panic) = guarded(move || handler.receive(client, body, responder)) {
+                    tracing::warn!(request_id, %panic, "RPC handler panicked; answered RpcFailure");
+                }
+            }
+            Delivery::OneWay(body) => {
+                if let Err(panic) = guarded(move || handler.receive_one_way(client, body)) {
+                    tracing::warn!(%panic, "one-way handler panicked");
+                }
+            }
+            Delivery::Upload {
+                meta,
+                body,
+                responder,
+            } => {
+                let request_id = responder.request_id();
+                if let Err(panic) =
+                    guarded(move || handler.receive_stream(client, meta, body, responder))
+                {
+                    tracing::warn!(request_id, %panic, "upload handler panicked");
+                }
+            }
+        }
+    }
 }
 
 struct Connection<S> {
@@ -175,6 +229,12 @@ struct Connection<S> {
     turn_written: usize,
     /// The task, for the flush hook to wake when it leaves work behind.
     waker: Option<Waker>,
+    /// Requests read in this turn, handed to the handler when it ends.
+    deliveries: Vec<Delivery>,
+    /// A step handled under the lock (a response, a stream or chunk request) read while
+    /// requests read before it still wait to be handed over: it waits for them, so that
+    /// everything the peer sent is acted on in the order it was sent.
+    stashed: Option<Step>,
 }
 
 fn lock<S>(conn: &Mutex<Connection<S>>) -> MutexGuard<'_, Connection<S>> {
@@ -217,10 +277,32 @@ where
             tracing::error!(%panic, "channel_active panicked");
         }
         let shared = client.shared.clone();
+        // The requests a turn read are handed to the handler after the turn, with the lock
+        // released: a handler that answers at once from another thread (a message loop woken
+        // by the delivery) then finds the connection free and writes its answer itself,
+        // instead of finding it held by this task (or by this task preempted by that very
+        // wake-up) and handing the answer back to it.
+        let mut delivering = Vec::new();
+        let turns = poll_fn(|cx| loop {
+            let turn = {
+                let mut c = lock(&conn);
+                let turn = c.poll_run(cx);
+                std::mem::swap(&mut c.deliveries, &mut delivering);
+                turn
+            };
+            for delivery in delivering.drain(..) {
+                delivery.hand_to(&*handler, &client);
+            }
+            match turn {
+                Turn::Deliver => continue,
+                Turn::Pending => return Poll::Pending,
+                Turn::Done(result) => return Poll::Ready(result),
+            }
+        });
         let result = tokio::select! {
             biased;
             _ = shared.close_notify.notified() => Ok(()),
-            r = poll_fn(|cx| lock(&conn).poll_run(cx)) => r,
+            r = turns => r,
         };
         if result.is_ok() {
             // A clean close: what is queued (a failure answer, say) still goes out first, for
@@ -411,12 +493,23 @@ where
         false
     }
 
-    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+    /// One turn of the task: commands, writes, reads and the deadlines, until there is nothing
+    /// left to do, requests to hand over, or a reason to let the other tasks run first.
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Turn {
         if !self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             self.waker = Some(cx.waker().clone());
         }
         self.turn_written = 0;
         loop {
+            // 0. What waited behind the requests handed over after the last turn.
+            if self.stashed.is_some() {
+                if let Err(e) = self.decode_all() {
+                    return Turn::Done(Err(e));
+                }
+                if !self.deliveries.is_empty() {
+                    return Turn::Deliver;
+                }
+            }
             let mut progress = false;
             let mut io_progress = false;
             let mut read_progress = false;
@@ -424,7 +517,7 @@ where
             // 1. Take queued commands (encode them into the write queue).
             while self.out.len() < WRITE_HIGH_WATER {
                 match self.rx.poll_recv_many(cx, &mut self.cmds, COMMAND_BATCH) {
-                    Poll::Ready(0) => return Poll::Ready(Ok(())),
+                    Poll::Ready(0) => return Turn::Done(Ok(())),
                     Poll::Ready(_) => {
                         progress = true;
                         let mut cmds = std::mem::take(&mut self.cmds);
@@ -455,7 +548,7 @@ where
                         progress |= wrote;
                         io_progress |= wrote;
                     }
-                    Err(e) => return Poll::Ready(Err(e)),
+                    Err(e) => return Turn::Done(Err(e)),
                 }
             }
 
@@ -468,20 +561,20 @@ where
                     self.rbuf.reserve(want.max(READ_CHUNK));
                 }
                 match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(self.state.on_eof(&self.rbuf)),
+                    Poll::Ready(Ok(0)) => return Turn::Done(self.state.on_eof(&self.rbuf)),
                     Poll::Ready(Ok(_)) => {
                         progress = true;
                         io_progress = true;
                         read_progress = true;
                         if let Err(e) = self.decode_all() {
-                            return Poll::Ready(Err(e));
+                            return Turn::Done(Err(e));
                         }
-                        if self.over_budget(cx) {
+                        if !self.deliveries.is_empty() || self.over_budget(cx) {
                             break;
                         }
                     }
                     Poll::Ready(Err(e)) => {
-                        return Poll::Ready(Err(TransportError::io(self.peer, e)))
+                        return Turn::Done(Err(TransportError::io(self.peer, e)))
                     }
                     Poll::Pending => break,
                 }
@@ -492,12 +585,15 @@ where
                 // Back of the run queue (a woken idle worker may take the task meanwhile): the
                 // write happens on the next poll, after the tasks queued before it ran.
                 cx.waker().wake_by_ref();
-                return Poll::Pending;
+                return Turn::Pending;
             }
             if self.turn_written >= TURN_WRITE_MAX {
                 // A long write (a large body): the other tasks of this thread go first.
                 cx.waker().wake_by_ref();
-                return Poll::Pending;
+                return Turn::Pending;
+            }
+            if !self.deliveries.is_empty() {
+                return Turn::Deliver;
             }
             if progress {
                 continue;
@@ -512,7 +608,7 @@ where
                         .check_deadlines(Instant::now(), outstanding, &self.rbuf)
                     {
                         Verdict::Close(dead) => {
-                            return Poll::Ready(Err(self.state.dead_error(dead)))
+                            return Turn::Done(Err(self.state.dead_error(dead)))
                         }
                         Verdict::RecheckAt(Some(at)) => {
                             timer.as_mut().reset(at.into());
@@ -522,7 +618,7 @@ where
                     }
                 }
             }
-            return Poll::Pending;
+            return Turn::Pending;
         }
     }
 
@@ -560,35 +656,50 @@ where
         }
     }
 
-    /// Carries out the steps of every complete frame read so far.
+    /// Carries out the steps of every complete frame read so far (requests are collected for
+    /// the handler; see [`Delivery`]), stopping at a step that must wait for them.
     fn decode_all(&mut self) -> Result<(), TransportError> {
         loop {
-            let step = self.state.next_step(&mut self.rbuf);
+            let step = match self.stashed.take() {
+                Some(step) => Ok(Some(step)),
+                None => self.state.next_step(&mut self.rbuf),
+            };
             if !self.frame_published && self.state.frame_seen() {
                 // Before the handler hears of it: from now on the server does not shed this
                 // connection as one that never completed a frame.
                 self.frame_published = true;
                 self.client.shared.frame_seen.store(true, Ordering::Release);
             }
-            match step? {
+            let step = match step? {
                 None => return Ok(()),
-                Some(Step::Response(msg)) => self.router.handle(msg),
-                Some(Step::ResponseBody { data, last }) => self.router.handle_body(data, last),
-                Some(Step::Request(msg)) => self.on_request(msg),
-                Some(Step::Upload {
+                Some(step) => step,
+            };
+            let collected = matches!(
+                step,
+                Step::Upload { .. }
+                    | Step::Request(Message::RpcRequest { .. } | Message::OneWayMessage { .. })
+            );
+            if !collected && !self.deliveries.is_empty() {
+                self.stashed = Some(step);
+                return Ok(());
+            }
+            match step {
+                Step::Response(msg) => self.router.handle(msg),
+                Step::ResponseBody { data, last } => self.router.handle_body(data, last),
+                Step::Request(msg) => self.on_request(msg),
+                Step::Upload {
                     request_id,
                     meta,
                     body,
-                }) => self.deliver_upload(request_id, meta, body),
+                } => {
+                    let responder = self.responder(request_id, meta.len() + body.len());
+                    self.deliveries.push(Delivery::Upload {
+                        meta,
+                        body,
+                        responder,
+                    });
+                }
             }
-        }
-    }
-
-    fn deliver_upload(&mut self, request_id: i64, meta: Bytes, body: Bytes) {
-        let responder = self.responder(request_id, meta.len() + body.len());
-        let (handler, client) = (&self.handler, &self.client);
-        if let Err(panic) = guarded(|| handler.receive_stream(client, meta, body, responder)) {
-            tracing::warn!(request_id, %panic, "upload handler panicked");
         }
     }
 
@@ -600,22 +711,24 @@ where
         RpcResponder::new(shared.clone(), request_id, cost)
     }
 
-    /// Hands a request to the handler (the protocol state has told requests from responses and
-    /// reassembled uploads).
+    /// Collects an RPC or a one-way message for the handler; answers the other requests here
+    /// (the protocol state has told requests from responses and reassembled uploads).
     fn on_request(&mut self, msg: Message) {
-        let (handler, client) = (&self.handler, &self.client);
         match msg {
             Message::RpcRequest { request_id, body } => {
                 let responder = self.responder(request_id, body.len());
-                if let Err(panic) = guarded(|| handler.receive(client, body, responder)) {
-                    tracing::warn!(request_id, %panic, "RPC handler panicked; answered RpcFailure");
-                }
+                self.deliveries.push(Delivery::Rpc(body, responder));
             }
-            Message::OneWayMessage { body } => {
-                if let Err(panic) = guarded(|| handler.receive_one_way(client, body)) {
-                    tracing::warn!(%panic, "one-way handler panicked");
-                }
-            }
+            Message::OneWayMessage { body } => self.deliveries.push(Delivery::OneWay(body)),
+            _ => self.answer_request(msg),
+        }
+    }
+
+    /// Answers a stream, chunk or merged-block-meta request (their answers are written by
+    /// this task, in order).
+    fn answer_request(&mut self, msg: Message) {
+        let (handler, client) = (&self.handler, &self.client);
+        match msg {
             Message::StreamRequest { stream_id } => {
                 match guarded(|| handler.open_stream_body(client, &stream_id)) {
                     Ok(Ok(body)) => {
