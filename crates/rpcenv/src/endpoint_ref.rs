@@ -270,12 +270,10 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
             ask_timeout: RpcTimeout::new(Duration::from_secs(120), "rpc.askTimeout"),
             num_retries: 3,
             retry_wait: Duration::from_secs(3),
-            waits: Arc::new(Waits {
-                runtime: crate::runtime::shared_runtime(1),
-                pace: crate::pace::Pace::new(Duration::ZERO),
-                gaps: crate::reply::AskGaps::new(Duration::ZERO),
-                metrics: crate::metrics::AskMetrics::new(),
-            }),
+            waits: Arc::new(Waits::new(
+                crate::runtime::shared_runtime(1),
+                Duration::ZERO,
+            )),
             sender: None,
             env_id: 0,
             blocked: BlockedAsks::default(),

@@ -5,7 +5,7 @@ use std::any::Any;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -318,6 +318,22 @@ pub(crate) struct Waits {
     pub(crate) gaps: AskGaps,
     /// The env's ask metrics (pending asks, timeouts).
     pub(crate) metrics: AskMetrics,
+    /// Asks awaited as futures whose reply has not come yet (a lone one may look for its
+    /// reply awake; see [`Ask`]).
+    pub(crate) awaited: AtomicUsize,
+}
+
+impl Waits {
+    /// The waits of an env whose waiters may stay awake for at most `spin_window`.
+    pub(crate) fn new(runtime: tokio::runtime::Handle, spin_window: Duration) -> Self {
+        Waits {
+            runtime,
+            pace: Pace::for_replies(spin_window),
+            gaps: AskGaps::new(spin_window),
+            metrics: AskMetrics::new(),
+            awaited: AtomicUsize::new(0),
+        }
+    }
 }
 
 /// The pending reply of an ask: a future of the reply, or of the error that ended the wait.
@@ -327,6 +343,13 @@ pub(crate) struct Waits {
 /// executor. Dropping it cancels the ask: a reply that arrives later is discarded. Use
 /// [`abort_handle`](Self::abort_handle) to fail it from elsewhere, or [`wait`](Self::wait) to block
 /// on it from a plain thread.
+///
+/// Awaited on a tokio runtime by a caller that asks back to back, alone (no other ask of the env
+/// awaited at the time), while replies have been coming within `rpc.messageLoop.spinMicros`,
+/// the future first looks for its reply between the runtime's polls of its IO driver
+/// (`tokio::task::yield_now`) instead of letting the IO thread sleep: the reply is then read by
+/// a thread that is awake, not one woken from an idle core (tens of µs on a virtual machine).
+/// Otherwise, and after the window, it sleeps until woken.
 #[must_use = "an ask does nothing useful unless its reply is awaited"]
 pub struct Ask<R> {
     slot: Arc<ReplySlot>,
@@ -335,6 +358,10 @@ pub struct Ask<R> {
     deadline: Option<Instant>,
     waits: Arc<Waits>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the future first waited for its reply (counted in `waits.awaited` since).
+    awaiting_since: Option<Instant>,
+    /// Until when it looks for the reply awake.
+    spin_until: Option<Instant>,
     _reply: PhantomData<fn() -> R>,
 }
 
@@ -354,7 +381,40 @@ impl<R: RpcReply> Ask<R> {
             deadline,
             waits,
             sleep: None,
+            awaiting_since: None,
+            spin_until: None,
             _reply: PhantomData,
+        }
+    }
+
+    /// The future starts to wait for its reply: counts it as awaited, and decides whether it
+    /// looks for the reply awake (see [`Ask`]).
+    fn start_awaiting(&mut self) {
+        let now = Instant::now();
+        self.awaiting_since = Some(now);
+        let alone = self.waits.awaited.fetch_add(1, Ordering::Relaxed) == 0;
+        if alone
+            && self.waits.gaps.back_to_back(now)
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            let budget = self.waits.pace.spin_budget();
+            if !budget.is_zero() {
+                let until = now + budget;
+                self.spin_until = Some(self.deadline.map_or(until, |d| d.min(until)));
+            }
+        }
+    }
+
+    /// The future's wait ended (a reply, a failure, or the caller dropped it): how long the reply
+    /// took teaches the env's pace.
+    fn stop_awaiting(&mut self) {
+        if let Some(since) = self.awaiting_since.take() {
+            self.waits.awaited.fetch_sub(1, Ordering::Relaxed);
+            let now = Instant::now();
+            self.waits
+                .pace
+                .observe(now.saturating_duration_since(since));
+            self.waits.gaps.ended(now);
         }
     }
 
@@ -413,7 +473,20 @@ impl<R: RpcReply> Future for Ask<R> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Poll::Ready(r) = self.slot.poll(cx) {
+            self.stop_awaiting();
             return Poll::Ready(r.and_then(|v| v.into_typed(&self.endpoint)));
+        }
+        if self.awaiting_since.is_none() {
+            self.start_awaiting();
+        }
+        if let Some(until) = self.spin_until {
+            if Instant::now() < until {
+                // Polled again once the runtime has run its other tasks and polled its IO
+                // driver (the waker is deferred, not woken at once): the thread stays awake.
+                let _ = std::pin::pin!(tokio::task::yield_now()).poll(cx);
+                return Poll::Pending;
+            }
+            self.spin_until = None;
         }
         let Some(deadline) = self.deadline else {
             return Poll::Pending;
@@ -426,8 +499,10 @@ impl<R: RpcReply> Future for Ask<R> {
         if sleep.as_mut().poll(cx).is_ready() {
             // A reply may have arrived between the two polls; it wins.
             if let Poll::Ready(r) = self.slot.poll(cx) {
+                self.stop_awaiting();
                 return Poll::Ready(r.and_then(|v| v.into_typed(&self.endpoint)));
             }
+            self.stop_awaiting();
             return Poll::Ready(Err(self.expire()));
         }
         Poll::Pending
@@ -437,6 +512,9 @@ impl<R: RpcReply> Future for Ask<R> {
 impl<R> Drop for Ask<R> {
     fn drop(&mut self) {
         self.waits.metrics.pending.decrement(1.0);
+        if self.awaiting_since.take().is_some() {
+            self.waits.awaited.fetch_sub(1, Ordering::Relaxed);
+        }
         // Cancel: the endpoint's reply, if it ever comes, finds the slot complete and is dropped.
         if !self.slot.is_complete() {
             self.slot.cancel_with(Err(RpcError::Aborted {
@@ -508,6 +586,44 @@ mod tests {
     }
     use std::sync::atomic::AtomicUsize;
     use std::sync::Barrier;
+
+    fn awaited_ask(waits: &Arc<Waits>) -> (Arc<ReplySlot>, Ask<u8>) {
+        let slot = ReplySlot::new();
+        let ask = Ask::new(
+            slot.clone(),
+            Arc::new(RpcEndpointAddress::new(None, "test")),
+            RpcTimeout::new(Duration::from_secs(60), "rpc.askTimeout"),
+            waits.clone(),
+        );
+        (slot, ask)
+    }
+
+    /// An awaited ask counts as awaited (what tells a lone one that it may look for its reply
+    /// awake) from its first wait until it ends: answered, or dropped unanswered.
+    #[test]
+    fn an_awaited_ask_counts_until_it_ends() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let waits = Arc::new(Waits::new(rt.handle().clone(), Duration::from_micros(50)));
+        let awaited = || waits.awaited.load(Ordering::Relaxed);
+        rt.block_on(async {
+            let (slot, mut answered) = awaited_ask(&waits);
+            let (_unanswered_slot, mut dropped) = awaited_ask(&waits);
+            let (_never_polled_slot, never_polled) = awaited_ask(&waits);
+            let noop = &mut Context::from_waker(Waker::noop());
+            assert!(Pin::new(&mut answered).poll(noop).is_pending());
+            assert!(Pin::new(&mut dropped).poll(noop).is_pending());
+            assert_eq!(awaited(), 2);
+            slot.complete(Ok(ReplyValue::local(7u8)));
+            assert_eq!(answered.await.unwrap(), 7);
+            assert_eq!(awaited(), 1);
+            drop(dropped);
+            drop(never_polled);
+            assert_eq!(awaited(), 0);
+        });
+    }
 
     /// A hook registered after the ask ended runs at once.
     #[test]

@@ -19,10 +19,8 @@ use crate::endpoint_ref::{RefDefaults, RefNetwork};
 use crate::error::RpcError;
 use crate::file_channel::FilesPool;
 use crate::file_server::FileRegistry;
-use crate::metrics::AskMetrics;
 use crate::net::{Network, NetworkParts, RpcEnvHandler, FRAME_HEADROOM};
-use crate::pace::Pace;
-use crate::reply::{AskGaps, Waits};
+use crate::reply::Waits;
 use crate::stats::STATS_NAME;
 use crate::stats_endpoint::StatsEndpoint;
 use crate::stream_service::StreamService;
@@ -178,12 +176,7 @@ impl RpcEnvBuilder {
                 ask_timeout: self.conf.ask_timeout(),
                 num_retries: self.conf.num_retries(),
                 retry_wait: self.conf.retry_wait(),
-                waits: Arc::new(Waits {
-                    runtime: runtime.clone(),
-                    pace: Pace::for_replies(self.conf.spin_window()),
-                    gaps: AskGaps::new(self.conf.spin_window()),
-                    metrics: AskMetrics::new(),
-                }),
+                waits: Arc::new(Waits::new(runtime.clone(), self.conf.spin_window())),
                 sender: address.clone(),
                 env_id: random_env_id(),
                 blocked: BlockedAsks::default(),
