@@ -358,8 +358,11 @@ pub struct Ask<R> {
     deadline: Option<Instant>,
     waits: Arc<Waits>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// When the future first waited for its reply (counted in `waits.awaited` since).
-    awaiting_since: Option<Instant>,
+    /// The future waits for its reply (counted in `waits.awaited`).
+    awaiting: bool,
+    /// When it started to wait, if it was the env's only awaited ask then (only a lone ask
+    /// reads the clock: its reply time teaches the env's pace).
+    alone_since: Option<Instant>,
     /// Until when it looks for the reply awake.
     spin_until: Option<Instant>,
     _reply: PhantomData<fn() -> R>,
@@ -381,7 +384,8 @@ impl<R: RpcReply> Ask<R> {
             deadline,
             waits,
             sleep: None,
-            awaiting_since: None,
+            awaiting: false,
+            alone_since: None,
             spin_until: None,
             _reply: PhantomData,
         }
@@ -390,13 +394,13 @@ impl<R: RpcReply> Ask<R> {
     /// The future starts to wait for its reply: counts it as awaited, and decides whether it
     /// looks for the reply awake (see [`Ask`]).
     fn start_awaiting(&mut self) {
+        self.awaiting = true;
+        if self.waits.awaited.fetch_add(1, Ordering::Relaxed) != 0 {
+            return;
+        }
         let now = Instant::now();
-        self.awaiting_since = Some(now);
-        let alone = self.waits.awaited.fetch_add(1, Ordering::Relaxed) == 0;
-        if alone
-            && self.waits.gaps.back_to_back(now)
-            && tokio::runtime::Handle::try_current().is_ok()
-        {
+        self.alone_since = Some(now);
+        if self.waits.gaps.back_to_back(now) && tokio::runtime::Handle::try_current().is_ok() {
             let budget = self.waits.pace.spin_budget();
             if !budget.is_zero() {
                 let until = now + budget;
@@ -405,11 +409,13 @@ impl<R: RpcReply> Ask<R> {
         }
     }
 
-    /// The future's wait ended (a reply, a failure, or the caller dropped it): how long the reply
-    /// took teaches the env's pace.
+    /// The future's wait ended (a reply or a failure): how long a lone ask's reply took teaches
+    /// the env's pace.
     fn stop_awaiting(&mut self) {
-        if let Some(since) = self.awaiting_since.take() {
+        if std::mem::take(&mut self.awaiting) {
             self.waits.awaited.fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(since) = self.alone_since.take() {
             let now = Instant::now();
             self.waits
                 .pace
@@ -476,7 +482,7 @@ impl<R: RpcReply> Future for Ask<R> {
             self.stop_awaiting();
             return Poll::Ready(r.and_then(|v| v.into_typed(&self.endpoint)));
         }
-        if self.awaiting_since.is_none() {
+        if !self.awaiting {
             self.start_awaiting();
         }
         if let Some(until) = self.spin_until {
@@ -512,7 +518,7 @@ impl<R: RpcReply> Future for Ask<R> {
 impl<R> Drop for Ask<R> {
     fn drop(&mut self) {
         self.waits.metrics.pending.decrement(1.0);
-        if self.awaiting_since.take().is_some() {
+        if self.awaiting {
             self.waits.awaited.fetch_sub(1, Ordering::Relaxed);
         }
         // Cancel: the endpoint's reply, if it ever comes, finds the slot complete and is dropped.
