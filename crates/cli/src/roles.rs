@@ -138,8 +138,20 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     rpcenv::conf::parse_duration(s, rpcenv::conf::TimeUnit::Seconds)
 }
 
+/// How long a process whose parent is gone may take to shut down before it exits regardless.
+const ORPHAN_SHUTDOWN_LIMIT: Duration = Duration::from_secs(20);
+
 /// With `--parent-watch`, sends `exit` once standard input closes (the parent died or let go).
-fn watch_parent<T: Send + 'static>(parent_watch: bool, exit: Sender<T>, event: T) {
+///
+/// A child must not outlive its parent: if the shutdown that follows has not ended the process
+/// within [`ORPHAN_SHUTDOWN_LIMIT`], `last_words` runs (removing the files the process was to
+/// remove) and the process exits with status 1, logging that its shutdown hung.
+fn watch_parent<T: Send + 'static>(
+    parent_watch: bool,
+    exit: Sender<T>,
+    event: T,
+    last_words: impl FnOnce() + Send + 'static,
+) {
     if !parent_watch {
         return;
     }
@@ -151,6 +163,13 @@ fn watch_parent<T: Send + 'static>(parent_watch: bool, exit: Sender<T>, event: T
             sink.clear();
         }
         let _ = exit.send(event);
+        std::thread::sleep(ORPHAN_SHUTDOWN_LIMIT);
+        tracing::error!(
+            limit = ?ORPHAN_SHUTDOWN_LIMIT,
+            "the parent process is gone and the shutdown has not ended: exiting anyway"
+        );
+        last_words();
+        std::process::exit(1);
     });
 }
 
@@ -189,7 +208,12 @@ pub fn run_master(args: &MasterArgs, conf: &RpcConf) -> anyhow::Result<ExitCode>
     }
     std::io::stdout().flush()?;
     let (exit, signalled) = mpsc::channel();
-    watch_parent(args.parent_watch, exit.clone(), ());
+    let leftovers = args.remove_on_exit.clone();
+    watch_parent(args.parent_watch, exit.clone(), (), move || {
+        for path in &leftovers {
+            remove_if_present(path);
+        }
+    });
     // Without --parent-watch the master runs until killed: the sender kept here never sends.
     let _ = signalled.recv();
     drop(exit);
@@ -360,7 +384,7 @@ pub fn run_worker(args: &WorkerArgs, conf: &RpcConf) -> anyhow::Result<ExitCode>
     let first = registrar
         .register()
         .with_context(|| format!("registration with the master at {} failed", args.master))?;
-    watch_parent(args.parent_watch, events_tx, WorkerEvent::Shutdown);
+    watch_parent(args.parent_watch, events_tx, WorkerEvent::Shutdown, || {});
     registrar.run(Some(first), &events);
     env.shutdown();
     Ok(ExitCode::SUCCESS)
