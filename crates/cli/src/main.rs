@@ -155,6 +155,12 @@ fn init_logging(level: &str, format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr is a pipe whose reader died, e.g. a demo
+        // killed with its children still running) is dropped. By default the subscriber reports
+        // the failure with `eprintln!`, which panics on the same broken pipe: in whatever thread
+        // logged, a message loop thread included, whose inbox then never ran again and whose
+        // env's shutdown waited for it forever.
+        .log_internal_errors(false)
         .with_target(false)
         // Colour escapes only where a person reads them, never into a file or a pipe.
         .with_ansi(std::io::stderr().is_terminal());
