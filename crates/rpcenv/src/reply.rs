@@ -344,7 +344,7 @@ impl Waits {
 /// [`abort_handle`](Self::abort_handle) to fail it from elsewhere, or [`wait`](Self::wait) to block
 /// on it from a plain thread.
 ///
-/// Awaited on a tokio runtime by a caller that asks back to back, alone (no other ask of the env
+/// Awaited in a tokio task by a caller that asks back to back, alone (no other ask of the env
 /// awaited at the time), while replies have been coming within `rpc.messageLoop.spinMicros`,
 /// the future first looks for its reply between the runtime's polls of its IO driver
 /// (`tokio::task::yield_now`) instead of letting the IO thread sleep: the reply is then read by
@@ -400,7 +400,9 @@ impl<R: RpcReply> Ask<R> {
         }
         let now = Instant::now();
         self.alone_since = Some(now);
-        if self.waits.gaps.back_to_back(now) && tokio::runtime::Handle::try_current().is_ok() {
+        // Only inside a tokio task, where `yield_now` defers the wake-up until the runtime has
+        // polled its IO driver (elsewhere, `block_on` say, it would wake at once: a busy loop).
+        if self.waits.gaps.back_to_back(now) && tokio::task::try_id().is_some() {
             let budget = self.waits.pace.spin_budget();
             if !budget.is_zero() {
                 let until = now + budget;
