@@ -43,6 +43,8 @@ use crate::bootstrap::BoxedIo;
 /// Ciphertext segment size (Spark's `32768`).
 pub(crate) const SEGMENT: usize = 32 * 1024;
 const TAG: usize = 16;
+/// The longest encrypted message accepted: twice the largest frame, far above its segments' tags.
+const MAX_MESSAGE: i64 = 2 * i32::MAX as i64;
 /// Plaintext per segment.
 pub(crate) const PLAIN_SEGMENT: usize = SEGMENT - TAG;
 const PREFIX: usize = 7;
@@ -256,7 +258,10 @@ impl Decoder {
                     }
                     let total = rbuf.get_i64();
                     let min = (8 + self.header_len()) as i64;
-                    if total < min {
+                    // A message is at most one frame (whose length fits an i32) sealed in
+                    // segments; far above that, the length can only be undecryptable bytes read
+                    // as one (peers that disagree on the cipher), not a reason to wait for more.
+                    if total < min || total > MAX_MESSAGE {
                         return Err(undecryptable(
                             self.peer,
                             "an encrypted message's length is impossible",
