@@ -16,7 +16,6 @@ use std::sync::{Arc, Condvar, Mutex, RwLock, Weak};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
-use crossbeam_utils::Backoff;
 use foldhash::{HashMap, HashMapExt};
 
 use crate::address::RpcEndpointAddress;
@@ -137,18 +136,11 @@ impl MessageLoop {
     }
 
     /// The next job for a thread of the loop. While jobs have been following each other within
-    /// the spin window (a busy loop), a thread that finds none looks again for a moment
-    /// (`Backoff`: brief spinning, then yielding the CPU a few times, which on a busy machine
-    /// lets the thread that will post the next job run) before it sleeps; at a light load it
-    /// sleeps at once, and the poster's wake-up is the only cost.
+    /// the spin window (a busy loop), a thread that finds none looks again awake for a moment
+    /// before it sleeps ([`RunQueue::pop`]); at a light load it sleeps at once, and the poster's
+    /// wake-up is the only cost.
     fn next_job(&self) -> Job {
-        if !self.pace.spin_budget().is_zero() {
-            let backoff = Backoff::new();
-            while self.jobs.is_empty() && !backoff.is_completed() {
-                backoff.snooze();
-            }
-        }
-        let job = self.jobs.pop();
+        let job = self.jobs.pop(!self.pace.spin_budget().is_zero());
         let now = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let last = self.last_job_ns.swap(now, Ordering::Relaxed);
         self.pace
