@@ -216,7 +216,11 @@ impl Outbox {
                     .queued_bytes
                     .set((queued + message.len()) as f64);
                 let client = client.clone();
-                // Sent under the lock: a concurrent post cannot overtake this one.
+                // Sent after the lock is released: the connection's own queue keeps the order
+                // (a post that found the outbox connected came after `connected` had sent
+                // everything queued before), and a write through the flush hook, a system call,
+                // does not hold up the other threads posting to this peer.
+                drop(state);
                 dispatch(&client, message, cx);
                 Posted::Done
             }
