@@ -91,12 +91,9 @@ impl<T> RunQueue<T> {
         }
         let mut q = self.lock();
         loop {
-            if let Some(item) = self.take(&mut q) {
-                let more = !q.items.is_empty() && q.sleeping > 0;
+            if let Some((item, more)) = self.take(&mut q) {
                 drop(q);
-                if more && self.looking.load(Ordering::SeqCst) == 0 {
-                    self.wake_one();
-                }
+                self.pass_on(more);
                 return item;
             }
             q.sleeping += 1;
@@ -110,7 +107,9 @@ impl<T> RunQueue<T> {
         let deadline = Instant::now() + timeout;
         let mut q = self.lock();
         loop {
-            if let Some(item) = self.take(&mut q) {
+            if let Some((item, more)) = self.take(&mut q) {
+                drop(q);
+                self.pass_on(more);
                 return Some(item);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -133,10 +132,23 @@ impl<T> RunQueue<T> {
         self.ready.notify_one();
     }
 
-    fn take(&self, q: &mut Queue<T>) -> Option<T> {
+    /// Takes the oldest item, and says whether items are left behind it with a consumer
+    /// asleep: the caller then [passes them on](Self::pass_on) once it has released the lock.
+    /// Every taker does (`pop` and `pop_timeout` alike): posts made while a consumer looked woke
+    /// nobody, and the sleepers would otherwise wait for a post that may never come (the loop's
+    /// exit jobs, say).
+    fn take(&self, q: &mut Queue<T>) -> Option<(T, bool)> {
         let item = q.items.pop_front()?;
         self.len.store(q.items.len(), Ordering::Relaxed);
-        Some(item)
+        Some((item, !q.items.is_empty() && q.sleeping > 0))
+    }
+
+    /// Wakes a sleeper for the items a taker left behind, unless a consumer is looking awake
+    /// (that one takes the next).
+    fn pass_on(&self, more: bool) {
+        if more && self.looking.load(Ordering::SeqCst) == 0 {
+            self.wake_one();
+        }
     }
 
     /// Whether nothing is queued (a racy look, without the lock).
@@ -218,6 +230,33 @@ mod tests {
         q.looking.fetch_sub(1, Ordering::SeqCst);
         assert_eq!(q.wakes.load(Ordering::Relaxed), 0);
         assert_eq!(q.pop(true), 1);
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the sleeper was never woken for the item left behind");
+        assert_eq!(sleeper.join().unwrap(), 2);
+    }
+
+    /// A taker that sleeps with a timeout (a compensating thread) passes on what it leaves
+    /// behind too: the loop's exit jobs, posted while a thread looked, reached the other threads
+    /// only that way (a shutdown waited forever for a thread asleep in `pop`).
+    #[test]
+    fn a_timed_taker_that_leaves_items_behind_wakes_a_sleeper() {
+        let q = Arc::new(RunQueue::default());
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let sleeper = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                let item = q.pop(false);
+                done_tx.send(()).unwrap();
+                item
+            })
+        };
+        until_sleeping(&q, 1);
+        q.looking.fetch_add(1, Ordering::SeqCst);
+        q.push(1);
+        q.push(2);
+        q.looking.fetch_sub(1, Ordering::SeqCst);
+        assert_eq!(q.pop_timeout(Duration::ZERO), Some(1));
         done_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("the sleeper was never woken for the item left behind");
