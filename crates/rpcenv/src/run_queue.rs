@@ -209,10 +209,9 @@ mod tests {
         assert_eq!(sleeper.join().unwrap(), 2);
     }
 
-    /// Items pushed while a consumer looked (so nobody was woken) still reach the sleepers: the
-    /// looker, taking the first, wakes one for the rest.
-    #[test]
-    fn a_looker_that_leaves_items_behind_wakes_a_sleeper() {
+    /// Pushes two items while a consumer looks (so nobody is woken), lets `take_first` take the
+    /// first, and checks that the consumer asleep in `pop` is woken for the second.
+    fn left_behind_reaches_the_sleeper(take_first: impl FnOnce(&RunQueue<i32>) -> Option<i32>) {
         let q = Arc::new(RunQueue::default());
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let sleeper = {
@@ -229,11 +228,18 @@ mod tests {
         q.push(2);
         q.looking.fetch_sub(1, Ordering::SeqCst);
         assert_eq!(q.wakes.load(Ordering::Relaxed), 0);
-        assert_eq!(q.pop(true), 1);
+        assert_eq!(take_first(&q), Some(1));
         done_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("the sleeper was never woken for the item left behind");
         assert_eq!(sleeper.join().unwrap(), 2);
+    }
+
+    /// Items pushed while a consumer looked still reach the sleepers: the looker, taking the
+    /// first, wakes one for the rest.
+    #[test]
+    fn a_looker_that_leaves_items_behind_wakes_a_sleeper() {
+        left_behind_reaches_the_sleeper(|q| Some(q.pop(true)));
     }
 
     /// A taker that sleeps with a timeout (a compensating thread) passes on what it leaves
@@ -241,26 +247,7 @@ mod tests {
     /// only that way (a shutdown waited forever for a thread asleep in `pop`).
     #[test]
     fn a_timed_taker_that_leaves_items_behind_wakes_a_sleeper() {
-        let q = Arc::new(RunQueue::default());
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let sleeper = {
-            let q = q.clone();
-            std::thread::spawn(move || {
-                let item = q.pop(false);
-                done_tx.send(()).unwrap();
-                item
-            })
-        };
-        until_sleeping(&q, 1);
-        q.looking.fetch_add(1, Ordering::SeqCst);
-        q.push(1);
-        q.push(2);
-        q.looking.fetch_sub(1, Ordering::SeqCst);
-        assert_eq!(q.pop_timeout(Duration::ZERO), Some(1));
-        done_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the sleeper was never woken for the item left behind");
-        assert_eq!(sleeper.join().unwrap(), 2);
+        left_behind_reaches_the_sleeper(|q| q.pop_timeout(Duration::ZERO));
     }
 
     /// Every item pushed while consumers sleep is taken, once: no wake-up is lost.
