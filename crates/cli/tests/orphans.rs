@@ -49,9 +49,10 @@ fn a_master_whose_stderr_reader_died_logs_nothing_and_still_exits_when_its_paren
     let mut peer = TcpStream::connect(("127.0.0.1", port)).unwrap();
     peer.set_read_timeout(Some(CLEAN_EXIT)).unwrap();
     peer.write_all(&[0xff; 64]).unwrap();
+    // Read until the master closes the connection.
     let mut rest = Vec::new();
-    let _ = peer.read_to_end(&mut rest); // until the master closes it
-                                         // The parent goes: standard input closes.
+    let _ = peer.read_to_end(&mut rest);
+    // The parent goes: standard input closes.
     drop(child.stdin.take());
     let deadline = Instant::now() + CLEAN_EXIT;
     let status = loop {

@@ -15,10 +15,10 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-use crossbeam_utils::Backoff;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use crossbeam_utils::Backoff;
 
 /// A FIFO shared by producers and a pool of consumer threads that sleep while it is empty.
 pub(crate) struct RunQueue<T> {
