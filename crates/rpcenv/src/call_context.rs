@@ -17,7 +17,19 @@ pub(crate) enum ReplyTarget {
     /// An ask from this env: the reply value is moved into the asker's slot.
     Local(Arc<ReplySlot>),
     /// An ask that came over the network: the reply is serialized into an RpcResponse.
-    Remote(Box<RpcResponder>),
+    Remote(RpcResponder),
+}
+
+/// Which ask a [`ReplyTarget`] answers: the asker's slot for a local ask, the connection and
+/// request id for a remote one (a peer that reuses the id of a request still unanswered makes
+/// two asks alike; they are answered on the same connection, under the same id, either way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AskId {
+    Local(usize),
+    Remote {
+        connection: Option<u64>,
+        request: i64,
+    },
 }
 
 impl ReplyTarget {
@@ -27,7 +39,7 @@ impl ReplyTarget {
                 slot.complete(Ok(ReplyValue::local(value)));
             }
             ReplyTarget::Remote(responder) => {
-                respond(*responder, encode_reply_ok(&value, endpoint), write_now)
+                respond(responder, encode_reply_ok(&value, endpoint), write_now)
             }
         }
     }
@@ -38,18 +50,22 @@ impl ReplyTarget {
                 slot.complete(Err(error));
             }
             ReplyTarget::Remote(responder) => respond(
-                *responder,
+                responder,
                 encode_reply_error(&WireError::from_error(&error)),
                 write_now,
             ),
         }
     }
 
-    /// Identifies the ask this target answers (for matching without cloning).
-    pub(crate) fn id(&self) -> usize {
+    /// Identifies the ask this target answers (for matching without cloning), wherever the
+    /// target has been moved to.
+    pub(crate) fn id(&self) -> AskId {
         match self {
-            ReplyTarget::Local(slot) => Arc::as_ptr(slot) as *const () as usize,
-            ReplyTarget::Remote(responder) => &**responder as *const RpcResponder as usize,
+            ReplyTarget::Local(slot) => AskId::Local(Arc::as_ptr(slot) as *const () as usize),
+            ReplyTarget::Remote(responder) => AskId::Remote {
+                connection: responder.connection_id(),
+                request: responder.request_id(),
+            },
         }
     }
 }
@@ -254,7 +270,7 @@ pub(crate) enum CallOutcome {
 /// Runs `f` (a handler call) and then answers every call context it dropped unanswered: the one
 /// of the current ask (`current`) with `outcome(result)`, any other with [`RpcError::NoReply`].
 pub(crate) fn with_handler_scope<T>(
-    current: Option<usize>,
+    current: Option<AskId>,
     f: impl FnOnce() -> T,
     outcome: impl FnOnce(&T) -> CallOutcome,
 ) -> T {

@@ -569,7 +569,7 @@ impl Network {
         scope: DecodeScope,
     ) {
         let reply = |r: RpcResponder, endpoint: Arc<str>| {
-            let ctx = RpcCallContext::new(ReplyTarget::Remote(Box::new(r)), Some(sender), endpoint);
+            let ctx = RpcCallContext::new(ReplyTarget::Remote(r), Some(sender), endpoint);
             match scope.client() {
                 Some(client) => ctx
                     .with_connection(client.remote_addr())

@@ -21,7 +21,7 @@ use crate::dispatcher::Dispatcher;
 use crate::endpoint_ref::OutboxMessage;
 use crate::error::RpcError;
 use crate::metrics::PeerMetrics;
-use crate::reply::{ReplySlot, ReplyValue};
+use crate::reply::{CancelHook, ReplySlot, ReplyValue};
 
 /// The admission rule of the outbox budget (`rpc.outbox.maxBytes`), for every route to a peer:
 /// a message of `len` bytes is taken when nothing waits yet (so a message larger than the budget
@@ -325,8 +325,7 @@ pub(crate) fn dispatch(client: &TransportClient, message: OutboxMessage, cx: &Ou
                 WriteNow::WhenAlone
             };
             let id = client.send_rpc_with_callback_now(body, on_reply, when);
-            let client = client.clone();
-            slot.set_cancel(Box::new(move || client.remove_rpc_request(id)));
+            slot.set_cancel(CancelHook::Request(client.clone(), id));
         }
     }
 }

@@ -11,6 +11,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rpcenv_transport::TransportClient;
 
 use crate::address::RpcEndpointAddress;
 use crate::codec::{decode_content, split_typed_reply};
@@ -79,8 +80,25 @@ impl ReplyValue {
 
 pub(crate) type ReplyResult = Result<ReplyValue, RpcError>;
 
-/// Undoes the sending of an ask that ended without its reply (removes the pending request).
-pub(crate) type CancelHook = Box<dyn FnOnce() + Send>;
+/// Undoes the sending of an ask that ended without its reply. Kept inline in the slot (not a
+/// boxed closure): every remote ask registers one.
+pub(crate) enum CancelHook {
+    /// Withdraws request `id` from the connection it was sent on.
+    Request(TransportClient, i64),
+    /// Runs a function (tests watch when the hook runs).
+    #[cfg(test)]
+    Call(Box<dyn FnOnce() + Send>),
+}
+
+impl CancelHook {
+    fn run(self) {
+        match self {
+            CancelHook::Request(client, id) => client.remove_rpc_request(id),
+            #[cfg(test)]
+            CancelHook::Call(f) => f(),
+        }
+    }
+}
 
 enum SlotState {
     Pending {
@@ -140,7 +158,7 @@ impl ReplySlot {
             return;
         }
         drop(state);
-        hook();
+        hook.run();
     }
 
     fn finish(&self, result: ReplyResult, run_cancel: bool) -> bool {
@@ -166,7 +184,7 @@ impl ReplySlot {
             w.wake();
         }
         if let (true, Some(cancel)) = (run_cancel, cancel) {
-            cancel();
+            cancel.run();
         }
         true
     }
@@ -645,9 +663,9 @@ mod tests {
             }
             let ran = Arc::new(AtomicUsize::new(0));
             let r = ran.clone();
-            slot.set_cancel(Box::new(move || {
+            slot.set_cancel(CancelHook::Call(Box::new(move || {
                 r.fetch_add(1, Ordering::SeqCst);
-            }));
+            })));
             assert_eq!(ran.load(Ordering::SeqCst), 1);
         }
     }
@@ -660,9 +678,9 @@ mod tests {
             let slot = ReplySlot::new();
             let cancelled = Arc::new(AtomicUsize::new(0));
             let c = cancelled.clone();
-            slot.set_cancel(Box::new(move || {
+            slot.set_cancel(CancelHook::Call(Box::new(move || {
                 c.fetch_add(1, Ordering::SeqCst);
-            }));
+            })));
             let start = Arc::new(Barrier::new(4));
             let wins = Arc::new(AtomicUsize::new(0));
             let reply_won = Arc::new(AtomicUsize::new(0));

@@ -55,15 +55,17 @@ impl RpcConf {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct RpcTimeout {
     duration: Duration,
-    setting: Cow<'static, str>,
+    /// Shared, not copied: every ask carries a clone of its endpoint ref's timeout.
+    setting: Arc<str>,
 }
 
 impl RpcTimeout {
     /// A timeout of `duration`, controlled by the setting named `setting`.
     pub fn new(duration: Duration, setting: impl Into<Cow<'static, str>>) -> Self {
+        let setting: Cow<'static, str> = setting.into();
         RpcTimeout {
             duration,
-            setting: setting.into(),
+            setting: Arc::from(setting.as_ref()),
         }
     }
 

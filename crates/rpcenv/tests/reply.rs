@@ -119,6 +119,46 @@ fn an_unanswered_context_fails_the_ask_at_once() {
     env.shutdown();
 }
 
+/// The same over the network: a remote ask is told apart from the other contexts its handler
+/// dropped by its connection and request id, wherever its context has been moved to.
+#[test]
+fn an_unanswered_remote_context_fails_the_ask_with_the_handler_error() {
+    let env = server("server");
+    let (tx, rx) = channel();
+    env.setup_endpoint("careless", Careless(tx)).unwrap();
+    let another = client("client");
+    let r: RpcEndpointRef<String> = another
+        .setup_endpoint_ref(env.address().unwrap(), "careless")
+        .unwrap();
+    let long = RpcTimeout::new(Duration::from_secs(300), "test.long");
+    for m in ["drop", "later"] {
+        let e = r
+            .ask_sync_with_timeout::<String>(m.into(), long.clone())
+            .unwrap_err();
+        assert!(
+            matches!(e, RpcError::NoReply { ref endpoint } if endpoint.contains("careless")),
+            "{m}: {e:?}"
+        );
+    }
+    for _ in 0..3 {
+        let e = r
+            .ask_sync_with_timeout::<String>("boom".into(), long.clone())
+            .unwrap_err();
+        let failure = e
+            .failure()
+            .unwrap_or_else(|| panic!("a failure, not {e:?}"));
+        assert_eq!(failure.kind(), FailureKind::Handler);
+        assert_eq!(failure.message(), "cannot handle boom");
+        assert!(rx
+            .recv_timeout(WAIT)
+            .unwrap()
+            .to_string()
+            .contains("cannot handle boom"));
+    }
+    another.shutdown();
+    env.shutdown();
+}
+
 #[test]
 fn a_context_answered_later_from_another_thread() {
     struct Later;

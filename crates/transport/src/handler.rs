@@ -176,6 +176,12 @@ impl RpcResponder {
         self.inner.as_ref().map_or(-1, |i| i.request_id)
     }
 
+    /// The id of the connection the request came on ([`TransportClient::id`]); `None` once
+    /// answered.
+    pub fn connection_id(&self) -> Option<u64> {
+        self.inner.as_ref().map(|i| i.shared.id)
+    }
+
     /// The requester's address.
     pub fn peer(&self) -> Option<SocketAddr> {
         self.inner.as_ref().map(|i| i.shared.remote)
