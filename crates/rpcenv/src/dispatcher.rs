@@ -122,8 +122,9 @@ impl MessageLoop {
                 if extra {
                     me.run_extra();
                 } else {
-                    while let Job::Run(inbox) = me.next_job() {
-                        inbox.run();
+                    let mut look = false;
+                    while let Job::Run(inbox) = me.next_job(look) {
+                        look = inbox.run();
                     }
                 }
             })?;
@@ -136,11 +137,12 @@ impl MessageLoop {
     }
 
     /// The next job for a thread of the loop. While jobs have been following each other within
-    /// the spin window (a busy loop), a thread that finds none looks again awake for a moment
-    /// before it sleeps ([`RunQueue::pop`]); at a light load it sleeps at once, and the poster's
-    /// wake-up is the only cost.
-    fn next_job(&self) -> Job {
-        let job = self.jobs.pop(!self.pace.spin_budget().is_zero());
+    /// the spin window (a busy loop), a thread whose last job asked for it (`look`: an inbox
+    /// that handled a lone message, see `inbox::Linger`) and finds none looks again awake for a
+    /// moment before it sleeps ([`RunQueue::pop`]); at a light load it sleeps at once, and the
+    /// poster's wake-up is the only cost.
+    fn next_job(&self, look: bool) -> Job {
+        let job = self.jobs.pop(look && !self.pace.spin_budget().is_zero());
         let now = u64::try_from(self.started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let last = self.last_job_ns.swap(now, Ordering::Relaxed);
         self.pace
@@ -153,7 +155,9 @@ impl MessageLoop {
     fn run_extra(&self) {
         loop {
             match self.jobs.pop_timeout(EXTRA_IDLE) {
-                Some(Job::Run(inbox)) => inbox.run(),
+                Some(Job::Run(inbox)) => {
+                    inbox.run();
+                }
                 Some(Job::Exit) => break,
                 None => {
                     let extra = self.extra.load(Ordering::Acquire);
