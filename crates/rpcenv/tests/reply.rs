@@ -4,7 +4,7 @@
 //! Every env binds 127.0.0.1 with port 0. Waits are on channels, conditions or futures with
 //! deadlines.
 
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::Duration;
 
 use rpcenv::{
@@ -88,34 +88,47 @@ impl RpcEndpoint for Careless {
     }
 }
 
+/// Asks `careless` (a [`Careless`] endpoint whose errors arrive on `errors`): a dropped context
+/// fails its ask at once with `NoReply`, not after the ask's long timeout, and a handler error
+/// reaches the asker (not `NoReply`) and `on_error`, `rounds` times.
+fn unanswered_asks_fail_at_once(
+    careless: &RpcEndpointRef<String>,
+    errors: &Receiver<RpcError>,
+    rounds: usize,
+) {
+    let long = RpcTimeout::new(Duration::from_secs(300), "test.long");
+    for m in ["drop", "later"] {
+        let e = careless
+            .ask_sync_with_timeout::<String>(m.into(), long.clone())
+            .unwrap_err();
+        assert!(
+            matches!(e, RpcError::NoReply { ref endpoint } if endpoint.ends_with("careless")),
+            "{m}: {e:?}"
+        );
+    }
+    for _ in 0..rounds {
+        let e = careless
+            .ask_sync_with_timeout::<String>("boom".into(), long.clone())
+            .unwrap_err();
+        let failure = e
+            .failure()
+            .unwrap_or_else(|| panic!("a failure, not {e:?}"));
+        assert_eq!(failure.kind(), FailureKind::Handler);
+        assert_eq!(failure.message(), "cannot handle boom");
+        assert!(errors
+            .recv_timeout(WAIT)
+            .unwrap()
+            .to_string()
+            .contains("cannot handle boom"));
+    }
+}
+
 #[test]
 fn an_unanswered_context_fails_the_ask_at_once() {
     let env = new_env();
     let (tx, rx) = channel();
     let r = env.setup_endpoint("careless", Careless(tx)).unwrap();
-    // The ask's own timeout is long; the failure must come from the drop, not the timeout.
-    let long = RpcTimeout::new(Duration::from_secs(300), "test.long");
-    for m in ["drop", "later"] {
-        let e = r
-            .ask_sync_with_timeout::<String>(m.into(), long.clone())
-            .unwrap_err();
-        assert!(
-            matches!(e, RpcError::NoReply { ref endpoint } if endpoint == "careless"),
-            "{e:?}"
-        );
-    }
-    // A handler error reaches the asker (not NoReply) and on_error.
-    let e = r
-        .ask_sync_with_timeout::<String>("boom".into(), long)
-        .unwrap_err();
-    let failure = e.failure().expect("a failure");
-    assert_eq!(failure.kind(), FailureKind::Handler);
-    assert_eq!(failure.message(), "cannot handle boom");
-    assert!(rx
-        .recv_timeout(WAIT)
-        .unwrap()
-        .to_string()
-        .contains("cannot handle boom"));
+    unanswered_asks_fail_at_once(&r, &rx, 1);
     env.shutdown();
 }
 
@@ -130,31 +143,7 @@ fn an_unanswered_remote_context_fails_the_ask_with_the_handler_error() {
     let r: RpcEndpointRef<String> = another
         .setup_endpoint_ref(env.address().unwrap(), "careless")
         .unwrap();
-    let long = RpcTimeout::new(Duration::from_secs(300), "test.long");
-    for m in ["drop", "later"] {
-        let e = r
-            .ask_sync_with_timeout::<String>(m.into(), long.clone())
-            .unwrap_err();
-        assert!(
-            matches!(e, RpcError::NoReply { ref endpoint } if endpoint.contains("careless")),
-            "{m}: {e:?}"
-        );
-    }
-    for _ in 0..3 {
-        let e = r
-            .ask_sync_with_timeout::<String>("boom".into(), long.clone())
-            .unwrap_err();
-        let failure = e
-            .failure()
-            .unwrap_or_else(|| panic!("a failure, not {e:?}"));
-        assert_eq!(failure.kind(), FailureKind::Handler);
-        assert_eq!(failure.message(), "cannot handle boom");
-        assert!(rx
-            .recv_timeout(WAIT)
-            .unwrap()
-            .to_string()
-            .contains("cannot handle boom"));
-    }
+    unanswered_asks_fail_at_once(&r, &rx, 3);
     another.shutdown();
     env.shutdown();
 }
