@@ -40,7 +40,7 @@ fn workers_register_again_with_a_restarted_master_and_its_tasks_complete_exactly
     master.kill();
     for (id, w) in &mut workers {
         w.err
-            .expect(&format!("{id} noticing the loss"), |l| noticed_the_loss(l));
+            .expect(&format!("{id} noticing the loss"), noticed_the_loss);
         // The master stays down for at least one failed attempt.
         w.err.expect(&format!("{id}'s first failed attempt"), |l| {
             l.contains("registration with") && l.contains("failed")
