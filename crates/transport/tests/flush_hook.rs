@@ -174,3 +174,67 @@ async fn a_request_written_now_on_a_closed_connection_fails() {
         ));
     }
 }
+
+/// Records, for each request, whether a thread answering at that moment could write through
+/// the flush hook (`try_flush`: the connection is not held), and answers it.
+#[derive(Default)]
+struct Probe {
+    free: Mutex<Vec<(String, bool)>>,
+}
+
+impl RpcHandler for Probe {
+    fn receive(&self, client: &TransportClient, message: Bytes, responder: RpcResponder) {
+        let free = client.try_flush();
+        let name = String::from_utf8_lossy(&message).into_owned();
+        self.free.lock().unwrap().push((name, free));
+        responder.respond(message);
+    }
+}
+
+/// A lone request is handed to the handler after the connection's turn, with the connection
+/// free (the thread that answers it can write the answer itself); requests that a read brings
+/// together are handed over as they are decoded, with the connection held (their answers are
+/// queued for the connection's task, which writes them together).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_arrive_together_are_handed_over_during_the_turn() {
+    let probe = Arc::new(Probe::default());
+    let server = server_with(TransportConf::default(), probe.clone()).await;
+    let mut peer = tokio::net::TcpStream::connect(("127.0.0.1", server.port()))
+        .await
+        .unwrap();
+    let request = |id: i64, body: &'static str| {
+        rpcenv_transport::Message::RpcRequest {
+            request_id: id,
+            body: Bytes::from(body),
+        }
+        .to_bytes()
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // One request, and its answer read back before anything else is sent.
+    peer.write_all(&request(1, "alone")).await.unwrap();
+    wait_until("the lone request", || probe.free.lock().unwrap().len() == 1).await;
+    let mut answer = vec![0u8; request(1, "alone").len()];
+    within(peer.read_exact(&mut answer)).await.unwrap();
+    // Three requests in one write.
+    let mut burst = Vec::new();
+    for (id, body) in [(2, "first"), (3, "second"), (4, "third")] {
+        burst.extend_from_slice(&request(id, body));
+    }
+    peer.write_all(&burst).await.unwrap();
+    wait_until("the three requests", || {
+        probe.free.lock().unwrap().len() == 4
+    })
+    .await;
+    let seen = probe.free.lock().unwrap().clone();
+    assert_eq!(seen[0], ("alone".to_string(), true), "{seen:?}");
+    // The burst may be read in pieces; the requests that came in one read with others were
+    // handed over with the connection held, in order.
+    let names: Vec<_> = seen.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["alone", "first", "second", "third"]);
+    assert!(
+        seen[1..].iter().any(|(_, free)| !free),
+        "every request of the burst was handed over with the connection free: {seen:?}"
+    );
+    server.close();
+    within(server.closed()).await;
+}

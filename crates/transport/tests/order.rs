@@ -1,6 +1,7 @@
-//! What a peer sends on one connection is acted on in the order it was sent. The requests a
-//! turn of the connection reads are handed to the handler after that turn, outside the
-//! connection's lock; a response read after them waits until they have been handed over.
+//! What a peer sends on one connection is acted on in the order it was sent. A lone request a
+//! turn of the connection reads is handed to the handler after that turn, outside the
+//! connection's lock, and a response read after it waits until it has been handed over;
+//! requests that a read brings together are handed over as they are decoded.
 
 mod common;
 
