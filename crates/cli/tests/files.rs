@@ -18,7 +18,10 @@ use sha2::{Digest, Sha256};
 /// delivered twice or out of place changes the hash) and a debug build writes 256 MiB quickly.
 fn random_file(path: &Path, len: usize) -> Vec<u8> {
     const BLOCK: usize = 4096;
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    fn written<T>(r: std::io::Result<T>, path: &Path, len: usize) -> T {
+        r.unwrap_or_else(|e| panic!("cannot write {len} bytes to {}: {e}", path.display()))
+    }
+    let mut out = std::io::BufWriter::new(written(std::fs::File::create(path), path, len));
     let mut hasher = Sha256::new();
     let mut piece = vec![0u8; 1 << 20];
     rand::rng().fill_bytes(&mut piece);
@@ -31,11 +34,29 @@ fn random_file(path: &Path, len: usize) -> Vec<u8> {
             block[..k].copy_from_slice(&stamp[..k]);
         }
         hasher.update(&piece[..n]);
-        out.write_all(&piece[..n]).unwrap();
+        written(out.write_all(&piece[..n]), path, len);
         offset += n;
     }
-    out.flush().unwrap();
+    written(out.flush(), path, len);
     hasher.finalize().to_vec()
+}
+
+/// A temporary directory for the 256 MiB test's two copies of its file. It is made in `/dev/shm`
+/// where that is a writable directory: a tmpfs, so the 512 MiB take memory (of which a test
+/// machine has plenty) rather than disk (of which a CI machine may have little: this test once
+/// failed there with "No space left on device"). The file server reads with `read`, not `mmap`,
+/// so a tmpfs page never counts in the master's VmHWM, which the test measures.
+fn roomy_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::Builder::new()
+            .prefix("rpcenv-files-")
+            .tempdir_in(shm)
+        {
+            return dir;
+        }
+    }
+    tempfile::tempdir().unwrap()
 }
 
 fn sha256_file(path: &Path) -> Vec<u8> {
@@ -338,7 +359,7 @@ fn fetch_peak_kb(uri: &str, dest: &Path) -> u64 {
 fn a_256_mib_file_is_served_and_fetched_with_flat_memory_on_both_sides() {
     const LEN: usize = 256 << 20;
     const BOUND_KB: u64 = 64 << 10;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = roomy_tempdir();
     let source = dir.path().join("big.bin");
     let hash = random_file(&source, LEN);
     let tiny = dir.path().join("tiny.bin");
