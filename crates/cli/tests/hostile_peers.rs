@@ -142,7 +142,7 @@ impl Server {
         let mut s = self.connect();
         let req = Message::RpcRequest {
             request_id: 7,
-            body: Bytes::copy_from_slice(body),
+            body: Bytes::copy_from_slice(body).into(),
         };
         s.write_all(&req.to_bytes()).expect("write request");
         read_message(&mut s, within).expect("an answer")
@@ -293,7 +293,7 @@ fn a_peer_that_pipelines_asks_and_streams_and_never_reads_holds_bounded_memory()
         .map(|i| {
             Message::RpcRequest {
                 request_id: i,
-                body: body.clone(),
+                body: body.clone().into(),
             }
             .to_bytes()
         })
@@ -346,7 +346,7 @@ fn asks_to_a_missing_endpoint_with_a_huge_name_never_read_hold_bounded_memory() 
         .map(|i| {
             Message::RpcRequest {
                 request_id: i,
-                body: body.clone(),
+                body: body.clone().into(),
             }
             .to_bytes()
         })

@@ -20,7 +20,7 @@ fn frames(c: &mut Criterion) {
     let mut g = c.benchmark_group("frame");
     let small = Message::RpcRequest {
         request_id: 42,
-        body: Bytes::from_static(&[7; 64]),
+        body: Bytes::from_static(&[7; 64]).into(),
     };
     g.throughput(Throughput::Elements(1));
     g.bench_function("encode_rpc_request_64B", |b| {
@@ -55,7 +55,7 @@ fn frames(c: &mut Criterion) {
     });
     let large = Message::RpcRequest {
         request_id: 7,
-        body: Bytes::from(vec![7u8; 1 << 20]),
+        body: Bytes::from(vec![7u8; 1 << 20]).into(),
     };
     let large_frame = large.to_bytes();
     g.throughput(Throughput::Bytes(large_frame.len() as u64));

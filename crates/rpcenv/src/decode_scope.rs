@@ -6,7 +6,8 @@
 //! is rebound to, which connection the message came over (a ref to a client-mode endpoint is
 //! reached over it), and which received frame a large `Blob` may share instead of copying.
 //! [`DecodeScope::run`] is the only place that sets it, and it restores the previous value when
-//! the decode returns; nothing else passes state through a thread-local.
+//! the decode returns. Its one counterpart is the encoding's (`codec::OFFERED`: the large blobs
+//! an envelope holds, written without a copy); nothing else passes state through a thread-local.
 
 use std::any::Any;
 use std::cell::RefCell;

@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rpcenv_transport::TransportClient;
+use rpcenv_transport::{Body, TransportClient};
 
 use crate::address::{RpcAddress, RpcEndpointAddress};
 use crate::blocking::{self, BlockedAsks};
@@ -29,8 +29,8 @@ use crate::timeout::{ensure_blocking_allowed, RpcTimeout};
 
 /// A serialized message on its way to another process.
 pub(crate) enum OutboxMessage {
-    OneWay(Bytes),
-    Rpc(Bytes, Arc<ReplySlot>),
+    OneWay(Body),
+    Rpc(Body, Arc<ReplySlot>),
 }
 
 impl OutboxMessage {
@@ -56,7 +56,7 @@ pub(crate) type Waiting<'a> = Pin<Box<dyn Future<Output = Result<(), RpcError>> 
 /// The network of an env, as its refs see it: implemented by the remote layer's `Network`.
 pub(crate) trait RefNetwork: Send + Sync {
     /// Checks a serialized message against `rpc.message.maxSize` before anything is written.
-    fn check_size(&self, body: &Bytes) -> Result<(), RpcError>;
+    fn check_size(&self, body: &Body) -> Result<(), RpcError>;
     /// `rpc.outbox.maxBytes`.
     fn outbox_max_bytes(&self) -> usize;
     /// Hands a message to the outbox of `address` (opened on first use); never blocks.
@@ -189,7 +189,7 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
     }
 
     /// Serializes `message` in an envelope for the remote endpoint.
-    fn envelope(&self, message: &M, net: &dyn RefNetwork) -> Result<Bytes, RpcError> {
+    fn envelope(&self, message: &M, net: &dyn RefNetwork) -> Result<Body, RpcError> {
         let header = self.inner.header.get_or_init(|| {
             envelope_header(
                 self.inner.defaults.sender.as_ref(),
@@ -494,7 +494,7 @@ struct NoNetwork;
 
 #[cfg(test)]
 impl RefNetwork for NoNetwork {
-    fn check_size(&self, _: &Bytes) -> Result<(), RpcError> {
+    fn check_size(&self, _: &Body) -> Result<(), RpcError> {
         Ok(())
     }
     fn outbox_max_bytes(&self) -> usize {

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use bytes::Bytes;
 use foldhash::{HashMap, HashMapExt};
 use rpcenv_transport::{
-    ReplyBody, RpcHandler, RpcResponder, TransportClient, TransportClientFactory, TransportError,
-    TransportServer,
+    Body, ReplyBody, RpcHandler, RpcResponder, TransportClient, TransportClientFactory,
+    TransportError, TransportServer,
 };
 
 use crate::address::{RpcAddress, RpcEndpointAddress};
@@ -303,7 +303,7 @@ impl Network {
 }
 
 impl RefNetwork for Network {
-    fn check_size(&self, body: &Bytes) -> Result<(), RpcError> {
+    fn check_size(&self, body: &Body) -> Result<(), RpcError> {
         if body.len() > self.max_message_size {
             return Err(RpcError::MessageTooLarge {
                 size: body.len(),

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use crate::budget::{BudgetHold, Inbound};
 use crate::command::{queue_cost, Command, CommandSender, PendingKind, QUEUE_ENTRY_OVERHEAD};
 use crate::error::TransportError;
-use crate::message::{Message, StreamChunkId};
+use crate::message::{Body, Message, StreamChunkId};
 use crate::response::{ByteStream, PendingRpc, RpcCallback, RpcReply};
 
 pub(crate) struct ClientShared {
@@ -406,14 +406,14 @@ impl TransportClient {
     /// Send an RpcRequest; the future resolves to the RpcResponse body, or fails with the
     /// RpcFailure text or the connection's failure. The request is queued at once (before the
     /// future is polled).
-    pub fn send_rpc(&self, body: Bytes) -> RpcFuture {
+    pub fn send_rpc(&self, body: impl Into<Body>) -> RpcFuture {
         let id = self.next_request_id();
         let (tx, rx) = oneshot::channel();
         let pending = PendingKind::Rpc(id, PendingRpc::Rpc(RpcReply::Future(tx)));
         self.request(
             Message::RpcRequest {
                 request_id: id,
-                body,
+                body: body.into(),
             },
             pending,
             rx,
@@ -426,10 +426,10 @@ impl TransportClient {
     /// If the connection is closed the callback is called at once with the error.
     pub fn send_rpc_with_callback(
         &self,
-        body: Bytes,
+        body: impl Into<Body>,
         callback: impl FnOnce(Result<Bytes, TransportError>) + Send + 'static,
     ) -> i64 {
-        self.rpc_with_callback(body, Box::new(callback), None)
+        self.rpc_with_callback(body.into(), Box::new(callback), None)
     }
 
     /// [`send_rpc_with_callback`](Self::send_rpc_with_callback), writing the request from the
@@ -438,17 +438,17 @@ impl TransportClient {
     /// Otherwise the request is queued for the task as usual. Never blocks.
     pub fn send_rpc_with_callback_now(
         &self,
-        body: Bytes,
+        body: impl Into<Body>,
         callback: impl FnOnce(Result<Bytes, TransportError>) + Send + 'static,
         when: WriteNow,
     ) -> i64 {
-        self.rpc_with_callback(body, Box::new(callback), Some(when))
+        self.rpc_with_callback(body.into(), Box::new(callback), Some(when))
     }
 
     /// Runs (through the flush hook, when `now` says so) or queues an RpcRequest whose answer
     /// goes to `callback`; fails the callback at once when the connection is closed. Returns
     /// the request id.
-    fn rpc_with_callback(&self, body: Bytes, callback: RpcCallback, now: Option<WriteNow>) -> i64 {
+    fn rpc_with_callback(&self, body: Body, callback: RpcCallback, now: Option<WriteNow>) -> i64 {
         let id = self.next_request_id();
         let msg = Message::RpcRequest {
             request_id: id,
@@ -488,18 +488,22 @@ impl TransportClient {
     }
 
     /// Send a OneWayMessage. Fails only if the connection is already closed.
-    pub fn send(&self, body: Bytes) -> Result<(), TransportError> {
+    pub fn send(&self, body: impl Into<Body>) -> Result<(), TransportError> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(self.closed_error());
         }
         self.shared
-            .enqueue(Command::Send(Message::OneWayMessage { body }))
+            .enqueue(Command::Send(Message::OneWayMessage { body: body.into() }))
             .map_err(|_| self.closed_error())
     }
 
     /// Send an RPC and block this thread until the answer or `timeout`. Returns
     /// [`TransportError::BlockingInRuntime`] when called on a tokio runtime thread.
-    pub fn send_rpc_sync(&self, body: Bytes, timeout: Duration) -> Result<Bytes, TransportError> {
+    pub fn send_rpc_sync(
+        &self,
+        body: impl Into<Body>,
+        timeout: Duration,
+    ) -> Result<Bytes, TransportError> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(TransportError::BlockingInRuntime {
                 operation: "TransportClient::send_rpc_sync",

@@ -73,12 +73,12 @@ impl WriteQueue {
     /// Append one message (its frame, then its body: in frame or raw, the bytes are the same).
     pub fn push(&mut self, msg: &Message) {
         msg.encode_header(&mut self.cur);
-        if let Some(body) = msg.body() {
-            if body.len() <= INLINE_BODY_MAX {
-                self.cur.extend_from_slice(body);
+        for part in msg.body_parts() {
+            if part.len() <= INLINE_BODY_MAX {
+                self.cur.extend_from_slice(part);
             } else {
                 self.segs.push_back(Seg::Bytes(self.cur.split().freeze()));
-                self.segs.push_back(Seg::Bytes(body.clone()));
+                self.segs.push_back(Seg::Bytes(part.clone()));
             }
         }
         let len = msg.wire_len();
@@ -221,10 +221,10 @@ mod tests {
         let msgs = vec![
             Message::RpcRequest {
                 request_id: 1,
-                body: Bytes::from_static(b"small"),
+                body: Bytes::from_static(b"small").into(),
             },
             Message::OneWayMessage {
-                body: Bytes::from(vec![7u8; 100_000]),
+                body: Bytes::from(vec![7u8; 100_000]).into(),
             },
             Message::StreamResponse {
                 stream_id: "s".into(),
@@ -390,10 +390,10 @@ mod metrics_tests {
             let mut queue = WriteQueue::new();
             let request = Message::RpcRequest {
                 request_id: 7,
-                body: Bytes::from_static(b"hello"),
+                body: Bytes::from_static(b"hello").into(),
             };
             let one_way = Message::OneWayMessage {
-                body: Bytes::from_static(b"x"),
+                body: Bytes::from_static(b"x").into(),
             };
             queue.push(&request);
             queue.push(&request);

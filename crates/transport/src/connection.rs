@@ -745,9 +745,9 @@ where
         match msg {
             Message::RpcRequest { request_id, body } => {
                 let responder = self.responder(request_id, body.len());
-                self.collect(Delivery::Rpc(body, responder));
+                self.collect(Delivery::Rpc(body.into_bytes(), responder));
             }
-            Message::OneWayMessage { body } => self.collect(Delivery::OneWay(body)),
+            Message::OneWayMessage { body } => self.collect(Delivery::OneWay(body.into_bytes())),
             _ => self.answer_request(msg),
         }
     }

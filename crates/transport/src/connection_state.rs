@@ -311,14 +311,14 @@ mod tests {
         let mut st = state(no_deadlines(), 0, Instant::now());
         let mut rbuf = frame(&Message::RpcRequest {
             request_id: 1,
-            body: Bytes::from_static(b"ask"),
+            body: Bytes::from_static(b"ask").into(),
         });
         rbuf.extend_from_slice(&frame(&Message::RpcResponse {
             request_id: 2,
             body: Bytes::from_static(b"answer"),
         }));
         rbuf.extend_from_slice(&frame(&Message::OneWayMessage {
-            body: Bytes::from_static(b"tell"),
+            body: Bytes::from_static(b"tell").into(),
         }));
         let got = steps(&mut st, &mut rbuf);
         assert!(matches!(
@@ -502,7 +502,7 @@ mod tests {
         }
         let mut talking = state(gate, 0, t0);
         let mut rbuf = frame(&Message::OneWayMessage {
-            body: Bytes::from_static(b"hi"),
+            body: Bytes::from_static(b"hi").into(),
         });
         steps(&mut talking, &mut rbuf);
         assert_eq!(
@@ -524,7 +524,7 @@ mod tests {
         };
         let mut st = state(deadlines, 0, t0);
         let whole = frame(&Message::OneWayMessage {
-            body: Bytes::from_static(b"never finished"),
+            body: Bytes::from_static(b"never finished").into(),
         });
         let mut rbuf = BytesMut::from(&whole[..6]);
         let read_at = t0 + Duration::from_secs(2);

@@ -66,7 +66,7 @@ pub use error::{Result, TransportError};
 pub use factory::TransportClientFactory;
 pub use frame::{Decoded, FrameDecoder};
 pub use handler::{NoOpRpcHandler, RpcHandler, RpcResponder};
-pub use message::{Message, StreamChunkId};
+pub use message::{Body, Message, StreamChunkId};
 pub use response::{ByteStream, RpcCallback};
 pub use server::{bind_with_retries, port_for_attempt, TransportServer};
 pub use tls::{TlsClientBootstrap, TlsConf, TlsProtocol, TlsServerBootstrap, TlsTrust};

@@ -52,7 +52,7 @@ pub enum Message {
         /// Request id (non-negative, unique among a connection's outstanding requests).
         request_id: i64,
         /// Payload (in frame).
-        body: Bytes,
+        body: Body,
     },
     /// Type 4: the successful answer to an RpcRequest or UploadStream.
     RpcResponse {
@@ -92,7 +92,7 @@ pub enum Message {
     /// Type 9: a request expecting no answer.
     OneWayMessage {
         /// Payload (in frame).
-        body: Bytes,
+        body: Body,
     },
     /// Type 10: an upload; `body_byte_count` raw bytes follow the frame. Answered by
     /// RpcResponse / RpcFailure.
@@ -232,17 +232,25 @@ impl Message {
         matches!(self.type_id(), 1 | 2 | 4 | 5 | 7 | 8 | 12)
     }
 
-    /// The body bytes, if this type carries one (in frame or following it).
-    pub fn body(&self) -> Option<&Bytes> {
+    /// The body's bytes, in the parts they are written in (none for a type without a body; one
+    /// part but for a [`Body`] given in several), in frame or following it.
+    pub fn body_parts(&self) -> &[Bytes] {
         match self {
+            Message::RpcRequest { body, .. } | Message::OneWayMessage { body } => body.parts(),
             Message::ChunkFetchSuccess { body, .. }
-            | Message::RpcRequest { body, .. }
             | Message::RpcResponse { body, .. }
             | Message::StreamResponse { body, .. }
-            | Message::OneWayMessage { body }
             | Message::UploadStream { body, .. }
-            | Message::MergedBlockMetaSuccess { body, .. } => Some(body),
-            _ => None,
+            | Message::MergedBlockMetaSuccess { body, .. } => std::slice::from_ref(body),
+            _ => &[],
+        }
+    }
+
+    /// Length of the body in bytes (0 for a type without one).
+    pub fn body_len(&self) -> usize {
+        match self {
+            Message::RpcRequest { body, .. } | Message::OneWayMessage { body } => body.len(),
+            _ => self.body_parts().iter().map(Bytes::len).sum(),
         }
     }
 
@@ -275,12 +283,12 @@ impl Message {
 
     /// Bytes this message occupies on the wire, raw bodies included.
     pub fn wire_len(&self) -> usize {
-        LENGTH_FIELD + 1 + self.header_len() + self.body().map_or(0, Bytes::len)
+        LENGTH_FIELD + 1 + self.header_len() + self.body_len()
     }
 
     /// Write the length field, type byte and header fields (not the body).
     pub fn encode_header(&self, dst: &mut BytesMut) {
-        self.encode_header_for_body(self.body().map_or(0, Bytes::len), dst);
+        self.encode_header_for_body(self.body_len(), dst);
     }
 
     /// As [`Message::encode_header`], for a body of `body_len` bytes that is not in `self` (a
@@ -355,8 +363,8 @@ impl Message {
     /// Write the whole message (header, then body in frame or raw body after it).
     pub fn encode(&self, dst: &mut BytesMut) {
         self.encode_header(dst);
-        if let Some(body) = self.body() {
-            dst.extend_from_slice(body);
+        for part in self.body_parts() {
+            dst.extend_from_slice(part);
         }
     }
 
@@ -402,7 +410,10 @@ impl Message {
                 let _ignored_body_len = r.i32("bodyLength")?;
                 let body = r.buf;
                 if type_id == 3 {
-                    Message::RpcRequest { request_id, body }
+                    Message::RpcRequest {
+                        request_id,
+                        body: body.into(),
+                    }
                 } else {
                     Message::RpcResponse { request_id, body }
                 }
@@ -425,7 +436,7 @@ impl Message {
             },
             9 => {
                 let _ignored_body_len = r.i32("bodyLength")?;
-                Message::OneWayMessage { body: r.buf }
+                Message::OneWayMessage { body: r.buf.into() }
             }
             10 => Message::UploadStream {
                 request_id: r.i64("requestId")?,
@@ -461,6 +472,142 @@ impl Message {
                 body_byte_count, ..
             } => Some(*body_byte_count),
             _ => None,
+        }
+    }
+}
+
+/// The payload of a request ([`Message::RpcRequest`], [`Message::OneWayMessage`]): one buffer,
+/// or several written one after another as if joined.
+///
+/// Several parts spare a sender a copy: a message that holds a large byte string already in
+/// memory (rpcenv's `Blob`) is encoded around it, and the string itself is written from where it
+/// lies, with the encoded bytes before and after it as parts of their own. The bytes on the wire
+/// are the same. A decoded body is always one part (a slice of the received frame).
+#[derive(Clone, Default)]
+pub struct Body(BodyParts);
+
+#[derive(Clone)]
+enum BodyParts {
+    One(Bytes),
+    /// At least two parts, none empty, and their total length.
+    Many(Box<[Bytes]>, usize),
+}
+
+impl Default for BodyParts {
+    fn default() -> Self {
+        BodyParts::One(Bytes::new())
+    }
+}
+
+impl Body {
+    /// A body written as `parts`, one after another (empty parts are dropped).
+    pub fn from_parts(parts: impl IntoIterator<Item = Bytes>) -> Body {
+        let mut parts: Vec<Bytes> = parts.into_iter().filter(|p| !p.is_empty()).collect();
+        match parts.len() {
+            0 => Body::default(),
+            1 => Body(BodyParts::One(parts.pop().expect("one part"))),
+            _ => {
+                let len = parts.iter().map(Bytes::len).sum();
+                Body(BodyParts::Many(parts.into_boxed_slice(), len))
+            }
+        }
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            BodyParts::One(b) => b.len(),
+            BodyParts::Many(_, len) => *len,
+        }
+    }
+
+    /// True for an empty body.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The parts, in the order they are written.
+    pub fn parts(&self) -> &[Bytes] {
+        match &self.0 {
+            BodyParts::One(b) => std::slice::from_ref(b),
+            BodyParts::Many(parts, _) => parts,
+        }
+    }
+
+    /// The body as one buffer: free for one part (every decoded body), a copy for several.
+    pub fn into_bytes(self) -> Bytes {
+        match self.0 {
+            BodyParts::One(b) => b,
+            BodyParts::Many(parts, len) => {
+                let mut joined = BytesMut::with_capacity(len);
+                for part in parts.iter() {
+                    joined.extend_from_slice(part);
+                }
+                joined.freeze()
+            }
+        }
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Self {
+        Body(BodyParts::One(bytes))
+    }
+}
+
+impl From<Vec<u8>> for Body {
+    fn from(bytes: Vec<u8>) -> Self {
+        Body::from(Bytes::from(bytes))
+    }
+}
+
+impl From<&'static [u8]> for Body {
+    fn from(bytes: &'static [u8]) -> Self {
+        Body::from(Bytes::from_static(bytes))
+    }
+}
+
+impl From<&'static str> for Body {
+    fn from(text: &'static str) -> Self {
+        Body::from(Bytes::from_static(text.as_bytes()))
+    }
+}
+
+/// Whether two lists of parts hold the same bytes, however they are split.
+fn same_bytes(a: &[Bytes], b: &[Bytes]) -> bool {
+    match (a, b) {
+        ([a], [b]) => a == b,
+        _ => a
+            .iter()
+            .flat_map(|p| p.iter())
+            .eq(b.iter().flat_map(|p| p.iter())),
+    }
+}
+
+impl PartialEq for Body {
+    /// Equal when the bytes are, however they are split into parts.
+    fn eq(&self, other: &Body) -> bool {
+        self.len() == other.len() && same_bytes(self.parts(), other.parts())
+    }
+}
+
+impl Eq for Body {}
+
+impl PartialEq<Bytes> for Body {
+    fn eq(&self, other: &Bytes) -> bool {
+        self.len() == other.len() && same_bytes(self.parts(), std::slice::from_ref(other))
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            BodyParts::One(b) => b.fmt(f),
+            BodyParts::Many(parts, len) => f
+                .debug_struct("Body")
+                .field("len", len)
+                .field("parts", &parts.iter().map(Bytes::len).collect::<Vec<_>>())
+                .finish(),
         }
     }
 }
@@ -571,7 +718,7 @@ mod golden {
     fn golden_rpc_request() {
         let m = Message::RpcRequest {
             request_id: 12345,
-            body: Bytes::from_static(b"hi"),
+            body: Bytes::from_static(b"hi").into(),
         };
         check(m, "0000000000000017 03 0000000000003039 00000002 6869", 23);
     }
@@ -636,7 +783,7 @@ mod golden {
     fn golden_one_way_message() {
         check(
             Message::OneWayMessage {
-                body: Bytes::from_static(b"hey"),
+                body: Bytes::from_static(b"hey").into(),
             },
             "0000000000000010 09 00000003 686579",
             16,
@@ -693,7 +840,7 @@ mod golden {
             m,
             Message::RpcRequest {
                 request_id: 1,
-                body: Bytes::from_static(b"hi")
+                body: Bytes::from_static(b"hi").into()
             }
         );
     }
@@ -712,5 +859,62 @@ mod golden {
             ),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod body {
+    use super::*;
+
+    #[test]
+    fn parts_are_kept_in_order_without_the_empty_ones() {
+        let body = Body::from_parts([
+            Bytes::from_static(b"ab"),
+            Bytes::new(),
+            Bytes::from_static(b"cde"),
+        ]);
+        assert_eq!(body.len(), 5);
+        assert_eq!(body.parts().len(), 2);
+        assert_eq!(body.clone().into_bytes(), Bytes::from_static(b"abcde"));
+        assert_eq!(body, Body::from(&b"abcde"[..]));
+        assert_ne!(body, Body::from(&b"abcdf"[..]));
+        assert_eq!(
+            Body::from_parts([Bytes::from_static(b"x")]).parts().len(),
+            1
+        );
+        let empty = Body::from_parts([Bytes::new(), Bytes::new()]);
+        assert!(empty.is_empty());
+        assert_eq!(empty, Body::default());
+    }
+
+    #[test]
+    fn a_body_in_parts_is_framed_as_one() {
+        let parts = [Bytes::from(vec![1u8; 40_000]), Bytes::from_static(b"tail")];
+        let joined = Body::from_parts(parts.clone()).into_bytes();
+        for (split, whole) in [
+            (
+                Message::RpcRequest {
+                    request_id: 9,
+                    body: Body::from_parts(parts.clone()),
+                },
+                Message::RpcRequest {
+                    request_id: 9,
+                    body: joined.clone().into(),
+                },
+            ),
+            (
+                Message::OneWayMessage {
+                    body: Body::from_parts(parts.clone()),
+                },
+                Message::OneWayMessage {
+                    body: joined.clone().into(),
+                },
+            ),
+        ] {
+            assert_eq!(split.wire_len(), whole.wire_len());
+            assert_eq!(split.to_bytes(), whole.to_bytes());
+            let frame = split.to_bytes().slice(LENGTH_FIELD..);
+            assert_eq!(Message::decode(frame).unwrap(), split);
+        }
     }
 }

@@ -154,7 +154,7 @@ async fn unauthenticated_requests_are_refused_and_closed() {
         port,
         Message::RpcRequest {
             request_id: 42,
-            body: Bytes::from("hello/there"),
+            body: Bytes::from("hello/there").into(),
         },
     )
     .await;
@@ -170,7 +170,7 @@ async fn unauthenticated_requests_are_refused_and_closed() {
         port,
         Message::RpcRequest {
             request_id: 43,
-            body: pattern(1 << 20),
+            body: pattern(1 << 20).into(),
         },
     )
     .await;
@@ -194,7 +194,7 @@ async fn unauthenticated_requests_are_refused_and_closed() {
             },
         },
         Message::OneWayMessage {
-            body: Bytes::from("sneaky"),
+            body: Bytes::from("sneaky").into(),
         },
         Message::UploadStream {
             request_id: 7,

@@ -205,7 +205,7 @@ async fn requests_that_arrive_together_are_handed_over_during_the_turn() {
     let request = |id: i64, body: &'static str| {
         rpcenv_transport::Message::RpcRequest {
             request_id: id,
-            body: Bytes::from(body),
+            body: Bytes::from(body).into(),
         }
         .to_bytes()
     };

@@ -68,18 +68,18 @@ async fn a_response_is_handled_in_its_place_among_requests() {
     let mut burst = Vec::new();
     for msg in [
         Message::OneWayMessage {
-            body: Bytes::from("a"),
+            body: Bytes::from("a").into(),
         },
         Message::RpcRequest {
             request_id: 7,
-            body: Bytes::from("b"),
+            body: Bytes::from("b").into(),
         },
         Message::RpcResponse {
             request_id: id,
             body: Bytes::from("r"),
         },
         Message::OneWayMessage {
-            body: Bytes::from("c"),
+            body: Bytes::from("c").into(),
         },
     ] {
         burst.extend_from_slice(&msg.to_bytes());

@@ -3,7 +3,7 @@
 
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
-use rpcenv_transport::{Decoded, FrameDecoder, Message, StreamChunkId};
+use rpcenv_transport::{Body, Decoded, FrameDecoder, Message, StreamChunkId, WriteQueue};
 
 /// What the decoder yields for `m` once raw bodies are re-attached.
 fn normalized(m: &Message) -> Message {
@@ -119,16 +119,18 @@ fn protocol_suite_requests() {
         Message::ChunkFetchRequest { chunk: CHUNK },
         Message::RpcRequest {
             request_id: 12345,
-            body: Bytes::new(),
+            body: Bytes::new().into(),
         },
         Message::RpcRequest {
             request_id: 12345,
-            body: bytes(10),
+            body: bytes(10).into(),
         },
         Message::StreamRequest {
             stream_id: "abcde".into(),
         },
-        Message::OneWayMessage { body: bytes(10) },
+        Message::OneWayMessage {
+            body: bytes(10).into(),
+        },
         Message::UploadStream {
             request_id: 1,
             meta: bytes(3),
@@ -202,6 +204,19 @@ fn arb_bytes() -> impl Strategy<Value = Bytes> {
     prop::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from)
 }
 
+/// A request body given in 1 to 4 parts (some empty, some larger than the write queue keeps
+/// inline), as a sender that keeps a large byte string apart gives it.
+fn arb_body() -> impl Strategy<Value = Body> {
+    prop::collection::vec(
+        prop_oneof![
+            4 => arb_bytes(),
+            1 => (0usize..100_000).prop_map(|n| Bytes::from(vec![(n % 251) as u8; n])),
+        ],
+        1..5,
+    )
+    .prop_map(Body::from_parts)
+}
+
 fn arb_string() -> impl Strategy<Value = String> {
     ".{0,20}"
 }
@@ -220,7 +235,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
             .prop_map(|(chunk, body)| Message::ChunkFetchSuccess { chunk, body }),
         (arb_chunk(), arb_string())
             .prop_map(|(chunk, error)| Message::ChunkFetchFailure { chunk, error }),
-        (any::<i64>(), arb_bytes())
+        (any::<i64>(), arb_body())
             .prop_map(|(request_id, body)| Message::RpcRequest { request_id, body }),
         (any::<i64>(), arb_bytes())
             .prop_map(|(request_id, body)| Message::RpcResponse { request_id, body }),
@@ -234,7 +249,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
         }),
         (arb_string(), arb_string())
             .prop_map(|(stream_id, error)| Message::StreamFailure { stream_id, error }),
-        arb_bytes().prop_map(|body| Message::OneWayMessage { body }),
+        arb_body().prop_map(|body| Message::OneWayMessage { body }),
         (any::<i64>(), arb_bytes(), arb_bytes()).prop_map(|(request_id, meta, body)| {
             Message::UploadStream {
                 request_id,
@@ -286,5 +301,41 @@ proptest! {
         let decoded = decode_all(&wire, &splits);
         let expected: Vec<_> = msgs.iter().map(normalized).collect();
         prop_assert_eq!(decoded, expected);
+    }
+
+    /// What a connection writes: the write queue's slices, taken by writes of arbitrary
+    /// lengths, are the bytes `Message::encode` gives, whatever parts a body came in.
+    #[test]
+    fn the_write_queue_writes_bodies_in_parts_as_one(
+        msgs in prop::collection::vec(arb_message(), 1..12),
+        writes in prop::collection::vec(1usize..70_000, 0..200),
+    ) {
+        let mut expected = BytesMut::new();
+        let mut queue = WriteQueue::new();
+        for m in &msgs {
+            m.encode(&mut expected);
+            queue.push(m);
+        }
+        prop_assert_eq!(queue.len(), expected.len());
+        let mut written = Vec::new();
+        let mut i = 0;
+        while !queue.is_empty() {
+            queue.pull().unwrap();
+            let mut slices = [std::io::IoSlice::new(&[]); 64];
+            let n = queue.fill_slices(&mut slices);
+            let mut budget = writes.get(i).copied().unwrap_or(usize::MAX);
+            i += 1;
+            let before = written.len();
+            for s in &slices[..n] {
+                let take = s.len().min(budget);
+                written.extend_from_slice(&s[..take]);
+                budget -= take;
+                if budget == 0 {
+                    break;
+                }
+            }
+            queue.advance(written.len() - before);
+        }
+        prop_assert!(written == expected[..], "the queue wrote other bytes than encode");
     }
 }

@@ -218,7 +218,7 @@ async fn a_request_that_is_not_a_sasl_message_gets_sparks_failure_and_the_connec
         .unwrap();
     let request = Message::RpcRequest {
         request_id: 7,
-        body: Bytes::from("hello/x"),
+        body: Bytes::from("hello/x").into(),
     };
     s.write_all(&request.to_bytes()).await.unwrap();
     let reply = within(read_one(&mut s)).await;
@@ -236,7 +236,7 @@ async fn a_request_that_is_not_a_sasl_message_gets_sparks_failure_and_the_connec
     body.extend_from_slice(&0i32.to_be_bytes());
     let first = Message::RpcRequest {
         request_id: 8,
-        body: Bytes::from(body),
+        body: Bytes::from(body).into(),
     };
     s.write_all(&first.to_bytes()).await.unwrap();
     match within(read_one(&mut s)).await {
@@ -298,7 +298,7 @@ async fn unauthenticated_stream_chunk_and_one_way_traffic_is_refused() {
     let replies = raw_exchange(
         port,
         Message::OneWayMessage {
-            body: Bytes::from("sneaky"),
+            body: Bytes::from("sneaky").into(),
         },
     )
     .await;

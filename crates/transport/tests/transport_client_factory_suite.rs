@@ -180,7 +180,7 @@ async fn transport_client_factory_suite_unlimited_connection_and_creation_timeou
         .await
         .unwrap();
     assert_eq!(
-        within(c.send_rpc("hello/x".into())).await.unwrap(),
+        within(c.send_rpc("hello/x")).await.unwrap(),
         "Hello, x!".as_bytes()
     );
     assert!(

@@ -112,7 +112,7 @@ pub(crate) async fn call(
     let request_id = rand::random::<i64>() & i64::MAX;
     let request = Message::RpcRequest {
         request_id,
-        body: Bytes::from(body),
+        body: Bytes::from(body).into(),
     };
     send(io, peer, &request, what).await?;
     match read_message(io, peer, what).await? {

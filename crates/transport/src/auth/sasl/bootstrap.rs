@@ -148,7 +148,7 @@ pub(crate) async fn server_handshake(
         let (request_id, body) = match first.take() {
             Some(f) => f,
             None => match read_message(&mut io, peer, "SASL: waiting for the client").await? {
-                Message::RpcRequest { request_id, body } => (request_id, body),
+                Message::RpcRequest { request_id, body } => (request_id, body.into_bytes()),
                 Message::StreamRequest { stream_id } => {
                     let answer = Message::StreamFailure {
                         stream_id: stream_id.clone(),
