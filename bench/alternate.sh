@@ -12,14 +12,17 @@
 # Each variant is LABEL=COMMAND: an rpcenv binary, then arguments added after `bench WORKLOADS`
 # (settings, say). ROUNDS (default 5) rounds run every variant once, in the order given. The raw
 # lines, each with a "variant" field added, are kept in $RESULTS (default bench/results) as
-# alternate-<UTC stamp>.jsonl. Nothing is built: name release binaries.
+# alternate-<UTC stamp>.jsonl. Nothing is built: name release binaries. Before each run the
+# cores' round trip is probed (`rpcenv bench --core-rtt` of $PROBE, default the repo's release
+# build) and kept as "core_rtt_ns"; the table counts the runs made with it over 150 ns.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROUNDS="${ROUNDS:-5}"
 RESULTS="${RESULTS:-$HERE/results}"
+PROBE="${PROBE:-$HERE/../target/release/rpcenv}"
 
 usage() {
-  sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -44,6 +47,7 @@ for c in "${commands[@]}"; do
   [ -x "${words[0]}" ] || { echo "alternate.sh: ${words[0]} is not an executable" >&2; exit 2; }
 done
 
+[ -x "$PROBE" ] || { echo "alternate.sh: $PROBE (the core round-trip probe, PROBE=) is not built: cargo build --release -p rpcenv-cli" >&2; exit 2; }
 mkdir -p "$RESULTS"
 raw="$RESULTS/alternate-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 : > "$raw"
@@ -52,6 +56,8 @@ for round in $(seq "$ROUNDS"); do
   for i in "${!labels[@]}"; do
     read -r -a words <<< "${commands[$i]}"
     echo "[alternate] round $round: ${labels[$i]}" >&2
+    # The cores' round trip just before the run (see `rpcenv bench --core-rtt`).
+    rtt="$("$PROBE" bench --core-rtt | python3 -c 'import json, sys; print(json.loads(sys.stdin.read())["ns"])')"
     "${words[0]}" bench "${workloads[@]}" "${words[@]:1}" \
       | python3 -c '
 import json, sys
@@ -59,7 +65,8 @@ for line in sys.stdin:
     if line.startswith("{"):
         row = json.loads(line)
         row["variant"] = sys.argv[1]
-        print(json.dumps(row))' "${labels[$i]}" >> "$raw"
+        row["core_rtt_ns"] = float(sys.argv[2])
+        print(json.dumps(row))' "${labels[$i]}" "$rtt" >> "$raw"
   done
 done
 
@@ -87,8 +94,8 @@ def fmt(v, unit=""):
         return f"{v / 1e3:.1f}k{unit}"
     return f"{v:.2f}{unit}"
 
-print("| workload | variant | runs | ops/s median [min-max] | vs first | p50 µs median | CPU µs/op median |")
-print("|---|---|---|---|---|---|---|")
+print("| workload | variant | runs | ops/s median [min-max] | vs first | p50 µs median | CPU µs/op median | runs with the cores far apart |")
+print("|---|---|---|---|---|---|---|---|")
 for workload in dict.fromkeys(w for w, _ in rows):
     base = med(rows.get((workload, labels[0]), []), "ops_per_sec")
     for label in labels:
@@ -98,7 +105,10 @@ for workload in dict.fromkeys(w for w, _ in rows):
         ops = [r["ops_per_sec"] for r in rs]
         m = med(rs, "ops_per_sec")
         ratio = f"{m / base:.2f}x" if base else "-"
+        # A core round trip over 150 ns: the host had put the two virtual CPUs far apart (about
+        # 340 ns, against 55 near), which slows every thread hand-off (W2 by about 1.8x).
+        far = sum(1 for r in rs if r.get("core_rtt_ns", 0) > 150)
         print(f"| {workload} | {label} | {len(rs)} | {fmt(m)} [{fmt(min(ops))}-{fmt(max(ops))}] | "
-              f"{ratio} | {fmt(med(rs, 'p50_us'))} | {fmt(med(rs, 'cpu_us_per_op'))} |")
+              f"{ratio} | {fmt(med(rs, 'p50_us'))} | {fmt(med(rs, 'cpu_us_per_op'))} | {far} |")
 PY
 echo "[alternate] raw lines: $raw" >&2

@@ -40,11 +40,21 @@ if [ ${#rust_peers[@]} -gt 0 ]; then
   RP_WORKLOADS=none "$ANCHORS_DIR/rust-peers/run.sh" "${rust_peers[@]}" >/dev/null 2>&1 || true
 fi
 
+# The round trip of a cache line between the two cores, before each system and at the end: the
+# host moves it between about 55 and 340 ns, and throughput with it (`rpcenv bench --core-rtt`).
+probe() {
+  "$TARGET/release/rpcenv" bench --core-rtt | python3 -c '
+import json, sys
+row = json.loads(sys.stdin.read()); row["before"] = sys.argv[1]; print(json.dumps(row))' "$1" | tee -a "$raw" >&2
+}
+
+probe rpcenv
 echo "[compare] rpcenv" >&2
 "$TARGET/release/rpcenv" bench "${workloads[@]}" | tee -a "$raw"
 
 # 2. the anchors, back to back.
 for a in $ANCHORS; do
+  probe "$a"
   echo "[compare] $a" >&2
   case "$a" in
     spark-jvm) "$ANCHORS_DIR/spark-jvm/run.sh" "${workloads[@]}" | tee -a "$raw" || echo "[compare] spark-jvm failed" >&2 ;;
@@ -53,6 +63,7 @@ for a in $ANCHORS; do
     *) echo "[compare] unknown anchor $a" >&2 ;;
   esac
 done
+probe end
 echo "[compare] load after the run: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 
 # 3. the tables.

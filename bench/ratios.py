@@ -24,7 +24,8 @@ ORDER = ["rpcenv", "spark-jvm", "floor", "tonic", "tarpc", "ractor"]
 
 
 def load(path):
-    results = {}
+    """The workload lines by (system, workload), and the core round-trip probes by when taken."""
+    results, probes = {}, {}
     with open(path) as f:
         for line in f:
             line = line.strip()
@@ -34,10 +35,13 @@ def load(path):
                 row = json.loads(line)
             except ValueError:
                 continue
-            if "skipped" in row:
+            if row.get("probe") == "core_round_trip":
+                probes[row.get("before", "?")] = row["ns"]
+                continue
+            if "skipped" in row or "workload" not in row:
                 continue
             results[(row["system"], row["workload"])] = row
-    return results
+    return results, probes
 
 
 def rate(v):
@@ -49,7 +53,7 @@ def rate(v):
 
 
 def main():
-    results = load(sys.argv[1])
+    results, probes = load(sys.argv[1])
     systems = [s for s in ORDER if any(k[0] == s for k in results)]
     systems += sorted({k[0] for k in results} - set(systems))
     anchors = [s for s in systems if s != "rpcenv"]
@@ -94,6 +98,12 @@ def main():
                 cpu = "-"
             cells.append(f"{thr:.2f} / {p50} / {rss} / {cpu}")
         print(f"| {wid} {name} | " + " | ".join(cells) + " |")
+
+    if probes:
+        # About 55 ns: the two virtual CPUs sit close; about 340 ns: far apart, and every
+        # system that hands work between threads runs slower (rpcenv's W2 by about 1.8x).
+        print("\nCore round trip before each system (ns; `rpcenv bench --core-rtt`): "
+              + ", ".join(f"{k} {v:.0f}" for k, v in probes.items()))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@
 //! workload through `RPCENV_BENCH_ONLY`), so that its peak RSS is its own and not what an earlier
 //! workload left behind, as with the one-JVM-per-workload Spark anchor.
 
+mod core_rtt;
 mod workloads;
 
 use std::fmt::Write as _;
@@ -46,6 +47,11 @@ pub struct BenchArgs {
     /// until about 1 GiB has been read (at least once).
     #[arg(long, value_name = "SIZE", default_value = "256m", value_parser = parse_file_size)]
     pub file_size: u64,
+    /// Measure only the round trip of a cache line between two cores and print it as
+    /// `{"probe":"core_round_trip","ns":N}`: the machine state that moves throughput most
+    /// (about 55 ns or 340 ns on the 2-core virtual machines; W2 runs 1.8x slower in the second).
+    #[arg(long, conflicts_with_all = ["workloads", "table"])]
+    pub core_rtt: bool,
 }
 
 fn parse_file_size(v: &str) -> Result<u64, String> {
@@ -382,6 +388,11 @@ fn table_row(o: &Outcome) -> String {
 pub fn run(args: &BenchArgs, conf: &RpcConf) -> anyhow::Result<ExitCode> {
     if args.json && args.table {
         anyhow::bail!("--json and --table exclude each other");
+    }
+    if args.core_rtt {
+        let ns = core_rtt::core_round_trip_ns();
+        println!("{{\"probe\":\"core_round_trip\",\"ns\":{ns:.1}}}");
+        return Ok(ExitCode::SUCCESS);
     }
     let mut workloads = selected(&args.workloads)?;
     let child = std::env::var(ONLY_VAR).ok();
