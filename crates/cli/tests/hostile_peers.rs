@@ -306,7 +306,7 @@ fn a_peer_that_pipelines_asks_and_streams_and_never_reads_holds_bounded_memory()
     let (_stream_peer, streams_written) = streaming.join().expect("streaming thread");
     // A second, well-behaved client is still answered.
     match server.0.round_trip(b"hello", Duration::from_secs(20)) {
-        Message::RpcResponse { body, .. } => assert_eq!(&body[..], b"hello"),
+        Message::RpcResponse { body, .. } => assert_eq!(&body.into_bytes()[..], b"hello"),
         other => panic!("expected the echo, got {other:?}"),
     }
     let growth = assert_growth_below(

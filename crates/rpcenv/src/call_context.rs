@@ -51,7 +51,7 @@ impl ReplyTarget {
             }
             ReplyTarget::Remote(responder) => respond(
                 responder,
-                encode_reply_error(&WireError::from_error(&error)),
+                encode_reply_error(&WireError::from_error(&error)).into(),
                 write_now,
             ),
         }
@@ -73,7 +73,7 @@ impl ReplyTarget {
 /// Sends a remote answer: written from this thread when `write_now` and the connection's task is
 /// idle (no hand-off to an IO thread, and the answers queued before it leave in the same write),
 /// else queued for the connection's task.
-fn respond(responder: RpcResponder, body: bytes::Bytes, write_now: bool) {
+fn respond(responder: RpcResponder, body: rpcenv_transport::Body, write_now: bool) {
     if write_now && tokio::runtime::Handle::try_current().is_err() {
         responder.respond_now(body);
     } else {

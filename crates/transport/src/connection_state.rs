@@ -315,7 +315,7 @@ mod tests {
         });
         rbuf.extend_from_slice(&frame(&Message::RpcResponse {
             request_id: 2,
-            body: Bytes::from_static(b"answer"),
+            body: Bytes::from_static(b"answer").into(),
         }));
         rbuf.extend_from_slice(&frame(&Message::OneWayMessage {
             body: Bytes::from_static(b"tell").into(),

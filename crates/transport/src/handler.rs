@@ -12,7 +12,7 @@ use crate::body::ReplyBody;
 use crate::client::{ClientShared, TransportClient, WriteNow};
 use crate::command::Command;
 use crate::error::TransportError;
-use crate::message::Message;
+use crate::message::{Body, Message};
 
 /// Handles requests arriving on a connection (either side of it: connections are bidirectional).
 ///
@@ -188,11 +188,11 @@ impl RpcResponder {
     }
 
     /// Answer with an RpcResponse carrying `body`.
-    pub fn respond(mut self, body: Bytes) {
+    pub fn respond(mut self, body: impl Into<Body>) {
         if let Some(inner) = self.inner.take() {
             inner.send(Message::RpcResponse {
                 request_id: inner.request_id,
-                body,
+                body: body.into(),
             });
         }
     }
@@ -203,13 +203,13 @@ impl RpcResponder {
     /// for it, as [`respond`](Self::respond). For producer threads; on the connection's own
     /// task (inside a handler callback) it is `respond`. Returns true when this thread wrote
     /// the answer.
-    pub fn respond_now(mut self, body: Bytes) -> bool {
+    pub fn respond_now(mut self, body: impl Into<Body>) -> bool {
         let Some(inner) = self.inner.take() else {
             return false;
         };
         let msg = Message::RpcResponse {
             request_id: inner.request_id,
-            body,
+            body: body.into(),
         };
         match inner
             .shared

@@ -59,7 +59,7 @@ pub enum Message {
         /// Request id being answered.
         request_id: i64,
         /// Payload (in frame).
-        body: Bytes,
+        body: Body,
     },
     /// Type 5: the failed answer to a request.
     RpcFailure {
@@ -236,9 +236,10 @@ impl Message {
     /// part but for a [`Body`] given in several), in frame or following it.
     pub fn body_parts(&self) -> &[Bytes] {
         match self {
-            Message::RpcRequest { body, .. } | Message::OneWayMessage { body } => body.parts(),
-            Message::ChunkFetchSuccess { body, .. }
+            Message::RpcRequest { body, .. }
             | Message::RpcResponse { body, .. }
+            | Message::OneWayMessage { body } => body.parts(),
+            Message::ChunkFetchSuccess { body, .. }
             | Message::StreamResponse { body, .. }
             | Message::UploadStream { body, .. }
             | Message::MergedBlockMetaSuccess { body, .. } => std::slice::from_ref(body),
@@ -249,7 +250,9 @@ impl Message {
     /// Length of the body in bytes (0 for a type without one).
     pub fn body_len(&self) -> usize {
         match self {
-            Message::RpcRequest { body, .. } | Message::OneWayMessage { body } => body.len(),
+            Message::RpcRequest { body, .. }
+            | Message::RpcResponse { body, .. }
+            | Message::OneWayMessage { body } => body.len(),
             _ => self.body_parts().iter().map(Bytes::len).sum(),
         }
     }
@@ -415,7 +418,10 @@ impl Message {
                         body: body.into(),
                     }
                 } else {
-                    Message::RpcResponse { request_id, body }
+                    Message::RpcResponse {
+                        request_id,
+                        body: body.into(),
+                    }
                 }
             }
             5 => Message::RpcFailure {
@@ -476,8 +482,8 @@ impl Message {
     }
 }
 
-/// The payload of a request ([`Message::RpcRequest`], [`Message::OneWayMessage`]): one buffer,
-/// or several written one after another as if joined.
+/// The payload of an RPC or its answer ([`Message::RpcRequest`], [`Message::OneWayMessage`],
+/// [`Message::RpcResponse`]): one buffer, or several written one after another as if joined.
 ///
 /// Several parts spare a sender a copy: a message that holds a large byte string already in
 /// memory (rpcenv's `Blob`) is encoded around it, and the string itself is written from where it
@@ -727,7 +733,7 @@ mod golden {
     fn golden_rpc_response() {
         let m = Message::RpcResponse {
             request_id: 12345,
-            body: Bytes::from_static(b"hi"),
+            body: Bytes::from_static(b"hi").into(),
         };
         check(m, "0000000000000017 04 0000000000003039 00000002 6869", 23);
     }

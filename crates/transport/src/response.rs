@@ -256,7 +256,7 @@ impl ResponseRouter {
         match msg {
             Message::RpcResponse { request_id, body } => match self.take_rpc(request_id) {
                 Some(PendingRpc::Rpc(reply)) => {
-                    if !reply.complete(Ok(body)) {
+                    if !reply.complete(Ok(body.into_bytes())) {
                         tracing::debug!(%peer, request_id, "late response dropped: the request was cancelled");
                     }
                 }
@@ -461,7 +461,7 @@ mod tests {
         let answer = |r: &mut ResponseRouter, id| {
             r.handle(Message::RpcResponse {
                 request_id: id,
-                body: Bytes::new(),
+                body: Bytes::new().into(),
             })
         };
         assert!(r.one_at_a_time(), "a fresh connection");
@@ -546,12 +546,12 @@ mod tests {
         assert_eq!(r.outstanding(), 1);
         r.handle(Message::RpcResponse {
             request_id: 54321,
-            body: Bytes::new(),
+            body: Bytes::new().into(),
         });
         assert_eq!(r.outstanding(), 1);
         r.handle(Message::RpcResponse {
             request_id: 12345,
-            body: Bytes::from(vec![0u8; 10]),
+            body: Bytes::from(vec![0u8; 10]).into(),
         });
         assert_eq!(r.outstanding(), 0);
         let log = log.lock().unwrap();
@@ -723,7 +723,7 @@ mod tests {
         drop(rx);
         r.handle(Message::RpcResponse {
             request_id: 7,
-            body: Bytes::new(),
+            body: Bytes::new().into(),
         });
         assert_eq!(r.outstanding(), 0);
         let (tx, _rx) = oneshot::channel();
@@ -731,7 +731,7 @@ mod tests {
         assert!(r.remove_rpc(8));
         r.handle(Message::RpcResponse {
             request_id: 8,
-            body: Bytes::new(),
+            body: Bytes::new().into(),
         });
         assert_eq!(r.outstanding(), 0);
     }

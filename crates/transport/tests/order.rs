@@ -76,7 +76,7 @@ async fn a_response_is_handled_in_its_place_among_requests() {
         },
         Message::RpcResponse {
             request_id: id,
-            body: Bytes::from("r"),
+            body: Bytes::from("r").into(),
         },
         Message::OneWayMessage {
             body: Bytes::from("c").into(),

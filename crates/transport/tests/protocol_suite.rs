@@ -168,11 +168,11 @@ fn protocol_suite_responses() {
         },
         Message::RpcResponse {
             request_id: 12345,
-            body: Bytes::new(),
+            body: Bytes::new().into(),
         },
         Message::RpcResponse {
             request_id: 12345,
-            body: bytes(100),
+            body: bytes(100).into(),
         },
         Message::RpcFailure {
             request_id: 0,
@@ -237,7 +237,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
             .prop_map(|(chunk, error)| Message::ChunkFetchFailure { chunk, error }),
         (any::<i64>(), arb_body())
             .prop_map(|(request_id, body)| Message::RpcRequest { request_id, body }),
-        (any::<i64>(), arb_bytes())
+        (any::<i64>(), arb_body())
             .prop_map(|(request_id, body)| Message::RpcResponse { request_id, body }),
         (any::<i64>(), arb_string())
             .prop_map(|(request_id, error)| Message::RpcFailure { request_id, error }),

@@ -244,7 +244,7 @@ async fn a_request_that_is_not_a_sasl_message_gets_sparks_failure_and_the_connec
             request_id: 8,
             body,
         } => {
-            let challenge = String::from_utf8(body.to_vec()).unwrap();
+            let challenge = String::from_utf8(body.into_bytes().to_vec()).unwrap();
             assert!(challenge.contains("algorithm=md5-sess"), "{challenge}");
             assert!(challenge.contains("qop=\"auth-conf,auth\""), "{challenge}");
         }

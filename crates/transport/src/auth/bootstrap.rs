@@ -271,7 +271,7 @@ async fn server_handshake(
         };
     let answer = Message::RpcResponse {
         request_id,
-        body: Bytes::from(response.to_vec()),
+        body: Bytes::from(response.to_vec()).into(),
     };
     send(&mut io, peer, &answer, "sending the answer").await?;
     tracing::debug!(%peer, cipher = ?conf.cipher, version = conf.version.number(), encrypt = conf.encrypt, "authenticated the client");

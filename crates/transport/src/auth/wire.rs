@@ -119,7 +119,7 @@ pub(crate) async fn call(
         Message::RpcResponse {
             request_id: id,
             body,
-        } if id == request_id => Ok(Reply::Accepted(body)),
+        } if id == request_id => Ok(Reply::Accepted(body.into_bytes())),
         Message::RpcFailure { error, .. } => Ok(Reply::Refused(
             error.lines().next().unwrap_or_default().to_string(),
         )),

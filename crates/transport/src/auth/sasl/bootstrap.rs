@@ -216,7 +216,7 @@ pub(crate) async fn server_handshake(
                 let s = DigestServer::new(credentials(conf), conf.always_encrypt);
                 let answer = Message::RpcResponse {
                     request_id,
-                    body: Bytes::from(s.challenge()),
+                    body: Bytes::from(s.challenge()).into(),
                 };
                 send(&mut io, peer, &answer, "SASL: sending the challenge").await?;
                 server = Some(s);
@@ -225,7 +225,7 @@ pub(crate) async fn server_handshake(
                 Ok((rspauth, negotiated)) => {
                     let answer = Message::RpcResponse {
                         request_id,
-                        body: Bytes::from(rspauth),
+                        body: Bytes::from(rspauth).into(),
                     };
                     send(&mut io, peer, &answer, "SASL: sending rspauth").await?;
                     tracing::debug!(%peer, qop = negotiated.qop.token(), "authenticated the client (SASL)");
