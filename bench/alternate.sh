@@ -12,9 +12,9 @@
 # Each variant is LABEL=COMMAND: an rpcenv binary, then arguments added after `bench WORKLOADS`
 # (settings, say). ROUNDS (default 5) rounds run every variant once, in the order given. The raw
 # lines, each with a "variant" field added, are kept in $RESULTS (default bench/results) as
-# alternate-<UTC stamp>.jsonl. Nothing is built: name release binaries. Before each run the
-# cores' round trip is probed (`rpcenv bench --core-rtt` of $PROBE, default the repo's release
-# build) and kept as "core_rtt_ns"; the table counts the runs made with it over 150 ns.
+# alternate-<UTC stamp>.jsonl. Nothing is built: name release binaries. Before and after each
+# run the cores' round trip is probed (`rpcenv bench --core-rtt` of $PROBE, default the repo's
+# release build); the larger is kept as "core_rtt_ns", and the table counts runs over 150 ns.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROUNDS="${ROUNDS:-5}"
@@ -48,6 +48,7 @@ for c in "${commands[@]}"; do
 done
 
 [ -x "$PROBE" ] || { echo "alternate.sh: $PROBE (the core round-trip probe, PROBE=) is not built: cargo build --release -p rpcenv-cli" >&2; exit 2; }
+rtt() { "$PROBE" bench --core-rtt | python3 -c 'import json, sys; print(json.loads(sys.stdin.read())["ns"])'; }
 mkdir -p "$RESULTS"
 raw="$RESULTS/alternate-$(date -u +%Y%m%dT%H%M%SZ).jsonl"
 : > "$raw"
@@ -56,17 +57,19 @@ for round in $(seq "$ROUNDS"); do
   for i in "${!labels[@]}"; do
     read -r -a words <<< "${commands[$i]}"
     echo "[alternate] round $round: ${labels[$i]}" >&2
-    # The cores' round trip just before the run (see `rpcenv bench --core-rtt`).
-    rtt="$("$PROBE" bench --core-rtt | python3 -c 'import json, sys; print(json.loads(sys.stdin.read())["ns"])')"
-    "${words[0]}" bench "${workloads[@]}" "${words[@]:1}" \
-      | python3 -c '
+    # The cores' round trip just before and just after the run (`rpcenv bench --core-rtt`): the
+    # host can move the cores during a run, so the larger of the two is kept.
+    before="$(rtt)"
+    out="$("${words[0]}" bench "${workloads[@]}" "${words[@]:1}")"
+    after="$(rtt)"
+    printf '%s\n' "$out" | python3 -c '
 import json, sys
 for line in sys.stdin:
     if line.startswith("{"):
         row = json.loads(line)
         row["variant"] = sys.argv[1]
-        row["core_rtt_ns"] = float(sys.argv[2])
-        print(json.dumps(row))' "${labels[$i]}" "$rtt" >> "$raw"
+        row["core_rtt_ns"] = max(float(sys.argv[2]), float(sys.argv[3]))
+        print(json.dumps(row))' "${labels[$i]}" "$before" "$after" >> "$raw"
   done
 done
 
