@@ -94,7 +94,7 @@ fn content_len<T: Serialize + ?Sized>(value: &T) -> Result<usize, String> {
 }
 
 thread_local! {
-    /// The large blobs met while an encoding is sized, collected for [`encode_with_header`] to
+    /// The large blobs met while an encoding is sized, collected for [`encode_body`] to
     /// write from where they lie. `Some` only inside [`size_and_blobs`]. A thread-local because
     /// serde hands `Blob::serialize` nothing but the serializer: the decode scope
     /// ([`crate::decode_scope`]) is its counterpart for decoding, and these are the only two.
