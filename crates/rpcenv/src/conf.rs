@@ -122,7 +122,19 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
         key: "rpc.io.threads",
         kind: ValueKind::Int(1, 1024),
         default: None,
-        doc: "Worker threads of the IO runtime shared by the envs of a process (default min(4, cores)); read when the first env starts.",
+        doc: "IO threads of a process in all (default min(4, cores)): split between rpc.io.serverThreads and rpc.io.clientThreads unless those are set; read when the first env starts.",
+    },
+    KnownKey {
+        key: "rpc.io.serverThreads",
+        kind: ValueKind::Int(0, 1024),
+        default: None,
+        doc: "Worker threads of the runtime that accepts and serves inbound connections, shared by the servers of a process (default half of rpc.io.threads, rounded down; 0 serves them on the IO runtime); read when the first server starts.",
+    },
+    KnownKey {
+        key: "rpc.io.clientThreads",
+        kind: ValueKind::Int(1, 1024),
+        default: None,
+        doc: "Worker threads of the IO runtime shared by the envs of a process: outbound connections, ask timers, tasks (default rpc.io.threads minus rpc.io.serverThreads, at least 1); read when the first env starts.",
     },
     KnownKey {
         key: "rpc.io.numConnectionsPerPeer",
@@ -547,10 +559,31 @@ impl RpcConf {
         self.known_int("rpc.netty.dispatcher.numThreads", cores.max(2) as i64) as usize
     }
 
-    /// `rpc.io.threads` (min(4, available cores), at least 1).
+    /// `rpc.io.threads` (min(4, available cores), at least 1): the IO threads of a process in
+    /// all, split between [`server_io_threads`](Self::server_io_threads) and
+    /// [`client_io_threads`](Self::client_io_threads).
     pub fn io_threads(&self) -> usize {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         self.known_int("rpc.io.threads", cores.clamp(1, 4) as i64) as usize
+    }
+
+    /// `rpc.io.serverThreads` (half of [`io_threads`](Self::io_threads), rounded down): the
+    /// workers of the runtime that accepts and serves inbound connections; 0 serves them on the
+    /// IO runtime. Spark's servers and clients also have pools of their own
+    /// (`spark.rpc.io.serverThreads`, `clientThreads`).
+    pub fn server_io_threads(&self) -> usize {
+        self.known_int("rpc.io.serverThreads", (self.io_threads() / 2) as i64) as usize
+    }
+
+    /// `rpc.io.clientThreads` ([`io_threads`](Self::io_threads) minus
+    /// [`server_io_threads`](Self::server_io_threads), at least 1): the workers of the IO
+    /// runtime, which runs outbound connections, ask timers and the env's tasks.
+    pub fn client_io_threads(&self) -> usize {
+        let rest = self
+            .io_threads()
+            .saturating_sub(self.server_io_threads())
+            .max(1);
+        self.known_int("rpc.io.clientThreads", rest as i64) as usize
     }
 
     /// `rpc.io.numConnectionsPerPeer` (1).
@@ -780,6 +813,42 @@ mod tests {
         assert_eq!(c.max_message_size(), 128 * MIB);
         assert_eq!(c.port_max_retries(), 16);
         assert_eq!(c.connections_per_peer(), 1);
+        assert_eq!(
+            c.server_io_threads() + c.client_io_threads(),
+            c.io_threads().max(1 + c.server_io_threads())
+        );
+    }
+
+    #[test]
+    fn io_threads_split_between_servers_and_clients() {
+        let split = |pairs: &[(&str, &str)]| {
+            let mut c = RpcConf::new();
+            for (k, v) in pairs {
+                c.set(k, *v).unwrap();
+            }
+            (c.server_io_threads(), c.client_io_threads())
+        };
+        assert_eq!(split(&[("rpc.io.threads", "1")]), (0, 1));
+        assert_eq!(split(&[("rpc.io.threads", "2")]), (1, 1));
+        assert_eq!(split(&[("rpc.io.threads", "4")]), (2, 2));
+        assert_eq!(split(&[("rpc.io.threads", "5")]), (2, 3));
+        assert_eq!(
+            split(&[("rpc.io.threads", "2"), ("rpc.io.serverThreads", "0")]),
+            (0, 2)
+        );
+        assert_eq!(
+            split(&[("rpc.io.threads", "2"), ("rpc.io.serverThreads", "3")]),
+            (3, 1)
+        );
+        assert_eq!(
+            split(&[
+                ("spark.rpc.io.serverThreads", "2"),
+                ("spark.rpc.io.clientThreads", "6")
+            ]),
+            (2, 6)
+        );
+        let mut c = RpcConf::new();
+        assert!(c.set("rpc.io.clientThreads", "0").is_err());
     }
 
     #[test]

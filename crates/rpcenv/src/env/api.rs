@@ -94,7 +94,9 @@ impl RpcEnv {
         &self.inner.conf
     }
 
-    /// The tokio runtime this env runs its IO and timers on.
+    /// The tokio runtime this env runs its outbound connections, ask timers and tasks on (its
+    /// server's inbound connections run on the servers' runtime unless the builder was handed
+    /// this one: see `rpc.io.serverThreads`).
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.inner.runtime
     }

@@ -99,8 +99,8 @@ impl RpcEnvBuilder {
         self
     }
 
-    /// Runs the env's IO on this runtime (which must be multi-threaded) instead of the runtime the
-    /// envs of a process share.
+    /// Runs all the env's IO, its server's inbound connections included, on this runtime (which
+    /// must be multi-threaded) instead of the runtimes the envs of a process share.
     pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
         self.runtime = Some(handle);
         self
@@ -113,6 +113,7 @@ impl RpcEnvBuilder {
             name: self.name.clone(),
             reason,
         };
+        let own_runtime = self.runtime.is_some();
         let runtime = match self.runtime {
             Some(h) => {
                 if h.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
@@ -122,7 +123,15 @@ impl RpcEnvBuilder {
                 }
                 h
             }
-            None => crate::runtime::shared_runtime(self.conf.io_threads()),
+            None => crate::runtime::shared_runtime(self.conf.client_io_threads()),
+        };
+        // Inbound connections on the servers' runtime, unless the env was handed one of its own
+        // or the servers have no threads of their own (see `runtime`).
+        let server_runtime = match self.conf.server_io_threads() {
+            n if n > 0 && !own_runtime && !self.client_mode => {
+                crate::runtime::shared_server_runtime(n)
+            }
+            _ => runtime.clone(),
         };
         let tconf = transport_conf(&self.conf, &self.name);
         // The parent of the env's server and connection spans, so that every log line about a
@@ -134,7 +143,7 @@ impl RpcEnvBuilder {
             None
         } else {
             Some(bind_server(
-                &runtime,
+                &server_runtime,
                 &span,
                 &tconf,
                 &self.bind_host,
@@ -266,8 +275,9 @@ fn files_transport_conf(conf: &RpcConf, name: &str) -> TransportConf {
     }
 }
 
-/// Binds the server on the env's runtime. The bind runs on a helper thread, so that building an
-/// env works the same from plain threads and from async code.
+/// Binds the server on `runtime`, which then runs its accept loop and inbound connections. The
+/// bind runs on a helper thread, so that building an env works the same from plain threads and
+/// from async code.
 fn bind_server(
     runtime: &tokio::runtime::Handle,
     span: &tracing::Span,
