@@ -122,19 +122,19 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
         key: "rpc.io.threads",
         kind: ValueKind::Int(1, 1024),
         default: None,
-        doc: "IO threads of a process in all (default min(4, cores)): split between rpc.io.serverThreads and rpc.io.clientThreads unless those are set; read when the first env starts.",
+        doc: "Worker threads of the IO runtime shared by the envs of a process (default min(4, cores)), which serves inbound connections too unless rpc.io.serverThreads is set; read when the first env starts.",
     },
     KnownKey {
         key: "rpc.io.serverThreads",
         kind: ValueKind::Int(0, 1024),
         default: None,
-        doc: "Worker threads of the runtime that accepts and serves inbound connections, shared by the servers of a process (default half of rpc.io.threads, rounded down; 0 serves them on the IO runtime); read when the first server starts.",
+        doc: "Worker threads of a runtime of their own for the accept loops and inbound connections of the servers of a process (default 0: they run on the IO runtime); read when the first server starts.",
     },
     KnownKey {
         key: "rpc.io.clientThreads",
         kind: ValueKind::Int(1, 1024),
         default: None,
-        doc: "Worker threads of the IO runtime shared by the envs of a process: outbound connections, ask timers, tasks (default rpc.io.threads minus rpc.io.serverThreads, at least 1); read when the first env starts.",
+        doc: "Worker threads of the IO runtime when servers have their own (default rpc.io.threads minus rpc.io.serverThreads, at least 1; rpc.io.threads when they have none); read when the first env starts.",
     },
     KnownKey {
         key: "rpc.io.numConnectionsPerPeer",
@@ -560,24 +560,25 @@ impl RpcConf {
     }
 
     /// `rpc.io.threads` (min(4, available cores), at least 1): the IO threads of a process in
-    /// all, split between [`server_io_threads`](Self::server_io_threads) and
-    /// [`client_io_threads`](Self::client_io_threads).
+    /// all, of which [`server_io_threads`](Self::server_io_threads) serve inbound connections
+    /// on a runtime of their own when that is set.
     pub fn io_threads(&self) -> usize {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         self.known_int("rpc.io.threads", cores.clamp(1, 4) as i64) as usize
     }
 
-    /// `rpc.io.serverThreads` (half of [`io_threads`](Self::io_threads), rounded down): the
-    /// workers of the runtime that accepts and serves inbound connections; 0 serves them on the
-    /// IO runtime. Spark's servers and clients also have pools of their own
-    /// (`spark.rpc.io.serverThreads`, `clientThreads`).
+    /// `rpc.io.serverThreads` (0): the workers of a runtime of their own for the servers'
+    /// accept loops and inbound connections; with 0 these run on the IO runtime. Spark's servers
+    /// and clients have pools of their own (`spark.rpc.io.serverThreads`, `clientThreads`); see
+    /// the `runtime` module for when that pays.
     pub fn server_io_threads(&self) -> usize {
-        self.known_int("rpc.io.serverThreads", (self.io_threads() / 2) as i64) as usize
+        self.known_int("rpc.io.serverThreads", 0) as usize
     }
 
     /// `rpc.io.clientThreads` ([`io_threads`](Self::io_threads) minus
     /// [`server_io_threads`](Self::server_io_threads), at least 1): the workers of the IO
-    /// runtime, which runs outbound connections, ask timers and the env's tasks.
+    /// runtime, which runs outbound connections, ask timers and the env's tasks (and inbound
+    /// connections too when servers have no runtime of their own).
     pub fn client_io_threads(&self) -> usize {
         let rest = self
             .io_threads()
@@ -813,10 +814,8 @@ mod tests {
         assert_eq!(c.max_message_size(), 128 * MIB);
         assert_eq!(c.port_max_retries(), 16);
         assert_eq!(c.connections_per_peer(), 1);
-        assert_eq!(
-            c.server_io_threads() + c.client_io_threads(),
-            c.io_threads().max(1 + c.server_io_threads())
-        );
+        assert_eq!(c.server_io_threads(), 0);
+        assert_eq!(c.client_io_threads(), c.io_threads());
     }
 
     #[test]
@@ -829,12 +828,14 @@ mod tests {
             (c.server_io_threads(), c.client_io_threads())
         };
         assert_eq!(split(&[("rpc.io.threads", "1")]), (0, 1));
-        assert_eq!(split(&[("rpc.io.threads", "2")]), (1, 1));
-        assert_eq!(split(&[("rpc.io.threads", "4")]), (2, 2));
-        assert_eq!(split(&[("rpc.io.threads", "5")]), (2, 3));
+        assert_eq!(split(&[("rpc.io.threads", "3")]), (0, 3));
         assert_eq!(
-            split(&[("rpc.io.threads", "2"), ("rpc.io.serverThreads", "0")]),
-            (0, 2)
+            split(&[("rpc.io.threads", "2"), ("rpc.io.serverThreads", "1")]),
+            (1, 1)
+        );
+        assert_eq!(
+            split(&[("rpc.io.threads", "5"), ("rpc.io.serverThreads", "2")]),
+            (2, 3)
         );
         assert_eq!(
             split(&[("rpc.io.threads", "2"), ("rpc.io.serverThreads", "3")]),

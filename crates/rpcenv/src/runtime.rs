@@ -1,22 +1,26 @@
-//! The tokio runtimes the envs of a process share by default: one for the servers' inbound
-//! connections, one for everything else.
+//! The tokio runtimes the envs of a process share by default: the IO runtime, and, when
+//! `rpc.io.serverThreads` is set, a runtime of the servers' own for their accept loops and inbound
+//! connections.
 //!
 //! Shared runtimes keep the thread count flat however many envs a process holds (33 envs in one
 //! process must not mean hundreds of threads on 2 cores). Their sizes come from the first env
-//! that needs each (`rpc.io.serverThreads`, `rpc.io.clientThreads`; see
-//! [`RpcConf::io_threads`](crate::RpcConf::io_threads)). A user may hand an env a runtime of its
-//! own instead ([`RpcEnvBuilder::runtime`](crate::RpcEnvBuilder::runtime)); that runtime then
-//! serves its inbound connections too.
+//! that needs each (see [`RpcConf::io_threads`](crate::RpcConf::io_threads)). A user may hand an
+//! env a runtime of its own instead ([`RpcEnvBuilder::runtime`](crate::RpcEnvBuilder::runtime));
+//! that runtime then serves its inbound connections too.
 //!
-//! Why servers have a runtime of their own (as Spark's servers and clients have event loop
-//! groups of their own): with one pool of work-stealing workers, the tasks of a request's two
-//! ends (the asker and its connection on one side, the serving connection on the other) land on
-//! whichever worker is free, and move between them, so the data of each message crosses between
-//! cores several times. With a pool per side, each side's tasks stay on its own workers. On the
-//! 2-core machines, one server and one client worker against two shared ones (alternated rounds,
-//! the same binary): pipelined asks (W2) 167-258k against 137-198k asks/s, 1 MiB asks (W4) 2.6-3.3k
-//! against 2.2-2.6k, 32 clients (W6) 138-196k against 139-164k; sequential asks (W1, W7) alike.
-
+//! Why servers may have a runtime of their own (as Spark's servers and clients have event loop
+//! groups of their own), and why it is not the default. With one pool of work-stealing workers,
+//! the tasks of a request's two ends, when both are in one process (the asker and its connection
+//! on one side, the serving connection on the other), land on whichever worker is free and move
+//! between them, so a message's data crosses between cores several times; a pool per side keeps
+//! each side on its own workers. But it also fixes how the threads are shared between the sides:
+//! a server busy with inbound connections gets only its part. On the 2-core machines, with one
+//! server and one client worker against two shared ones, alternated rounds of the same binary
+//! with the cores far apart (a round trip of 145-275 ns, see `rpcenv bench --core-rtt`) gave
+//! pipelined asks within a process (W2) 1.12x, 1 MiB asks (W4) 1.23x (24 of 24 rounds) and 32
+//! clients (W6) 0.97x; an earlier measurement with the cores close together had W2 and W6 lose
+//! a fifth or more with separate runtimes. Where a request's two ends live in different
+//! processes, as across hosts, only the sharing is left; hence the default of one runtime.
 use std::sync::OnceLock;
 
 static CLIENTS: OnceLock<tokio::runtime::Runtime> = OnceLock::new();

@@ -1,5 +1,5 @@
-//! Where connections run: a server's inbound connections on the servers' runtime
-//! (`rpcenv-srv-io` threads, `rpc.io.serverThreads` of them), everything else on the IO runtime
+//! Where connections run when `rpc.io.serverThreads` is set: a server's inbound connections on
+//! the servers' runtime (`rpcenv-srv-io` threads), everything else on the IO runtime
 //! (`rpcenv-io`); an env handed a runtime of its own runs all its IO there.
 //!
 //! The shared runtimes are process-wide and start with the first env that needs each, so this
@@ -43,6 +43,7 @@ fn conf() -> RpcConf {
     let mut c = suite_conf();
     // One worker for the servers, one for the rest, whatever the machine's cores.
     c.set("rpc.io.threads", "2").unwrap();
+    c.set("rpc.io.serverThreads", "1").unwrap();
     c
 }
 

@@ -94,9 +94,9 @@ impl RpcEnv {
         &self.inner.conf
     }
 
-    /// The tokio runtime this env runs its outbound connections, ask timers and tasks on (its
-    /// server's inbound connections run on the servers' runtime unless the builder was handed
-    /// this one: see `rpc.io.serverThreads`).
+    /// The tokio runtime this env runs its IO, ask timers and tasks on (its server's inbound
+    /// connections excepted when `rpc.io.serverThreads` gives the servers a runtime of their own
+    /// and the builder was not handed this one).
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.inner.runtime
     }
