@@ -21,15 +21,16 @@
 //! clients (W6) 0.97x; an earlier measurement with the cores close together had W2 and W6 lose
 //! a fifth or more with separate runtimes. Where a request's two ends live in different
 //! processes, as across hosts, only the sharing is left; hence the default of one runtime.
+
 use std::sync::OnceLock;
 
-static CLIENTS: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+static IO: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 static SERVERS: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
 
 /// The process-wide IO runtime (outbound connections, ask timers, the envs' tasks), started on
 /// first use with `threads` workers.
 pub(crate) fn shared_runtime(threads: usize) -> tokio::runtime::Handle {
-    started(&CLIENTS, threads, "rpcenv-io")
+    started(&IO, threads, "rpcenv-io")
 }
 
 /// The process-wide runtime of the servers' accept loops and inbound connections, started on
