@@ -134,7 +134,7 @@ pub const KNOWN_KEYS: &[KnownKey] = &[
         key: "rpc.io.clientThreads",
         kind: ValueKind::Int(1, 1024),
         default: None,
-        doc: "Worker threads of the IO runtime when servers have their own (default rpc.io.threads minus rpc.io.serverThreads, at least 1; rpc.io.threads when they have none); read when the first env starts.",
+        doc: "Worker threads of the IO runtime (default rpc.io.threads minus rpc.io.serverThreads, at least 1: rpc.io.threads while the servers have no runtime of their own); read when the first env starts.",
     },
     KnownKey {
         key: "rpc.io.numConnectionsPerPeer",

@@ -125,14 +125,6 @@ impl RpcEnvBuilder {
             }
             None => crate::runtime::shared_runtime(self.conf.client_io_threads()),
         };
-        // Inbound connections on the servers' runtime, unless the env was handed one of its own
-        // or the servers have no threads of their own (see `runtime`).
-        let server_runtime = match self.conf.server_io_threads() {
-            n if n > 0 && !own_runtime && !self.client_mode => {
-                crate::runtime::shared_server_runtime(n)
-            }
-            _ => runtime.clone(),
-        };
         let tconf = transport_conf(&self.conf, &self.name);
         // The parent of the env's server and connection spans, so that every log line about a
         // connection names the env as well as the peer.
@@ -142,6 +134,12 @@ impl RpcEnvBuilder {
         let server = if self.client_mode {
             None
         } else {
+            // Inbound connections on the servers' runtime, unless the env was handed one of its
+            // own or the servers have no threads of their own (see `runtime`).
+            let server_runtime = match self.conf.server_io_threads() {
+                n if n > 0 && !own_runtime => crate::runtime::shared_server_runtime(n),
+                _ => runtime.clone(),
+            };
             Some(bind_server(
                 &server_runtime,
                 &span,
