@@ -18,8 +18,8 @@
 //! server and one client worker against two shared ones, alternated rounds of the same binary
 //! with the cores far apart (a round trip of 145-275 ns, see `rpcenv bench --core-rtt`) gave
 //! pipelined asks within a process (W2) 1.12x, 1 MiB asks (W4) 1.23x (24 of 24 rounds) and 32
-//! clients (W6) 0.97x; an earlier measurement with the cores close together had W2 and W6 lose
-//! a fifth or more with separate runtimes. Where a request's two ends live in different
+//! clients (W6) 0.97x; with the cores close together (under 100 ns), 8 alternated rounds gave
+//! W2 0.92x and W6 0.86x with separate runtimes, W4 still 1.47x. Where a request's two ends live in different
 //! processes, as across hosts, only the sharing is left; hence the default of one runtime.
 
 use std::sync::OnceLock;
