@@ -519,6 +519,56 @@ fn a_peer_that_asks_and_never_reads_is_held_by_the_budget() {
     std::fs::remove_dir_all(root).unwrap();
 }
 
+/// Small files are read when requested, so thousands of requests for one, packed into a single
+/// read, would each queue a copy of it: the server answers them only while its byte budget
+/// allows, and the rest wait, undecoded, until the answers before them have been written. A
+/// peer that never reads then costs about the budget, not a copy of the file per 21-byte
+/// request (3,000 requests of one 64 KiB read held 195 MiB before).
+#[test]
+fn many_requests_for_a_small_file_in_one_read_are_held_by_the_budget() {
+    let _alone = one_at_a_time();
+    let root = scratch("small-hoarder");
+    let path = root.join("f");
+    large_file(&path, 64 * 1024);
+    let server = server_with(conf(&[("rpc.io.maxQueuedBytesPerConnection", "2m")]));
+    let uri = server.file_server().unwrap().add_file(&path).unwrap();
+    let addr = server.address().unwrap().clone();
+    reset_vm_hwm();
+    let before = vm_hwm_kb();
+    let mut raw = std::net::TcpStream::connect((addr.host(), addr.port())).unwrap();
+    raw.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let request = Message::StreamRequest {
+        stream_id: "/files/f".into(),
+    }
+    .to_bytes();
+    let batch = request.repeat(10_000);
+    let mut sent = 0usize;
+    while sent < 1_000_000 && raw.write_all(&batch).is_ok() {
+        sent += 10_000;
+    }
+    assert!(sent < 1_000_000, "the server kept reading");
+    let client = client_with(conf(&[]));
+    let mut want = Vec::new();
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_to_end(&mut want)
+        .unwrap();
+    assert_eq!(read_all(&client, &uri).unwrap(), want, "others are served");
+    let growth_kb = vm_hwm_kb().saturating_sub(before);
+    eprintln!("{sent} requests for a 64 KiB file, never read: VmHWM grew by {growth_kb} KiB");
+    assert!(
+        growth_kb < 48 * 1024,
+        "VmHWM grew by {growth_kb} KiB for a peer that never reads (budget 2 MiB)"
+    );
+    drop(raw);
+    wait_until("the hoarder's connection to close", || {
+        server.stats().connections_in == 1
+    });
+    client.shutdown();
+    server.shutdown();
+    std::fs::remove_dir_all(root).unwrap();
+}
+
 /// Holds every ask until told to answer them all.
 struct Gate(Vec<RpcCallContext>);
 

@@ -239,7 +239,8 @@ struct Connection<S> {
     handing_now: bool,
     /// A step handled under the lock (a response, a stream or chunk request) read while
     /// the request read before it still waits to be handed over: it waits for that one, so that
-    /// everything the peer sent is acted on in the order it was sent.
+    /// everything the peer sent is acted on in the order it was sent. A stream or chunk request
+    /// read over the byte budget waits here too, until the answers queued before it are written.
     stashed: Option<Step>,
 }
 
@@ -686,6 +687,16 @@ where
                     | Step::Request(Message::RpcRequest { .. } | Message::OneWayMessage { .. })
             );
             if !collected && self.deferred.is_some() {
+                self.stashed = Some(step);
+                return Ok(());
+            }
+            // A stream or chunk request is answered here, its answer queued under the lock. Past
+            // the byte budget it waits, with what was read after it, until the answers before
+            // it have been written: otherwise one read of small requests would queue answers
+            // without bound (3,000 requests of 21 bytes fit in a 64 KiB read, each for a file of
+            // 64 KiB that is read when requested).
+            if matches!(step, Step::Request(_)) && !collected && self.state.over_budget(self.held())
+            {
                 self.stashed = Some(step);
                 return Ok(());
             }
