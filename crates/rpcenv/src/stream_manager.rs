@@ -24,11 +24,32 @@ use rpcenv_transport::{BodySource, ReplyBody, TransportClient};
 /// connection the ask came over and the app id that connection authenticated as.
 ///
 /// [`RpcCallContext::stream_owner`]: crate::RpcCallContext::stream_owner
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct StreamOwner {
     app_id: Option<Arc<str>>,
     connection: u64,
+    /// The connection itself, when the owner was made from it: a stream registered after it
+    /// closed (an ask answered late) could never be read nor released, so it is not kept.
+    client: Option<TransportClient>,
 }
+
+impl fmt::Debug for StreamOwner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamOwner")
+            .field("app_id", &self.app_id)
+            .field("connection", &self.connection)
+            .finish()
+    }
+}
+
+/// Two owners are the same when they name the same connection and app.
+impl PartialEq for StreamOwner {
+    fn eq(&self, other: &Self) -> bool {
+        self.app_id == other.app_id && self.connection == other.connection
+    }
+}
+
+impl Eq for StreamOwner {}
 
 impl StreamOwner {
     /// The owner for connection `connection` (a [`TransportClient::id`]), readable by peers
@@ -38,13 +59,23 @@ impl StreamOwner {
         StreamOwner {
             app_id: app_id.map(Arc::from),
             connection,
+            client: None,
         }
     }
 
     /// The owner of what is registered for requests over `client`: its connection, and the app
     /// id its peer authenticated as.
     pub(crate) fn of(client: &TransportClient) -> Self {
-        StreamOwner::new(client.client_id(), client.id())
+        StreamOwner {
+            client: Some(client.clone()),
+            ..StreamOwner::new(client.client_id(), client.id())
+        }
+    }
+
+    /// Whether the owner's connection is known to have closed (never, for an owner made with
+    /// [`new`](Self::new)).
+    fn closed(&self) -> bool {
+        self.client.as_ref().is_some_and(|c| !c.is_active())
     }
 
     /// The same owner, readable only by peers authenticated as `app_id` (Spark's block server
@@ -198,6 +229,10 @@ impl StreamManager {
     /// chunk is the last (so the following chunk's body is created one request early: keep
     /// bodies lazy, a [`ReplyBody::Source`] such as a file region, when they are large). The
     /// iterator runs on the connection's IO thread: it must not block for long.
+    ///
+    /// When the owner's connection has already closed (the ask that asked for the stream was
+    /// answered after its asker went), nothing is kept: the stream could never be read, and
+    /// nothing would release it. The id returned is then not in use.
     pub fn register_stream<I>(&self, owner: &StreamOwner, chunks: I) -> i64
     where
         I: IntoIterator<Item = ReplyBody>,
@@ -212,7 +247,27 @@ impl StreamManager {
                 next_chunk: 0,
             }),
         };
+        if owner.closed() {
+            tracing::debug!(
+                stream_id = id,
+                connection = owner.connection,
+                "stream not registered: its connection has closed"
+            );
+            return id;
+        }
         lock(&self.streams).insert(id, Arc::new(stream));
+        // The connection marks itself closed before it releases its streams (under the map's
+        // lock): closed now but not before, it may have released them before this insert.
+        if owner.closed() {
+            let late = lock(&self.streams).remove(&id);
+            tracing::debug!(
+                stream_id = id,
+                connection = owner.connection,
+                "stream released: its connection closed as it was registered"
+            );
+            drop(late);
+            return id;
+        }
         tracing::trace!(
             stream_id = id,
             connection = owner.connection,

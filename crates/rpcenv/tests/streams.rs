@@ -618,3 +618,87 @@ fn the_owner_is_the_connection_the_ask_came_over() {
     client.shutdown();
     server.shutdown();
 }
+
+#[derive(Serialize, Deserialize, Debug)]
+enum Late {
+    /// Held unanswered until `Register`.
+    Hold,
+    /// Registers a stream for the held ask's connection; answers its id.
+    Register,
+}
+
+impl rpcenv::RpcMessage for Late {}
+
+/// Holds an ask, and registers a stream for its connection only when told to: an endpoint
+/// that answers after its asker has gone.
+struct LateBlocks {
+    held: Option<RpcCallContext>,
+    on_hold: mpsc::Sender<()>,
+}
+
+impl RpcEndpoint for LateBlocks {
+    type Message = Late;
+
+    fn receive_and_reply(
+        &mut self,
+        ctx: &EndpointCtx<Late>,
+        msg: Late,
+        reply: RpcCallContext,
+    ) -> HandlerResult {
+        match msg {
+            Late::Hold => {
+                self.held = Some(reply);
+                let _ = self.on_hold.send(());
+            }
+            Late::Register => {
+                let held = self.held.take().expect("an ask is held");
+                let owner = held.stream_owner().expect("a remote ask has a connection");
+                let env = ctx.env().expect("the env is running");
+                let id = env.stream_manager().register_stream(
+                    &owner,
+                    (0..2u32).map(|i| ReplyBody::Bytes(Bytes::from(chunk_bytes(i, 16)))),
+                );
+                held.reply(id);
+                reply.reply(id);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A stream registered for a connection that has already closed (the ask that asked for it was
+/// answered after the asker went) could never be read, and nothing would release it: it is
+/// not kept.
+#[test]
+fn a_stream_registered_after_its_connection_closed_is_not_kept() {
+    let server = server_with(&[]);
+    let (on_hold, held) = mpsc::channel();
+    let late = server
+        .setup_endpoint(
+            "late",
+            LateBlocks {
+                held: None,
+                on_hold,
+            },
+        )
+        .unwrap();
+    let client = client_with(&[]);
+    let remote: RpcEndpointRef<Late> = client
+        .setup_endpoint_ref(server.address().unwrap(), "late")
+        .unwrap();
+    let asker = std::thread::spawn(move || remote.ask_sync::<i64>(Late::Hold));
+    held.recv_timeout(WAIT)
+        .expect("the ask reached the endpoint");
+    client.shutdown();
+    assert!(asker.join().unwrap().is_err(), "the asker went unanswered");
+    wait_until("the server saw the connection close", || {
+        server.stats().connections_in == 0
+    });
+    late.ask_sync::<i64>(Late::Register).unwrap();
+    assert_eq!(
+        server.stream_manager().stream_count(),
+        0,
+        "a stream was kept for a closed connection"
+    );
+    server.shutdown();
+}
