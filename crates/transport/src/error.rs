@@ -124,6 +124,17 @@ pub enum TransportError {
         setting: String,
     },
 
+    /// An accepted connection still in its handshake was closed to make room for others: the
+    /// server was at its connection cap or out of file descriptors, and this one had waited
+    /// longest.
+    #[error(
+        "Connection from {peer} was closed in its handshake to make room for others (the server was at rpc.io.maxInboundConnections or out of file descriptors)"
+    )]
+    Shed {
+        /// The peer.
+        peer: SocketAddr,
+    },
+
     /// Part of a frame arrived, then nothing for the connection timeout; the connection was
     /// closed.
     #[error(

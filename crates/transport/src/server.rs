@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::bootstrap::{BoxedIo, ServerBootstrap};
 use crate::client::TransportClient;
@@ -28,6 +28,34 @@ struct ServerInner {
     /// Number of live tasks (accept loop + connections); 0 once fully closed.
     alive: watch::Sender<usize>,
     connections: Mutex<HashMap<u64, TransportClient>>,
+    /// Accepted connections still in their handshake (authentication, TLS): not connections
+    /// yet, but they hold a place under the cap and a descriptor, so they can be shed too.
+    handshakes: Mutex<HashMap<u64, Handshake>>,
+    next_handshake: AtomicU64,
+}
+
+/// A connection in its handshake, as the shedding sees it.
+struct Handshake {
+    peer: SocketAddr,
+    opened: Instant,
+    /// Ends the handshake (the socket is then dropped).
+    shed: Arc<Notify>,
+}
+
+/// Takes a handshake off the server's list when it ends, however it ends.
+struct HandshakeEntry<'a> {
+    inner: &'a ServerInner,
+    id: u64,
+}
+
+impl Drop for HandshakeEntry<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.handshakes).remove(&self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for TransportServer {
@@ -159,6 +187,8 @@ impl TransportServer {
             shutdown,
             alive,
             connections: Mutex::new(HashMap::new()),
+            handshakes: Mutex::new(HashMap::new()),
+            next_handshake: AtomicU64::new(0),
         });
         let span = tracing::info_span!("transport_server", addr = %local_addr, service = %conf.service_name);
         tokio::spawn(tracing::Instrument::instrument(
@@ -236,25 +266,31 @@ fn out_of_resources(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(ENFILE | EMFILE)) || e.kind() == std::io::ErrorKind::OutOfMemory
 }
 
-/// Closes the connection that has waited longest without completing a frame, if any: a peer
-/// that connects and stalls must not keep a well-behaved one out. Returns whether one was shed.
+/// Closes the connection that has waited longest without completing a frame (or its handshake),
+/// if any: a peer that connects and stalls must not keep a well-behaved one out. Returns whether
+/// one was shed.
 fn shed_stalled(inner: &ServerInner, why: &str) -> bool {
-    let victim = inner
-        .connections
-        .lock()
-        .expect("connections lock")
+    let connection = lock(&inner.connections)
         .values()
         .filter(|c| c.is_active() && !c.shared.frame_seen.load(Ordering::Acquire))
         .min_by_key(|c| c.shared.opened)
         .cloned();
-    match victim {
-        Some(c) => {
-            tracing::warn!(peer = %c.remote_addr(), stalled_ms = c.shared.opened.elapsed().as_millis() as u64, "{why}: closing the connection stalled longest without a complete frame");
-            c.close();
-            true
-        }
-        None => false,
+    let handshake = lock(&inner.handshakes)
+        .values()
+        .min_by_key(|h| h.opened)
+        .map(|h| (h.peer, h.opened, h.shed.clone()));
+    let older = |c: &TransportClient| handshake.as_ref().is_none_or(|h| c.shared.opened <= h.1);
+    if let Some(c) = connection.filter(older) {
+        tracing::warn!(peer = %c.remote_addr(), stalled_ms = c.shared.opened.elapsed().as_millis() as u64, "{why}: closing the connection stalled longest without a complete frame");
+        c.close();
+        return true;
     }
+    if let Some((peer, opened, shed)) = handshake {
+        tracing::warn!(%peer, stalled_ms = opened.elapsed().as_millis() as u64, "{why}: closing the connection stalled longest in its handshake");
+        shed.notify_one();
+        return true;
+    }
+    false
 }
 
 /// Open connections (tasks besides the accept loop).
@@ -371,12 +407,29 @@ async fn setup_connection(
             Some(on_exit),
         )
     } else {
+        let shed = Arc::new(Notify::new());
+        let id = inner.next_handshake.fetch_add(1, Ordering::Relaxed);
+        lock(&inner.handshakes).insert(
+            id,
+            Handshake {
+                peer,
+                opened: Instant::now(),
+                shed: shed.clone(),
+            },
+        );
+        let _entry = HandshakeEntry { inner, id };
         let handshake = async {
             let mut io: BoxedIo = Box::new(stream);
             for b in bootstraps {
                 io = b.bootstrap(peer, io).await?;
             }
             Ok::<_, TransportError>(io)
+        };
+        let handshake = async {
+            tokio::select! {
+                r = handshake => r,
+                _ = shed.notified() => Err(TransportError::Shed { peer }),
+            }
         };
         let limit = conf.handshake_timeout.filter(|t| !t.is_zero());
         let done = match limit {
@@ -394,10 +447,17 @@ async fn setup_connection(
         let io = match done {
             Ok(io) => io,
             Err(e) => {
-                if matches!(e, TransportError::AuthFailed { .. }) {
-                    crate::metrics::auth_failed();
+                match e {
+                    // Logged where it was decided.
+                    TransportError::Shed { .. } => {}
+                    TransportError::AuthFailed { .. } => {
+                        crate::metrics::auth_failed();
+                        tracing::warn!(%peer, error = %e, "server bootstrap failed; connection closed");
+                    }
+                    _ => {
+                        tracing::warn!(%peer, error = %e, "server bootstrap failed; connection closed")
+                    }
                 }
-                tracing::warn!(%peer, error = %e, "server bootstrap failed; connection closed");
                 return false;
             }
         };

@@ -302,3 +302,53 @@ async fn cipher_or_version_mismatch_fails_at_the_first_message_with_a_clear_erro
         assert!(handler.one_way.lock().unwrap().is_empty());
     }
 }
+
+/// At the connection cap, a connection still in its handshake (it connected and said nothing)
+/// can be shed like one that never completed a frame: silent peers cannot keep an
+/// authenticating client out for the length of the handshake timeout.
+#[tokio::test]
+async fn at_the_connection_cap_a_silent_handshake_is_shed_for_a_client() {
+    init_tracing();
+    let long = Duration::from_secs(600);
+    let auth = AuthConf::new("app", "good").rpc_timeout(long);
+    let tconf = TransportConf {
+        max_inbound_connections: 2,
+        handshake_timeout: Some(long),
+        ..Default::default()
+    };
+    let server = TransportServer::bind_with_bootstraps(
+        tconf,
+        "127.0.0.1",
+        0,
+        Arc::new(TestHandler::default()),
+        vec![Arc::new(AuthServerBootstrap::new(auth.clone()))],
+    )
+    .await
+    .expect("bind");
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(
+            TcpStream::connect(("127.0.0.1", server.port()))
+                .await
+                .unwrap(),
+        );
+    }
+    let c = within(factory(Some(auth)).create_client("127.0.0.1", server.port()))
+        .await
+        .unwrap();
+    assert_eq!(
+        within(c.send_rpc(Bytes::from("hello/x"))).await.unwrap(),
+        Bytes::from("Hello, x!")
+    );
+    // One of the silent peers made the room.
+    let (mut a, mut b) = (silent.remove(0), silent.remove(0));
+    let (mut buf_a, mut buf_b) = ([0u8; 16], [0u8; 16]);
+    let n = within(async {
+        tokio::select! {
+            r = a.read(&mut buf_a) => r,
+            r = b.read(&mut buf_b) => r,
+        }
+    })
+    .await;
+    assert_eq!(n.unwrap_or(0), 0, "a silent handshake was closed");
+}
