@@ -51,7 +51,28 @@ pub(crate) enum Step {
 struct Upload {
     request_id: i64,
     meta: Bytes,
+    /// The body so far. Its room grows with what arrives (see [`grow`]), not with what the
+    /// header announced: a header is a few bytes, and a peer could send many that announce the
+    /// frame limit and nothing after.
     body: BytesMut,
+    /// The length the header announced.
+    total: usize,
+}
+
+/// Makes room for `more` bytes in `body`, which will hold `total` in the end: at least twice
+/// its room (so a body arriving in pieces is copied about once over), never more than `total`.
+fn grow(body: &mut BytesMut, more: usize, total: usize) {
+    let need = body.len() + more;
+    if body.capacity() >= need {
+        return;
+    }
+    let room = need
+        .max(body.capacity().saturating_mul(2))
+        .min(total)
+        .max(need);
+    let mut bigger = BytesMut::with_capacity(room);
+    bigger.extend_from_slice(body);
+    *body = bigger;
 }
 
 /// The protocol state of one connection.
@@ -160,7 +181,8 @@ impl ConnectionState {
         self.upload = Some(Upload {
             request_id,
             meta,
-            body: BytesMut::with_capacity(body_byte_count as usize),
+            body: BytesMut::new(),
+            total: body_byte_count as usize,
         });
         Ok(None)
     }
@@ -178,6 +200,7 @@ impl ConnectionState {
                 body: data,
             });
         }
+        grow(&mut up.body, data.len(), up.total);
         up.body.extend_from_slice(&data);
         if !last {
             return None;
@@ -372,6 +395,41 @@ mod tests {
                 }
                 other => panic!("pieces of {piece_len}: {other:?}"),
             }
+        }
+    }
+
+    /// A header announcing a body as large as the frame limit reserves nothing until the body
+    /// comes: its room grows with the bytes that arrive, and never past the announced length.
+    #[test]
+    fn an_upload_header_reserves_nothing_before_its_body() {
+        let mut st = state(no_deadlines(), 0, Instant::now());
+        let total = 100_000usize;
+        let mut wire = frame(&Message::UploadStream {
+            request_id: 4,
+            meta: Bytes::from_static(b"m"),
+            body_byte_count: total as u64,
+            body: Bytes::from(vec![5u8; total]),
+        });
+        let body_at = wire.len() - total;
+        let mut rbuf = wire.split_to(body_at + 10);
+        assert!(steps(&mut st, &mut rbuf).is_empty());
+        let room = st
+            .upload
+            .as_ref()
+            .expect("upload in progress")
+            .body
+            .capacity();
+        assert!(room < 1024, "{room} bytes reserved for 10 of {total}");
+        while wire.len() > 1000 {
+            rbuf.extend_from_slice(&wire.split_to(1000));
+            assert!(steps(&mut st, &mut rbuf).is_empty());
+            let room = st.upload.as_ref().unwrap().body.capacity();
+            assert!(room <= total, "{room} bytes reserved for a body of {total}");
+        }
+        rbuf.extend_from_slice(&wire);
+        match steps(&mut st, &mut rbuf).as_slice() {
+            [Step::Upload { body, .. }] => assert_eq!(&body[..], &vec![5u8; total][..]),
+            other => panic!("{other:?}"),
         }
     }
 
