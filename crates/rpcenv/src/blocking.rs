@@ -59,8 +59,17 @@ pub(crate) fn on_message_loop_thread() -> bool {
 pub(crate) struct WaitNode {
     name: Arc<str>,
     one_at_a_time: bool,
-    /// The endpoint the handler running now waits for in an `ask_sync`, if any.
-    blocked_on: Mutex<Option<Arc<WaitNode>>>,
+    /// What the handler running now waits for in an `ask_sync`, if anything.
+    blocked_on: Mutex<Option<Waiting>>,
+}
+
+/// An `ask_sync` a handler waits in.
+struct Waiting {
+    /// The endpoint asked.
+    target: Arc<WaitNode>,
+    /// The ask's reply slot, once the ask is made: when it is complete the handler is about to
+    /// return, although its thread may not have woken yet to say so.
+    ask: Option<Arc<ReplySlot>>,
 }
 
 impl WaitNode {
@@ -72,15 +81,34 @@ impl WaitNode {
         })
     }
 
+    /// The endpoint the running handler waits for, unless the answer it waits for has come.
     fn blocked_on(&self) -> Option<Arc<WaitNode>> {
-        self.blocked_on
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        let (target, ask) = {
+            let waiting = self.blocked_on.lock().unwrap_or_else(|p| p.into_inner());
+            let w = waiting.as_ref()?;
+            (w.target.clone(), w.ask.clone())
+        };
+        match ask {
+            Some(ask) if ask.is_complete() => None,
+            _ => Some(target),
+        }
     }
 
     fn set_blocked_on(&self, target: Option<Arc<WaitNode>>) {
-        *self.blocked_on.lock().unwrap_or_else(|p| p.into_inner()) = target;
+        *self.blocked_on.lock().unwrap_or_else(|p| p.into_inner()) =
+            target.map(|target| Waiting { target, ask: None });
+    }
+
+    /// The ask the running handler waits in is `ask`.
+    fn set_ask(&self, ask: &Arc<ReplySlot>) {
+        if let Some(w) = self
+            .blocked_on
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            w.ask = Some(ask.clone());
+        }
     }
 }
 
@@ -222,11 +250,16 @@ fn deadlock_chain(me: &Arc<WaitNode>, target: &Arc<WaitNode>) -> Option<String> 
 }
 
 impl Blocking<'_> {
-    /// Registers the ask's slot, so that the env's shutdown fails it (only on loop threads).
+    /// Registers the ask's slot, so that the env's shutdown fails it (only on loop threads),
+    /// and so that the deadlock check stops counting the asking handler as blocked once the
+    /// answer has come.
     pub(crate) fn watch(&mut self, slot: &Arc<ReplySlot>) {
         if self.message_loop.is_some() {
             self.asks.register(slot);
             self.slot = Some(slot.clone());
+        }
+        if let Some(me) = &self.waiter {
+            me.set_ask(slot);
         }
     }
 }
@@ -265,5 +298,19 @@ mod tests {
         assert!(deadlock_chain(&a, &b).is_none());
         // A concurrent asker is not held by its handler.
         assert!(deadlock_chain(&c, &c).is_none());
+    }
+
+    /// A handler whose ask has been answered is about to return, even before its thread wakes
+    /// to say so: asking it back is no deadlock.
+    #[test]
+    fn a_handler_whose_ask_was_answered_is_not_blocked() {
+        let a = WaitNode::new("a".into(), true);
+        let b = WaitNode::new("b".into(), true);
+        a.set_blocked_on(Some(b.clone()));
+        let ask = ReplySlot::new();
+        a.set_ask(&ask);
+        assert!(deadlock_chain(&b, &a).is_some(), "a waits for b");
+        assert!(ask.complete(Err(RpcError::EnvStopped)));
+        assert!(deadlock_chain(&b, &a).is_none(), "a has its answer");
     }
 }

@@ -315,7 +315,16 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
 
     /// [`ask`](Self::ask) with an explicit timeout.
     pub fn ask_with_timeout<R: RpcReply>(&self, message: M, timeout: RpcTimeout) -> Ask<R> {
-        let slot = ReplySlot::new();
+        self.ask_into(ReplySlot::new(), message, timeout)
+    }
+
+    /// Asks with the reply to arrive in `slot`.
+    fn ask_into<R: RpcReply>(
+        &self,
+        slot: Arc<ReplySlot>,
+        message: M,
+        timeout: RpcTimeout,
+    ) -> Ask<R> {
         if let Route::Local(mailbox) = &self.inner.route {
             let ctx = RpcCallContext::new(
                 ReplyTarget::Local(slot.clone()),
@@ -368,9 +377,11 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
         };
         let mut blocking =
             blocking::enter(target, &self.inner.address, &self.inner.defaults.blocked)?;
-        let ask = self.ask_with_timeout(message, timeout);
-        blocking.watch(ask.slot());
-        ask.wait()
+        // Watched before the message goes: the target may answer and ask this handler back
+        // before this thread runs again, and must then see that the answer has come.
+        let slot = ReplySlot::new();
+        blocking.watch(&slot);
+        self.ask_into(slot, message, timeout).wait()
     }
 
     /// [`ask_sync`](Self::ask_sync) with an explicit timeout.

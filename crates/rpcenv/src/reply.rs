@@ -457,11 +457,6 @@ impl<R: RpcReply> Ask<R> {
         self.abort_handle().abort(reason);
     }
 
-    /// The slot the reply arrives in.
-    pub(crate) fn slot(&self) -> &Arc<ReplySlot> {
-        &self.slot
-    }
-
     /// The timeout bounding this ask.
     pub fn timeout(&self) -> &RpcTimeout {
         &self.timeout

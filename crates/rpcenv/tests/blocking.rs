@@ -108,6 +108,67 @@ fn a_chain_of_blocking_asks_back_to_a_one_at_a_time_endpoint_fails_at_once() {
     env.shutdown();
 }
 
+/// Asks `second` and waits; answers `back` at once.
+struct First(RpcEndpointRef<String>);
+
+impl RpcEndpoint for First {
+    type Message = String;
+    fn receive_and_reply(
+        &mut self,
+        _: &EndpointCtx<String>,
+        m: String,
+        reply: RpcCallContext,
+    ) -> HandlerResult {
+        if m == "back" {
+            reply.reply("first answers".to_string());
+            return Ok(());
+        }
+        let outcome = self.0.ask_sync::<String>("go".into());
+        reply.reply(format!("{outcome:?}"));
+        Ok(())
+    }
+}
+
+/// Answers, then asks `first` back from the same handler and reports how that went.
+struct Second(Sender<String>);
+
+impl RpcEndpoint for Second {
+    type Message = String;
+    fn receive_and_reply(
+        &mut self,
+        ctx: &EndpointCtx<String>,
+        _: String,
+        reply: RpcCallContext,
+    ) -> HandlerResult {
+        reply.reply("second answers".to_string());
+        let first = ctx.env().ok_or("no env")?.endpoint_ref::<String>("first")?;
+        let _ = self
+            .0
+            .send(format!("{:?}", first.ask_sync::<String>("back".into())));
+        Ok(())
+    }
+}
+
+/// `first` waits in an ask to `second`, which answers it and then asks `first` back: no
+/// deadlock, since `first` has its answer and is about to return (its thread may not have
+/// woken yet). The check must not count a handler whose ask was answered as still blocked.
+#[test]
+fn asking_back_a_handler_whose_ask_was_just_answered_is_no_deadlock() {
+    let env = env_with(&[("rpc.askTimeout", "120s")]);
+    let (report, reported) = channel();
+    let second = env.setup_endpoint("second", Second(report)).unwrap();
+    let first = env.setup_endpoint("first", First(second)).unwrap();
+    for _ in 0..20 {
+        let outcome = first
+            .ask_sync_with_timeout::<String>("go".into(), RpcTimeout::new(WAIT, "test.wait"))
+            .unwrap();
+        assert_eq!(outcome, "Ok(\"second answers\")");
+        let back = reported.recv_timeout(WAIT).expect("second reports");
+        assert_eq!(back, "Ok(\"first answers\")");
+    }
+    env.shutdown();
+}
+
 /// Keeps every ask unanswered and reports each arrival.
 struct Sink(Vec<RpcCallContext>, Sender<()>);
 
