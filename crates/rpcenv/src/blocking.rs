@@ -21,7 +21,7 @@ use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 
 use crate::error::RpcError;
-use crate::reply::ReplySlot;
+use crate::reply_slot::ReplySlot;
 
 thread_local! {
     /// A thread-identity flag, not a parameter: the message loop this thread belongs to (set
@@ -137,6 +137,13 @@ pub(crate) struct BlockedAsks {
 struct BlockedState {
     closed: bool,
     slots: Vec<Arc<ReplySlot>>,
+}
+
+impl std::fmt::Debug for BlockedAsks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        write!(f, "BlockedAsks({} waiting)", st.slots.len())
+    }
 }
 
 impl BlockedAsks {

@@ -8,7 +8,7 @@ use crate::address::RpcAddress;
 use crate::codec::{encode_reply_error, encode_reply_ok, WireError};
 use crate::error::{BoxError, Failure, FailureKind, RpcError};
 use crate::message::RpcReply;
-use crate::reply::{ReplySlot, ReplyValue};
+use crate::reply_slot::{ReplySlot, ReplyValue};
 use crate::stream_manager::StreamOwner;
 use rpcenv_transport::{RpcResponder, TransportClient};
 

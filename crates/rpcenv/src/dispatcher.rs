@@ -512,7 +512,7 @@ impl Dispatcher {
         };
         // Handlers blocked in an ask (even one without a timeout) return before they are
         // waited for.
-        self.defaults.blocked.fail_all();
+        self.defaults.waits.blocked.fail_all();
         for reg in &registrations {
             reg.control.stop();
         }

@@ -18,13 +18,14 @@ use bytes::Bytes;
 use rpcenv_transport::{Body, TransportClient};
 
 use crate::address::{RpcAddress, RpcEndpointAddress};
-use crate::blocking::{self, BlockedAsks};
+use crate::blocking;
 use crate::call_context::{ReplyTarget, RpcCallContext};
 use crate::codec::{encode_with_header, envelope_header};
 use crate::error::RpcError;
 use crate::mailbox::{InboxControl, InboxMessage, Mailbox};
 use crate::message::{RpcMessage, RpcReply};
-use crate::reply::{Ask, ReplySlot, Waits};
+use crate::reply::{Ask, Waits};
+use crate::reply_slot::ReplySlot;
 use crate::timeout::{ensure_blocking_allowed, RpcTimeout};
 
 /// A serialized message on its way to another process.
@@ -83,8 +84,6 @@ pub(crate) struct RefDefaults {
     pub(crate) env_id: u64,
     /// The env's network, for remote routes.
     pub(crate) network: Weak<dyn RefNetwork>,
-    /// The asks blocking message loop threads, failed first by the shutdown.
-    pub(crate) blocked: BlockedAsks,
     /// Set when the env begins to shut down: remote sends are refused from then on.
     pub(crate) env_stopped: Arc<AtomicBool>,
 }
@@ -276,7 +275,6 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
             )),
             sender: None,
             env_id: 0,
-            blocked: BlockedAsks::default(),
             network: Weak::<NoNetwork>::new(),
             env_stopped: Arc::new(AtomicBool::new(false)),
         });
@@ -375,13 +373,13 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
             Route::Local(mailbox) => Some(mailbox.control().wait_node()),
             _ => None,
         };
-        let mut blocking =
-            blocking::enter(target, &self.inner.address, &self.inner.defaults.blocked)?;
+        let waits = &self.inner.defaults.waits;
+        let mut blocking = blocking::enter(target, &self.inner.address, &waits.blocked)?;
         // Watched before the message goes: the target may answer and ask this handler back
         // before this thread runs again, and must then see that the answer has come.
         let slot = ReplySlot::new();
         blocking.watch(&slot);
-        self.ask_into(slot, message, timeout).wait()
+        self.ask_into(slot, message, timeout).block()
     }
 
     /// [`ask_sync`](Self::ask_sync) with an explicit timeout.

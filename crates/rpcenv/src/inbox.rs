@@ -847,7 +847,7 @@ mod tests {
     use crate::endpoint::RpcEndpoint;
     use crate::endpoint_ref::RpcEndpointRef;
     use crate::flavour::Sequential;
-    use crate::reply::ReplySlot;
+    use crate::reply_slot::ReplySlot;
     use std::sync::atomic::AtomicUsize;
     use std::sync::Weak;
 

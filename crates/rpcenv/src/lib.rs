@@ -70,6 +70,7 @@ mod outbox;
 mod pace;
 mod ref_codec;
 mod reply;
+mod reply_slot;
 mod run_queue;
 mod runtime;
 mod security;

@@ -21,7 +21,7 @@ use crate::dispatcher::Dispatcher;
 use crate::endpoint_ref::OutboxMessage;
 use crate::error::RpcError;
 use crate::metrics::PeerMetrics;
-use crate::reply::{CancelHook, ReplySlot, ReplyValue};
+use crate::reply_slot::{CancelHook, ReplySlot, ReplyValue};
 
 /// The admission rule of the outbox budget (`rpc.outbox.maxBytes`), for every route to a peer:
 /// a message of `len` bytes is taken when nothing waits yet (so a message larger than the budget

@@ -131,6 +131,49 @@ pub(crate) fn spin_until(budget: Duration, mut done: impl FnMut() -> bool) -> bo
     }
 }
 
+/// When the env's callers blocked on replies last had one, and how soon they ask again after
+/// it: whether they ask back to back.
+#[derive(Debug)]
+pub(crate) struct AskGaps {
+    epoch: Instant,
+    /// When the last wait ended, in ns after `epoch` (0: none yet).
+    last_end_ns: AtomicU64,
+    /// The gaps between a wait's end and the next wait's start.
+    pace: Pace,
+}
+
+impl AskGaps {
+    /// Gaps within `window` count as back to back.
+    pub(crate) fn new(window: Duration) -> Self {
+        AskGaps {
+            epoch: Instant::now(),
+            last_end_ns: AtomicU64::new(0),
+            pace: Pace::for_replies(window),
+        }
+    }
+
+    fn ns(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// A caller starts to wait at `start`: learns the gap since the last wait ended, and answers
+    /// whether callers have been asking back to back.
+    pub(crate) fn back_to_back(&self, start: Instant) -> bool {
+        let last = self.last_end_ns.load(Ordering::Relaxed);
+        if last != 0 {
+            let gap = self.ns(start).saturating_sub(last);
+            self.pace.observe(Duration::from_nanos(gap));
+        }
+        !self.pace.spin_budget().is_zero()
+    }
+
+    /// A wait ended at `at`.
+    pub(crate) fn ended(&self, at: Instant) {
+        self.last_end_ns
+            .store(self.ns(at).max(1), Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +290,26 @@ mod tests {
         let start = Instant::now();
         assert!(!spin_until(budget, || false));
         assert!(start.elapsed() >= budget);
+    }
+
+    /// Callers asking again within the window count as back to back (they may spin for their
+    /// replies); callers at a pace of their own (an ask a millisecond) do not.
+    #[test]
+    fn only_back_to_back_callers_count_as_such() {
+        let window = Duration::from_micros(50);
+        let gaps = AskGaps::new(window);
+        let mut t = Instant::now();
+        for _ in 0..8 {
+            gaps.ended(t);
+            t += Duration::from_millis(1);
+            gaps.back_to_back(t);
+        }
+        assert!(!gaps.back_to_back(t), "an ask a millisecond");
+        for _ in 0..16 {
+            gaps.ended(t);
+            t += Duration::from_micros(5);
+            gaps.back_to_back(t);
+        }
+        assert!(gaps.back_to_back(t), "asks 5 µs after each reply");
     }
 }

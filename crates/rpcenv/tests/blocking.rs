@@ -1,18 +1,19 @@
 //! Blocking inside handlers: an `ask_sync` that can only deadlock fails at once naming the
-//! deadlock, handlers blocked in `ask_sync` do not stop the shared pool (a compensating loop
-//! thread serves it), and shutdown fails the asks such handlers wait in.
+//! deadlock, handlers blocked in `ask_sync` or `Ask::wait` do not stop the shared pool (a
+//! compensating loop thread serves it), and shutdown fails the asks such handlers wait in.
 //!
 //! Every env binds 127.0.0.1 with port 0. Waits are on channels with deadlines.
 
-use std::sync::mpsc::{channel, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use rpcenv::{
-    EndpointCtx, HandlerResult, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcError, RpcTimeout,
+    EndpointCtx, HandlerResult, RpcCallContext, RpcEndpoint, RpcEndpointRef, RpcEnv, RpcError,
+    RpcTimeout,
 };
 
 mod common;
-use common::{env_with, Echo, WAIT};
+use common::{env_with, server, Echo, WAIT};
 
 /// Asks itself (one message at a time) from its handler and replies with the outcome.
 struct SelfAsker;
@@ -186,39 +187,72 @@ impl RpcEndpoint for Sink {
     }
 }
 
+/// The two ways a handler blocks on an ask.
+#[derive(Clone, Copy, Debug)]
+enum Blocks {
+    /// `ask_sync_with_timeout`.
+    InAskSync,
+    /// `ask_with_timeout(..).wait()`: the ask first, the wait later.
+    InAskWait,
+}
+
+const BOTH: [Blocks; 2] = [Blocks::InAskSync, Blocks::InAskWait];
+
+/// A [`Sink`] in an env of its own and a ref to it from `env`, and the sink's reports. Remote,
+/// so that only the shutdown of `env` can end a wait for it (a local sink, stopped by that
+/// shutdown, would drop its asks unanswered and wake their waiters itself).
+fn remote_sink(env: &RpcEnv) -> (RpcEnv, RpcEndpointRef<String>, Receiver<()>) {
+    let far = server("far");
+    let (arrived_tx, arrived) = channel();
+    far.setup_endpoint("sink", Sink(Vec::new(), arrived_tx))
+        .unwrap();
+    let sink = env
+        .setup_endpoint_ref(far.address().unwrap(), "sink")
+        .unwrap();
+    (far, sink, arrived)
+}
+
 /// On any message, blocks in an ask to the sink, then reports how it ended.
 struct Blocker(
     RpcEndpointRef<String>,
     RpcTimeout,
     Sender<Result<String, RpcError>>,
+    Blocks,
 );
 
 impl RpcEndpoint for Blocker {
     type Message = String;
     fn receive(&mut self, _: &EndpointCtx<String>, m: String) -> HandlerResult {
-        let outcome = self.0.ask_sync_with_timeout::<String>(m, self.1.clone());
+        let outcome = match self.3 {
+            Blocks::InAskSync => self.0.ask_sync_with_timeout::<String>(m, self.1.clone()),
+            Blocks::InAskWait => self.0.ask_with_timeout::<String>(m, self.1.clone()).wait(),
+        };
         let _ = self.2.send(outcome);
         Ok(())
     }
 }
 
+/// Whether they wait in `ask_sync` or in `Ask::wait`.
 #[test]
-fn two_handlers_blocked_in_ask_sync_do_not_stop_a_third_endpoint() {
+fn two_handlers_blocked_in_an_ask_do_not_stop_a_third_endpoint() {
+    for blocks in BOTH {
+        two_blocked_handlers_and_a_third_endpoint(blocks);
+    }
+}
+
+fn two_blocked_handlers_and_a_third_endpoint(blocks: Blocks) {
     let env = env_with(&[
         ("rpc.netty.dispatcher.numThreads", "2"),
         ("rpc.askTimeout", "120s"),
     ]);
-    let (arrived_tx, arrived) = channel();
-    let sink = env
-        .setup_endpoint("sink", Sink(Vec::new(), arrived_tx))
-        .unwrap();
+    let (_far, sink, arrived) = remote_sink(&env);
     let (done_tx, done) = channel();
     let long = RpcTimeout::new(Duration::from_secs(120), "rpc.askTimeout");
     let blockers: Vec<_> = (0..2)
         .map(|i| {
             env.setup_endpoint(
                 &format!("blocker-{i}"),
-                Blocker(sink.clone(), long.clone(), done_tx.clone()),
+                Blocker(sink.clone(), long.clone(), done_tx.clone(), blocks),
             )
             .unwrap()
         })
@@ -235,25 +269,35 @@ fn two_handlers_blocked_in_ask_sync_do_not_stop_a_third_endpoint() {
         "still here".into(),
         RpcTimeout::new(Duration::from_secs(1), "test.wait"),
     );
-    assert_eq!(answer.unwrap(), "still here");
+    assert_eq!(answer.unwrap(), "still here", "{blocks:?}");
     // Shutdown fails the blocked asks.
     env.shutdown();
     for _ in 0..2 {
         let outcome = done.recv_timeout(WAIT).unwrap();
-        assert!(matches!(outcome, Err(RpcError::EnvStopped)), "{outcome:?}");
+        assert!(
+            matches!(outcome, Err(RpcError::EnvStopped)),
+            "{blocks:?}: {outcome:?}"
+        );
     }
 }
 
+/// Whether it waits in `ask_sync` or in `Ask::wait`.
 #[test]
 fn shutdown_returns_while_a_handler_waits_in_an_ask_without_timeout() {
+    for blocks in BOTH {
+        shutdown_while_a_handler_waits(blocks);
+    }
+}
+
+fn shutdown_while_a_handler_waits(blocks: Blocks) {
     let env = env_with(&[]);
-    let (arrived_tx, arrived) = channel();
-    let sink = env
-        .setup_endpoint("sink", Sink(Vec::new(), arrived_tx))
-        .unwrap();
+    let (_far, sink, arrived) = remote_sink(&env);
     let (done_tx, done) = channel();
     let blocker = env
-        .setup_endpoint("blocker", Blocker(sink, RpcTimeout::infinite(), done_tx))
+        .setup_endpoint(
+            "blocker",
+            Blocker(sink, RpcTimeout::infinite(), done_tx, blocks),
+        )
         .unwrap();
     blocker.send("forever".into()).unwrap();
     arrived.recv_timeout(WAIT).unwrap();
@@ -264,10 +308,11 @@ fn shutdown_returns_while_a_handler_waits_in_an_ask_without_timeout() {
         let _ = shut_tx.send(());
     });
     shut.recv_timeout(Duration::from_secs(5))
-        .expect("shutdown returns within 5 s");
+        .unwrap_or_else(|_| panic!("{blocks:?}: shutdown returns within 5 s"));
     assert!(start.elapsed() < Duration::from_secs(5));
-    assert!(matches!(
-        done.recv_timeout(WAIT).unwrap(),
-        Err(RpcError::EnvStopped)
-    ));
+    let outcome = done.recv_timeout(WAIT).unwrap();
+    assert!(
+        matches!(outcome, Err(RpcError::EnvStopped)),
+        "{blocks:?}: {outcome:?}"
+    );
 }

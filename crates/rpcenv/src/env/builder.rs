@@ -12,7 +12,6 @@ use rpcenv_transport::{
 use super::api::RpcEnv;
 use super::lifecycle::{EnvInner, Termination};
 use crate::address::RpcAddress;
-use crate::blocking::BlockedAsks;
 use crate::conf::RpcConf;
 use crate::dispatcher::Dispatcher;
 use crate::endpoint_ref::{RefDefaults, RefNetwork};
@@ -186,7 +185,6 @@ impl RpcEnvBuilder {
                 waits: Arc::new(Waits::new(runtime.clone(), self.conf.spin_window())),
                 sender: address.clone(),
                 env_id: random_env_id(),
-                blocked: BlockedAsks::default(),
                 network: ref_network,
                 env_stopped: Arc::new(AtomicBool::new(false)),
             });
