@@ -368,6 +368,17 @@ fn a_worker_refuses_messages_that_do_not_name_its_registration() {
         w1.err
             .expect("the refusal", |l| l.contains("message refused"));
     }
+    // A launch asked under another registration gets the refusal as its answer.
+    match worker.ask_sync::<()>(WorkerMsg::LaunchTask {
+        registration: 1,
+        task: 0,
+        input: 0,
+    }) {
+        Err(e @ RpcError::Failed { .. }) => {
+            assert!(e.to_string().contains("registration 1"), "{e}")
+        }
+        other => panic!("a launch under a forged registration was not refused: {other:?}"),
+    }
     // Still registered, still running tasks.
     let (ok, stdout, stderr) = run(&["submit", &uri, "--tasks", "20", "--wait"]);
     assert!(ok, "{stdout}{stderr}");

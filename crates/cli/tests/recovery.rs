@@ -169,3 +169,38 @@ fn a_master_that_lost_a_worker_asks_it_to_register_again() {
         "{stdout}"
     );
 }
+
+#[test]
+fn tasks_launched_to_a_worker_the_master_cannot_reach_run_elsewhere() {
+    // The worker listens on 127.0.0.1 but advertises 127.0.0.2, where nothing listens: its
+    // registration and heartbeats reach the master over its own connection, but every task the
+    // master launches to it fails to connect. The master must notice the undelivered launch,
+    // stop counting the task as running and give it to the worker it can reach; before, such
+    // tasks stayed "running" as long as the unreachable worker heartbeated.
+    let (mut master, uri) = common::master(&["--worker-timeout", "5s"]);
+    let _unreachable = worker(
+        &uri,
+        "unreachable",
+        &["--bind-host", "127.0.0.1", "--advertise-host", "127.0.0.2"],
+    );
+    let _steady = worker(&uri, "steady", &[]);
+    let (ok, stdout, stderr) = run(&[
+        "submit",
+        &uri,
+        "--tasks",
+        "40",
+        "--wait",
+        "--timeout",
+        "20s",
+    ]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.ends_with("submitted 40 tasks: 40 completed exactly once\n"),
+        "{stdout}"
+    );
+    master
+        .err
+        .expect("the master naming the undelivered launch", |l| {
+            l.contains("unreachable") && l.contains("launch")
+        });
+}

@@ -1,8 +1,9 @@
 //! The [`Master`] endpoint: [`MasterState`] wired to the network.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rpcenv::{EndpointCtx, HandlerResult, RpcAddress, RpcCallContext, RpcEndpoint};
+use rpcenv::{EndpointCtx, HandlerResult, RpcAddress, RpcCallContext, RpcEndpoint, RpcTimeout};
 
 use super::protocol::{MasterMsg, Registered, WorkerMsg, WorkerRef};
 use super::state::{message_name, Answer, Command, Limits, MasterState, Outcome, Via};
@@ -14,6 +15,10 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub struct Master {
     state: MasterState<WorkerRef>,
+    /// Launches the workers did not accept, as (registration, task): filled by the tasks that
+    /// await the launches, taken by the endpoint (only this process can add to it, unlike a
+    /// message, which any peer could send).
+    failed_launches: Arc<Mutex<Vec<(u64, u64)>>>,
 }
 
 impl Master {
@@ -21,7 +26,64 @@ impl Master {
     pub fn new(limits: Limits) -> Self {
         Master {
             state: MasterState::new(limits, rand::random()),
+            failed_launches: Arc::default(),
         }
+    }
+
+    /// Ends the registrations of the workers that did not accept a launch (see
+    /// [`MasterState::launch_failed`]).
+    fn take_failed_launches(&mut self, ctx: &EndpointCtx<MasterMsg>) {
+        let failed = std::mem::take(
+            &mut *self
+                .failed_launches
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for (registration, task) in failed {
+            let out = self.state.launch_failed(registration, task);
+            self.apply(ctx, "a launch not accepted", out, None);
+        }
+    }
+
+    /// Launches `task` on `worker` as an ask: the worker accepts it with an empty answer. A
+    /// launch that fails (undelivered, refused, or unanswered for the worker timeout) is
+    /// recorded, and the endpoint woken to end that worker's registration; a one-way message
+    /// would be lost without a word when the worker's address cannot be reached.
+    fn launch(
+        &self,
+        ctx: &EndpointCtx<MasterMsg>,
+        worker: &WorkerRef,
+        registration: u64,
+        task: u64,
+    ) {
+        let timeout = RpcTimeout::new(self.state.limits().worker_timeout, "--worker-timeout");
+        let accepted = worker.ask_with_timeout::<()>(
+            WorkerMsg::LaunchTask {
+                registration,
+                task,
+                input: task,
+            },
+            timeout,
+        );
+        let (failed, me, worker) = (
+            self.failed_launches.clone(),
+            ctx.self_ref().cloned(),
+            worker.clone(),
+        );
+        ctx.runtime().spawn(async move {
+            let Err(e) = accepted.await else {
+                return;
+            };
+            tracing::warn!(%worker, task, error = %e, "a task launch was not accepted");
+            failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((registration, task));
+            if let Some(me) = me {
+                // Fails only while the master stops, with nothing left to schedule.
+                let _ = me.send(MasterMsg::CheckWorkers);
+            }
+        });
     }
 
     /// Carries out what handling a message produced: tells workers, answers the asker.
@@ -40,11 +102,10 @@ impl Master {
         }
         for (worker, command) in out.commands {
             let msg = match command {
-                Command::Launch { registration, task } => WorkerMsg::LaunchTask {
-                    registration,
-                    task,
-                    input: task,
-                },
+                Command::Launch { registration, task } => {
+                    self.launch(ctx, &worker, registration, task);
+                    continue;
+                }
                 Command::ReconnectWorker { registration } => {
                     tracing::info!(%worker, "heartbeat of an unknown registration: asking the worker to register again");
                     WorkerMsg::ReconnectWorker { registration }
@@ -52,7 +113,6 @@ impl Master {
                 Command::Shutdown { registration } => WorkerMsg::Shutdown { registration },
             };
             if let Err(e) = worker.send(msg) {
-                // A lost launch is re-queued when the worker's loss is detected.
                 tracing::warn!(%worker, error = %e, "cannot reach a worker");
             }
         }
@@ -103,6 +163,7 @@ impl RpcEndpoint for Master {
     }
 
     fn receive(&mut self, ctx: &EndpointCtx<MasterMsg>, msg: MasterMsg) -> HandlerResult {
+        self.take_failed_launches(ctx);
         let what = message_name(&msg);
         let out = self.state.handle(msg, Via::Send, Instant::now());
         self.apply(ctx, what, out, None);

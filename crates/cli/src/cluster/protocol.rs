@@ -74,14 +74,17 @@ pub enum MasterMsg<W = WorkerRef> {
 
 impl RpcMessage for MasterMsg {
     fn protocol_name() -> std::borrow::Cow<'static, str> {
-        "rpcenv-demo/master/2".into()
+        "rpcenv-demo/master/3".into()
     }
 }
 
 /// Messages to a worker.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum WorkerMsg {
-    /// Send: run a task (launched under the worker's registration `registration`).
+    /// Ask: run a task (launched under the worker's registration `registration`); answered
+    /// with `()` once the worker has started it, or refused (a stale registration). The master
+    /// asks, rather than sends, so that a launch that cannot be delivered is noticed and its
+    /// task given to another worker.
     LaunchTask {
         /// The registration the master launched it under.
         registration: u64,
@@ -108,7 +111,7 @@ pub enum WorkerMsg {
 
 impl RpcMessage for WorkerMsg {
     fn protocol_name() -> std::borrow::Cow<'static, str> {
-        "rpcenv-demo/worker/2".into()
+        "rpcenv-demo/worker/3".into()
     }
 }
 

@@ -270,6 +270,27 @@ impl<W: Clone> MasterState<W> {
         out
     }
 
+    /// The launch of `task` under `registration` was not accepted: it could not be delivered
+    /// (the worker's advertised address cannot be reached), the worker refused it, or it went
+    /// unanswered for the worker timeout. A worker the master cannot launch tasks on must not
+    /// hold them: its registration ends as a loss, and its running tasks are re-queued. If it
+    /// still heartbeats, it is asked to register again. Nothing happens when the registration
+    /// has already ended or the task is no longer running there (it finished: the launch did
+    /// arrive).
+    pub fn launch_failed(&mut self, registration: u64, task: u64) -> Outcome<W> {
+        let mut out = Outcome::answer(Ok(Answer::Done));
+        let id = self
+            .workers
+            .iter()
+            .find(|(_, w)| w.registration == registration && w.running.contains(&task))
+            .map(|(id, _)| id.clone());
+        if let Some(id) = id {
+            self.lose(&id, "a task launch was not accepted", &mut out);
+            self.schedule(&mut out);
+        }
+        out
+    }
+
     /// The current status.
     pub fn status(&self) -> ClusterStatus {
         let mut s = self.status.clone();
@@ -620,6 +641,47 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// A launch that was not accepted ends its worker's registration: the task and the
+    /// worker's other running tasks go to a worker that takes them. A failure reported for a
+    /// registration that has ended, or for a task that finished, changes nothing.
+    #[test]
+    fn a_launch_not_accepted_loses_its_worker_and_its_tasks_run_elsewhere() {
+        let now = Instant::now();
+        let mut s = MasterState::new(LIMITS, [3; 32]);
+        let far = register(&mut s, "far", 2, 1, conn(4000), now);
+        heartbeat(&mut s, "far", far, 1, now);
+        assert_eq!(launched(&submit(&mut s, 4)), vec![0, 1]);
+        let near = register(&mut s, "near", 2, 2, conn(4001), now);
+        assert_eq!(
+            launched(&heartbeat(&mut s, "near", near, 2, now)),
+            vec![2, 3]
+        );
+        assert_eq!(
+            launched(&finish(&mut s, "near", near, 2)),
+            Vec::<u64>::new()
+        );
+
+        // A finished task's late failure, and an unknown registration's: nothing happens.
+        let out = s.launch_failed(near, 2);
+        assert!(out.lost.is_empty() && out.commands.is_empty());
+        assert!(s.launch_failed(far ^ 1, 0).lost.is_empty());
+        assert_eq!(s.status().running, 3);
+
+        let out = s.launch_failed(far, 1);
+        assert_eq!(
+            out.lost,
+            vec![("far".to_string(), "a task launch was not accepted")]
+        );
+        // The re-queued tasks go to the worker left as its cores free up.
+        assert_eq!(launched(&out), vec![0]);
+        let st = s.status();
+        assert_eq!((st.workers_alive, st.running, st.queued), (1, 2, 1));
+        assert_eq!(launched(&finish(&mut s, "near", near, 3)), vec![1]);
+        // A second failure for the ended registration changes nothing.
+        assert!(s.launch_failed(far, 0).lost.is_empty());
+        assert_eq!(s.status().workers_alive, 1);
     }
 
     #[test]

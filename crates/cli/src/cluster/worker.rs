@@ -69,6 +69,39 @@ impl Worker {
         }
     }
 
+    /// Starts `task` if `registration` is the current one; its result goes to the master that
+    /// registered this worker.
+    fn launch(
+        &self,
+        ctx: &EndpointCtx<WorkerMsg>,
+        registration: u64,
+        task: u64,
+        input: u64,
+    ) -> Result<(), ClusterError> {
+        let r = match self.current(registration) {
+            Ok(r) => r,
+            Err(_) if self.current.is_none() => return Err(ClusterError::NotRegistered { task }),
+            Err(e) => return Err(e),
+        };
+        let master = r.master.clone();
+        let worker = self.id.clone();
+        let time = self.task_time;
+        // The work runs off the message loop; the result goes to the master's ref.
+        ctx.runtime().spawn(async move {
+            tokio::time::sleep(time).await;
+            let result = task_result(input);
+            if let Err(e) = master.send(MasterMsg::TaskFinished {
+                worker,
+                registration,
+                task,
+                result,
+            }) {
+                tracing::warn!(task, error = %e, "cannot report a result");
+            }
+        });
+        Ok(())
+    }
+
     fn tell(&self, event: WorkerEvent) {
         // The loop is gone only while the process exits.
         let _ = self.events.send(event);
@@ -78,35 +111,11 @@ impl Worker {
 impl RpcEndpoint for Worker {
     type Message = WorkerMsg;
 
-    fn receive(&mut self, ctx: &EndpointCtx<WorkerMsg>, msg: WorkerMsg) -> HandlerResult {
+    fn receive(&mut self, _: &EndpointCtx<WorkerMsg>, msg: WorkerMsg) -> HandlerResult {
         let refused = match msg {
-            WorkerMsg::LaunchTask {
-                registration,
-                task,
-                input,
-            } => match self.current(registration) {
-                Ok(r) => {
-                    let master = r.master.clone();
-                    let worker = self.id.clone();
-                    let time = self.task_time;
-                    // The work runs off the message loop; the result goes to the master's ref.
-                    ctx.runtime().spawn(async move {
-                        tokio::time::sleep(time).await;
-                        let result = task_result(input);
-                        if let Err(e) = master.send(MasterMsg::TaskFinished {
-                            worker,
-                            registration,
-                            task,
-                            result,
-                        }) {
-                            tracing::warn!(task, error = %e, "cannot report a result");
-                        }
-                    });
-                    None
-                }
-                Err(_) if self.current.is_none() => Some(ClusterError::NotRegistered { task }),
-                Err(e) => Some(e),
-            },
+            WorkerMsg::LaunchTask { .. } => Some(ClusterError::MustBeAsked {
+                message: "LaunchTask",
+            }),
             WorkerMsg::ReconnectWorker { registration } => match self.current(registration) {
                 Ok(_) => {
                     tracing::info!(worker = %self.id, "the master asks this worker to register again");
@@ -137,11 +146,22 @@ impl RpcEndpoint for Worker {
 
     fn receive_and_reply(
         &mut self,
-        _: &EndpointCtx<WorkerMsg>,
+        ctx: &EndpointCtx<WorkerMsg>,
         msg: WorkerMsg,
         reply: RpcCallContext,
     ) -> HandlerResult {
         match msg {
+            WorkerMsg::LaunchTask {
+                registration,
+                task,
+                input,
+            } => match self.launch(ctx, registration, task, input) {
+                Ok(()) => reply.reply(()),
+                Err(e) => {
+                    tracing::warn!(worker = %self.id, error = %e, "message refused");
+                    reply.send_failure(e);
+                }
+            },
             // Only this worker's own process knows what the master answered.
             WorkerMsg::Registered(r) if reply.connection_address().is_none() => {
                 self.current = Some(r);
