@@ -21,7 +21,7 @@ pub use protocol::{
     WorkerMsg, WorkerRef, MASTER, WORKER,
 };
 pub use state::{
-    message_name, Answer, Command, Limits, MasterState, Outcome, Via, DEFAULT_MAX_TASKS_PER_SUBMIT,
-    MAX_CORES, MAX_ID_LEN, MAX_TASKS_PER_SUBMIT_KEY, MAX_WORKERS,
+    message_name, Answer, Command, LaunchFailure, Limits, MasterState, Outcome, Via,
+    DEFAULT_MAX_TASKS_PER_SUBMIT, MAX_CORES, MAX_ID_LEN, MAX_TASKS_PER_SUBMIT_KEY, MAX_WORKERS,
 };
 pub use worker::{Backoff, Worker, WorkerEvent};

@@ -1,20 +1,21 @@
-//! Blocking inside handlers: what a handler that waits in `ask_sync` holds, and how the env
-//! keeps working around it.
+//! Blocking inside handlers: what a handler that waits for a reply (`ask_sync`, or
+//! `Ask::wait` on an ask it made) holds, and how the env keeps working around it.
 //!
-//! A handler blocked in `ask_sync` holds a message loop thread, and, for an endpoint that
+//! A handler blocked on a reply holds a message loop thread, and, for an endpoint that
 //! processes one message at a time, the endpoint itself. Three consequences are handled here:
 //!
 //! - **Deadlocks that cannot end otherwise fail at once**: an `ask_sync` to a one-at-a-time
 //!   endpoint whose handler is (directly, or through a chain of handlers each blocked in an
 //!   `ask_sync` of this env) waiting for the asking handler could only be answered after the
 //!   asker returns. [`enter`] walks that chain ([`WaitNode::blocked_on`]) before the message is
-//!   sent.
+//!   sent. Only `ask_sync` knows its target before the message goes: a handler waiting in
+//!   `Ask::wait` is not part of a chain, and a cycle through it ends at the ask's timeout.
 //! - **The shared pool keeps serving**: while a loop thread blocks, its loop may run a
 //!   compensating thread ([`LoopThreads`], at most `rpc.messageLoop.maxExtraThreads`).
 //! - **Shutdown is not held up**: an env's asks blocked on loop threads are registered in its
 //!   [`BlockedAsks`], which the shutdown fails before it waits for the handlers to return.
 //!
-//! Only `ask_sync` made on a message loop thread pays for any of this (a thread-local read
+//! Only a wait made on a message loop thread pays for any of this (a thread-local read
 //! elsewhere), so the callers' ordinary asks cost nothing more.
 
 use std::cell::RefCell;
@@ -67,8 +68,8 @@ pub(crate) struct WaitNode {
 struct Waiting {
     /// The endpoint asked.
     target: Arc<WaitNode>,
-    /// The ask's reply slot, once the ask is made: when it is complete the handler is about to
-    /// return, although its thread may not have woken yet to say so.
+    /// The ask's reply slot: once it is complete the handler no longer waits for `target`,
+    /// although its thread may not have woken yet to say so.
     ask: Option<Arc<ReplySlot>>,
 }
 
@@ -177,7 +178,8 @@ impl BlockedAsks {
     }
 }
 
-/// An `ask_sync` in progress on a message loop thread: undoes its marks when dropped.
+/// A wait for a reply on a message loop thread (`ask_sync`, `Ask::wait`): undoes its marks
+/// when dropped.
 pub(crate) struct Blocking<'a> {
     waiter: Option<Arc<WaitNode>>,
     message_loop: Option<Arc<dyn LoopThreads>>,

@@ -165,6 +165,9 @@ impl<R: RpcReply> Ask<R> {
     /// compensating thread while it waits, and the env's shutdown fails it.
     pub fn wait(self) -> Result<R, RpcError> {
         ensure_blocking_allowed("Ask::wait")?;
+        if self.slot.is_complete() {
+            return self.block();
+        }
         let mut blocking = blocking::enter(None, &self.endpoint, &self.waits.blocked)?;
         blocking.watch(&self.slot);
         let outcome = self.block();

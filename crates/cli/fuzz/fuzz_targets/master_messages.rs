@@ -1,15 +1,15 @@
 //! Fuzz the master's message handling: a sequence of events decoded from the input with the
 //! codec the wire uses (postcard), each a message asked over one of a few connections or sent
-//! one-way, a connection closing, or time passing, fed to the socket-free `MasterState`. It must
-//! never panic, must answer every ask, and must keep its books: every task submitted is exactly
-//! one of queued, running or done, and no task completes twice.
+//! one-way, a connection closing, a task launch failing, or time passing, fed to the socket-free
+//! `MasterState`. It must never panic, must answer every ask, and must keep its books: every
+//! task submitted is exactly one of queued, running or done, and no task completes twice.
 #![no_main]
 
 use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use rpcenv::RpcAddress;
-use rpcenv_cli::cluster::{Answer, Limits, MasterMsg, MasterState, Via};
+use rpcenv_cli::cluster::{Answer, LaunchFailure, Limits, MasterMsg, MasterState, Via};
 use serde::Deserialize;
 
 /// One thing that happens to the master. Workers are `u8` handles.
@@ -24,6 +24,12 @@ enum Event {
     Send { msg: MasterMsg<u8> },
     /// A connection closes.
     Disconnected { connection: u8 },
+    /// The launch of `task` under `registration` failed: unanswered, or not accepted.
+    LaunchFailed {
+        registration: u64,
+        task: u64,
+        unanswered: bool,
+    },
     /// Time passes.
     Tick { millis: u16 },
 }
@@ -92,6 +98,19 @@ fuzz_target!(|data: &[u8]| {
             }
             Event::Send { msg } => state.handle(resolve(msg, &handed_out), Via::Send, now),
             Event::Disconnected { connection: c } => state.disconnected(&connection(c)),
+            Event::LaunchFailed {
+                registration,
+                task,
+                unanswered,
+            } => state.launch_failed(
+                known(registration, &handed_out),
+                task,
+                if unanswered {
+                    LaunchFailure::Unanswered
+                } else {
+                    LaunchFailure::NotAccepted
+                },
+            ),
             Event::Tick { millis } => {
                 now += Duration::from_millis(u64::from(millis));
                 continue;

@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use rpcenv::{EndpointCtx, HandlerResult, RpcAddress, RpcCallContext, RpcEndpoint, RpcTimeout};
 
 use super::protocol::{MasterMsg, Registered, WorkerMsg, WorkerRef};
-use super::state::{message_name, Answer, Command, Limits, MasterState, Outcome, Via};
+use super::state::{
+    message_name, Answer, Command, LaunchFailure, Limits, MasterState, Outcome, Via,
+};
 
 /// How often workers heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
@@ -15,10 +17,10 @@ pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub struct Master {
     state: MasterState<WorkerRef>,
-    /// Launches the workers did not accept, as (registration, task): filled by the tasks that
-    /// await the launches, taken by the endpoint (only this process can add to it, unlike a
-    /// message, which any peer could send).
-    failed_launches: Arc<Mutex<Vec<(u64, u64)>>>,
+    /// Launches that failed, as (registration, task, how): filled by the tasks that await the
+    /// launches, taken by the endpoint (only this process can add to it, unlike a message,
+    /// which any peer could send).
+    failed_launches: Arc<Mutex<Vec<(u64, u64, LaunchFailure)>>>,
 }
 
 impl Master {
@@ -39,16 +41,17 @@ impl Master {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()),
         );
-        for (registration, task) in failed {
-            let out = self.state.launch_failed(registration, task);
+        for (registration, task, failure) in failed {
+            let out = self.state.launch_failed(registration, task, failure);
             self.apply(ctx, "a launch not accepted", out, None);
         }
     }
 
     /// Launches `task` on `worker` as an ask: the worker accepts it with an empty answer. A
     /// launch that fails (undelivered, refused, or unanswered for the worker timeout) is
-    /// recorded, and the endpoint woken to end that worker's registration; a one-way message
-    /// would be lost without a word when the worker's address cannot be reached.
+    /// recorded, and the endpoint woken to act on it (see [`MasterState::launch_failed`]); a
+    /// one-way message would be lost without a word when the worker's address cannot be
+    /// reached.
     fn launch(
         &self,
         ctx: &EndpointCtx<MasterMsg>,
@@ -74,12 +77,20 @@ impl Master {
             let Err(e) = accepted.await else {
                 return;
             };
-            tracing::warn!(%worker, task, error = %e, "a task launch was not accepted");
-            failed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push((registration, task));
-            if let Some(me) = me {
+            let failure = if e.is_timeout() {
+                tracing::warn!(%worker, task, error = %e, "a task launch went unanswered: the task is queued again");
+                LaunchFailure::Unanswered
+            } else {
+                tracing::warn!(%worker, task, error = %e, "a task launch was not accepted");
+                LaunchFailure::NotAccepted
+            };
+            let first = {
+                let mut failed = failed.lock().unwrap_or_else(|p| p.into_inner());
+                failed.push((registration, task, failure));
+                failed.len() == 1
+            };
+            // One wake-up takes every failure recorded until it runs.
+            if let (true, Some(me)) = (first, me) {
                 // Fails only while the master stops, with nothing left to schedule.
                 let _ = me.send(MasterMsg::CheckWorkers);
             }

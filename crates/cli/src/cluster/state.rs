@@ -87,6 +87,15 @@ pub enum Command {
     },
 }
 
+/// How a task launch failed (see [`MasterState::launch_failed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchFailure {
+    /// It was not delivered, or the worker refused it.
+    NotAccepted,
+    /// No answer came in time: whether the worker got it is unknown.
+    Unanswered,
+}
+
 /// What handling one message or event produced.
 #[derive(Debug)]
 pub struct Outcome<W> {
@@ -270,24 +279,41 @@ impl<W: Clone> MasterState<W> {
         out
     }
 
-    /// The launch of `task` under `registration` was not accepted: it could not be delivered
-    /// (the worker's advertised address cannot be reached), the worker refused it, or it went
-    /// unanswered for the worker timeout. A worker the master cannot launch tasks on must not
-    /// hold them: its registration ends as a loss, and its running tasks are re-queued. If it
-    /// still heartbeats, it is asked to register again. Nothing happens when the registration
-    /// has already ended or the task is no longer running there (it finished: the launch did
-    /// arrive).
-    pub fn launch_failed(&mut self, registration: u64, task: u64) -> Outcome<W> {
+    /// The launch of `task` under `registration` failed. A launch that was not delivered or
+    /// was refused ([`LaunchFailure::NotAccepted`]: the worker's advertised address cannot be
+    /// reached, or it does not hold that registration) shows a worker the master cannot launch
+    /// tasks on: its registration ends as a loss and its running tasks are re-queued (if it
+    /// still heartbeats, it is asked to register again). A launch that went unanswered
+    /// ([`LaunchFailure::Unanswered`]) may have arrived at a worker that is merely slow, or
+    /// been lost on the way: only that task is re-queued (a result of the first launch that
+    /// comes later is not counted twice), and the worker's heartbeats decide whether it is
+    /// lost. Nothing happens when the registration has already ended or the task is no longer
+    /// running there (it finished: the launch did arrive).
+    pub fn launch_failed(
+        &mut self,
+        registration: u64,
+        task: u64,
+        failure: LaunchFailure,
+    ) -> Outcome<W> {
         let mut out = Outcome::answer(Ok(Answer::Done));
-        let id = self
+        let Some((id, w)) = self
             .workers
-            .iter()
+            .iter_mut()
             .find(|(_, w)| w.registration == registration && w.running.contains(&task))
-            .map(|(id, _)| id.clone());
-        if let Some(id) = id {
-            self.lose(&id, "a task launch was not accepted", &mut out);
-            self.schedule(&mut out);
+        else {
+            return out;
+        };
+        match failure {
+            LaunchFailure::NotAccepted => {
+                let id = id.clone();
+                self.lose(&id, "a task launch was not accepted", &mut out);
+            }
+            LaunchFailure::Unanswered => {
+                w.running.retain(|t| *t != task);
+                self.requeue(vec![task]);
+            }
         }
+        self.schedule(&mut out);
         out
     }
 
@@ -664,12 +690,15 @@ mod tests {
         );
 
         // A finished task's late failure, and an unknown registration's: nothing happens.
-        let out = s.launch_failed(near, 2);
+        let out = s.launch_failed(near, 2, LaunchFailure::NotAccepted);
         assert!(out.lost.is_empty() && out.commands.is_empty());
-        assert!(s.launch_failed(far ^ 1, 0).lost.is_empty());
+        assert!(s
+            .launch_failed(far ^ 1, 0, LaunchFailure::NotAccepted)
+            .lost
+            .is_empty());
         assert_eq!(s.status().running, 3);
 
-        let out = s.launch_failed(far, 1);
+        let out = s.launch_failed(far, 1, LaunchFailure::NotAccepted);
         assert_eq!(
             out.lost,
             vec![("far".to_string(), "a task launch was not accepted")]
@@ -680,8 +709,36 @@ mod tests {
         assert_eq!((st.workers_alive, st.running, st.queued), (1, 2, 1));
         assert_eq!(launched(&finish(&mut s, "near", near, 3)), vec![1]);
         // A second failure for the ended registration changes nothing.
-        assert!(s.launch_failed(far, 0).lost.is_empty());
+        assert!(s
+            .launch_failed(far, 0, LaunchFailure::NotAccepted)
+            .lost
+            .is_empty());
         assert_eq!(s.status().workers_alive, 1);
+    }
+
+    /// A launch that went unanswered re-queues only its task: the worker stays registered, a
+    /// free core takes the task again, and a result of the first launch that comes after the
+    /// second one's is not counted twice.
+    #[test]
+    fn an_unanswered_launch_requeues_only_its_task() {
+        let now = Instant::now();
+        let mut s = MasterState::new(LIMITS, [4; 32]);
+        let slow = register(&mut s, "slow", 2, 1, conn(4000), now);
+        heartbeat(&mut s, "slow", slow, 1, now);
+        assert_eq!(launched(&submit(&mut s, 3)), vec![0, 1]);
+        let out = s.launch_failed(slow, 0, LaunchFailure::Unanswered);
+        assert!(out.lost.is_empty());
+        // The freed core takes the next task in line: task 0, back at the front.
+        assert_eq!(launched(&out), vec![0]);
+        let st = s.status();
+        assert_eq!(
+            (st.workers_alive, st.running, st.queued, st.requeued_count),
+            (1, 2, 1, 1)
+        );
+        assert!(finish(&mut s, "slow", slow, 0).answer.is_ok());
+        // The first launch's result, late: not counted again.
+        assert!(finish(&mut s, "slow", slow, 0).answer.is_err());
+        assert_eq!(s.status().done, 1);
     }
 
     #[test]
