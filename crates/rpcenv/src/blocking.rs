@@ -70,7 +70,7 @@ struct Waiting {
     target: Arc<WaitNode>,
     /// The ask's reply slot: once it is complete the handler no longer waits for `target`,
     /// although its thread may not have woken yet to say so.
-    ask: Option<Arc<ReplySlot>>,
+    ask: Arc<ReplySlot>,
 }
 
 impl WaitNode {
@@ -89,27 +89,11 @@ impl WaitNode {
             let w = waiting.as_ref()?;
             (w.target.clone(), w.ask.clone())
         };
-        match ask {
-            Some(ask) if ask.is_complete() => None,
-            _ => Some(target),
-        }
+        (!ask.is_complete()).then_some(target)
     }
 
-    fn set_blocked_on(&self, target: Option<Arc<WaitNode>>) {
-        *self.blocked_on.lock().unwrap_or_else(|p| p.into_inner()) =
-            target.map(|target| Waiting { target, ask: None });
-    }
-
-    /// The ask the running handler waits in is `ask`.
-    fn set_ask(&self, ask: &Arc<ReplySlot>) {
-        if let Some(w) = self
-            .blocked_on
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_mut()
-        {
-            w.ask = Some(ask.clone());
-        }
+    fn set_blocked_on(&self, waiting: Option<Waiting>) {
+        *self.blocked_on.lock().unwrap_or_else(|p| p.into_inner()) = waiting;
     }
 }
 
@@ -187,13 +171,18 @@ pub(crate) struct Blocking<'a> {
     slot: Option<Arc<ReplySlot>>,
 }
 
-/// Starts a blocking ask to the endpoint `target` (`None`: not an endpoint of this env).
-/// Fails with [`RpcError::Deadlock`] when the ask could only be answered after the asking
-/// handler returned. `uri` names the target in the error.
+/// Starts a blocking wait for the reply that arrives in `slot`, of an ask to the endpoint
+/// `target` (`None`: not an endpoint of this env, or not known). Fails with
+/// [`RpcError::Deadlock`] when the ask could only be answered after the asking handler
+/// returned. `uri` names the target in the error. On a loop thread the slot is registered, so
+/// that the env's shutdown fails it, and the deadlock check stops counting the asking handler
+/// as blocked once the slot is complete: call this before the message goes, so that even the
+/// fastest answer is seen.
 pub(crate) fn enter<'a>(
     target: Option<&Arc<WaitNode>>,
     uri: &dyn std::fmt::Display,
     asks: &'a BlockedAsks,
+    slot: &Arc<ReplySlot>,
 ) -> Result<Blocking<'a>, RpcError> {
     let message_loop = LOOP_THREAD.with(|l| l.borrow().clone());
     let Some(message_loop) = message_loop else {
@@ -213,15 +202,19 @@ pub(crate) fn enter<'a>(
             });
         }
     }
-    if let Some(me) = &waiter {
-        me.set_blocked_on(target.cloned());
+    if let (Some(me), Some(target)) = (&waiter, target) {
+        me.set_blocked_on(Some(Waiting {
+            target: target.clone(),
+            ask: slot.clone(),
+        }));
     }
+    asks.register(slot);
     message_loop.blocking_started();
     Ok(Blocking {
         waiter,
         message_loop: Some(message_loop),
         asks,
-        slot: None,
+        slot: Some(slot.clone()),
     })
 }
 
@@ -258,21 +251,6 @@ fn deadlock_chain(me: &Arc<WaitNode>, target: &Arc<WaitNode>) -> Option<String> 
     None
 }
 
-impl Blocking<'_> {
-    /// Registers the ask's slot, so that the env's shutdown fails it (only on loop threads),
-    /// and so that the deadlock check stops counting the asking handler as blocked once the
-    /// answer has come.
-    pub(crate) fn watch(&mut self, slot: &Arc<ReplySlot>) {
-        if self.message_loop.is_some() {
-            self.asks.register(slot);
-            self.slot = Some(slot.clone());
-        }
-        if let Some(me) = &self.waiter {
-            me.set_ask(slot);
-        }
-    }
-}
-
 impl Drop for Blocking<'_> {
     fn drop(&mut self) {
         if let Some(slot) = self.slot.take() {
@@ -291,6 +269,14 @@ impl Drop for Blocking<'_> {
 mod tests {
     use super::*;
 
+    /// `node` waits for `target` in an ask that has not been answered.
+    fn waits_for(node: &WaitNode, target: &Arc<WaitNode>) {
+        node.set_blocked_on(Some(Waiting {
+            target: target.clone(),
+            ask: ReplySlot::new(),
+        }));
+    }
+
     #[test]
     fn chains_back_to_a_one_at_a_time_asker_are_deadlocks() {
         let a = WaitNode::new("a".into(), true);
@@ -298,26 +284,28 @@ mod tests {
         let c = WaitNode::new("c".into(), false);
         assert!(deadlock_chain(&a, &a).unwrap().contains("asked itself"));
         assert!(deadlock_chain(&a, &b).is_none(), "b is not blocked");
-        b.set_blocked_on(Some(a.clone()));
+        waits_for(&b, &a);
         let why = deadlock_chain(&a, &b).unwrap();
         assert!(why.contains("b -> a"), "{why}");
         // Through an endpoint that runs messages concurrently, another thread can answer.
-        b.set_blocked_on(Some(c.clone()));
-        c.set_blocked_on(Some(a.clone()));
+        waits_for(&b, &c);
+        waits_for(&c, &a);
         assert!(deadlock_chain(&a, &b).is_none());
         // A concurrent asker is not held by its handler.
         assert!(deadlock_chain(&c, &c).is_none());
     }
 
-    /// A handler whose ask has been answered is about to return, even before its thread wakes
-    /// to say so: asking it back is no deadlock.
+    /// A handler whose ask has been answered no longer waits for the endpoint it asked, even
+    /// before its thread wakes to say so: asking it back is no deadlock.
     #[test]
     fn a_handler_whose_ask_was_answered_is_not_blocked() {
         let a = WaitNode::new("a".into(), true);
         let b = WaitNode::new("b".into(), true);
-        a.set_blocked_on(Some(b.clone()));
         let ask = ReplySlot::new();
-        a.set_ask(&ask);
+        a.set_blocked_on(Some(Waiting {
+            target: b.clone(),
+            ask: ask.clone(),
+        }));
         assert!(deadlock_chain(&b, &a).is_some(), "a waits for b");
         assert!(ask.complete(Err(RpcError::EnvStopped)));
         assert!(deadlock_chain(&b, &a).is_none(), "a has its answer");

@@ -373,12 +373,11 @@ impl<M: RpcMessage> RpcEndpointRef<M> {
             Route::Local(mailbox) => Some(mailbox.control().wait_node()),
             _ => None,
         };
-        let waits = &self.inner.defaults.waits;
-        let mut blocking = blocking::enter(target, &self.inner.address, &waits.blocked)?;
-        // Watched before the message goes: the target may answer and ask this handler back
+        // Entered before the message goes: the target may answer and ask this handler back
         // before this thread runs again, and must then see that the answer has come.
         let slot = ReplySlot::new();
-        blocking.watch(&slot);
+        let waits = &self.inner.defaults.waits;
+        let _blocking = blocking::enter(target, &self.inner.address, &waits.blocked, &slot)?;
         self.ask_into(slot, message, timeout).block()
     }
 

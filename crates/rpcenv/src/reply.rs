@@ -168,8 +168,7 @@ impl<R: RpcReply> Ask<R> {
         if self.slot.is_complete() {
             return self.block();
         }
-        let mut blocking = blocking::enter(None, &self.endpoint, &self.waits.blocked)?;
-        blocking.watch(&self.slot);
+        let blocking = blocking::enter(None, &self.endpoint, &self.waits.blocked, &self.slot)?;
         let outcome = self.block();
         drop(blocking);
         outcome

@@ -32,7 +32,7 @@ impl Master {
         }
     }
 
-    /// Ends the registrations of the workers that did not accept a launch (see
+    /// Acts on the launches that failed since the last call (see
     /// [`MasterState::launch_failed`]).
     fn take_failed_launches(&mut self, ctx: &EndpointCtx<MasterMsg>) {
         let failed = std::mem::take(
@@ -43,7 +43,7 @@ impl Master {
         );
         for (registration, task, failure) in failed {
             let out = self.state.launch_failed(registration, task, failure);
-            self.apply(ctx, "a launch not accepted", out, None);
+            self.apply(ctx, "a failed launch", out, None);
         }
     }
 
