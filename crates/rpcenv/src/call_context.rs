@@ -72,9 +72,10 @@ impl ReplyTarget {
 
 /// Sends a remote answer: written from this thread when `write_now` and the connection's task is
 /// idle (no hand-off to an IO thread, and the answers queued before it leave in the same write),
-/// else queued for the connection's task.
+/// else queued for the connection's task. The write never blocks: what the socket does not take
+/// is left to the task.
 fn respond(responder: RpcResponder, body: rpcenv_transport::Body, write_now: bool) {
-    if write_now && tokio::runtime::Handle::try_current().is_err() {
+    if write_now {
         responder.respond_now(body);
     } else {
         responder.respond(body);
@@ -130,7 +131,8 @@ impl RpcCallContext {
         }
     }
 
-    /// Marks the ask whose answer ends a batch of a message loop: a remote answer is then
+    /// Marks the ask whose answer ends a batch (of a message loop, or of an inline endpoint on
+    /// the IO thread that read it): a remote answer is then
     /// written by the answering thread itself when the connection's task is idle, with the
     /// answers queued before it, instead of being handed to an IO thread (which would have to be
     /// woken: at a light load that hand-off is most of an ask's latency). Answers in the middle

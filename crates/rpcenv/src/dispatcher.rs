@@ -24,7 +24,7 @@ use crate::endpoint::EndpointCtx;
 use crate::endpoint_ref::{RefDefaults, Route, RpcEndpointRef};
 use crate::error::RpcError;
 use crate::flavour::Behaviour;
-use crate::inbox::{Inbox, Job, Scheduler, TerminationListener};
+use crate::inbox::{Inbox, Job, Scheduler, TerminationListener, Threads};
 use crate::mailbox::{Event, InboxControl};
 use crate::message::RpcMessage;
 use crate::pace::Pace;
@@ -283,6 +283,14 @@ impl TerminationListener for DedicatedTermination {
     }
 }
 
+/// Where an endpoint's messages run, as its trait says at registration.
+pub(crate) struct Placement {
+    /// Threads of a message loop of its own; 0 shares the env's.
+    pub(crate) dedicated_threads: usize,
+    /// Network messages run on the IO thread that read them while it is idle (`inline`).
+    pub(crate) inline: bool,
+}
+
 /// The registry of endpoints and the loops that run them.
 pub(crate) struct Dispatcher {
     endpoints: RwLock<HashMap<Arc<str>, Registration>>,
@@ -354,7 +362,7 @@ impl Dispatcher {
         &self,
         name: &str,
         behaviour: B,
-        dedicated_threads: usize,
+        placement: Placement,
         make_ctx: impl FnOnce(RpcEndpointRef<B::Message>) -> EndpointCtx<B::Message>,
     ) -> Result<RpcEndpointRef<B::Message>, RpcError> {
         self.reap_dedicated();
@@ -368,8 +376,12 @@ impl Dispatcher {
             });
         }
         let (scheduler, max_threads, listener): (_, _, Arc<dyn TerminationListener>) =
-            if dedicated_threads > 0 {
-                let threads = if B::CONCURRENT { dedicated_threads } else { 1 };
+            if placement.dedicated_threads > 0 {
+                let threads = if B::CONCURRENT {
+                    placement.dedicated_threads
+                } else {
+                    1
+                };
                 let message_loop = MessageLoop::start(
                     &format!("dispatcher-{name}"),
                     false,
@@ -400,8 +412,11 @@ impl Dispatcher {
         let name: Arc<str> = name.into();
         let inbox = Inbox::<B>::new(
             name.clone(),
-            scheduler,
-            max_threads,
+            Threads {
+                scheduler,
+                max: max_threads,
+                inline: placement.inline,
+            },
             self.inbox_capacity,
             self.defaults.waits.pace.window(),
             self.slow_handler,

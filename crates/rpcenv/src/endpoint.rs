@@ -124,6 +124,28 @@ pub trait RpcEndpoint: Send + 'static {
     fn isolated(&self) -> bool {
         false
     }
+
+    /// Whether messages from the network are handled inline: on the IO thread that read them,
+    /// while the endpoint is idle (nothing queued or running, and its messages not coming
+    /// closer together than `rpc.messageLoop.spinMicros`), instead of being handed to a
+    /// message loop thread. Read once, at registration; `false` by default.
+    ///
+    /// It saves a thread hand-off per message, which at a light load (one ask at a time, a
+    /// heartbeat) is most of an ask's CPU: the IO thread reads the request, runs the handler and
+    /// writes the answer, with no other thread woken. Busy, the endpoint runs on the message
+    /// loop, beside the IO threads, as without this setting. For handlers that answer within
+    /// microseconds and never block:
+    /// - blocking calls on an IO thread fail at once with
+    ///   [`RpcError::BlockingInAsyncContext`] (`ask_sync`, `Ask::wait`, the blocking stream
+    ///   and file calls): ask with `ask` and answer from the reply's callback or a task;
+    /// - while the handler runs, the IO thread reads no other connection.
+    ///
+    /// Messages that find the endpoint busy are queued and run on the message loop as usual, and
+    /// so do local messages, `on_start`, `on_stop` and network events; the handler still runs
+    /// for one message at a time and in the order the messages were posted.
+    fn inline(&self) -> bool {
+        false
+    }
 }
 
 /// An endpoint whose messages may be processed by several loop threads at once (Spark's plain
@@ -202,6 +224,28 @@ pub trait ConcurrentRpcEndpoint: Send + Sync + 'static {
     /// default, shares the env's pool. Read once, at registration.
     fn dedicated_threads(&self) -> usize {
         0
+    }
+
+    /// Whether messages from the network are handled inline: on the IO thread that read them,
+    /// while the endpoint is idle (nothing queued or running, and its messages not coming
+    /// closer together than `rpc.messageLoop.spinMicros`), instead of being handed to a
+    /// message loop thread. Read once, at registration; `false` by default.
+    ///
+    /// It saves a thread hand-off per message, which at a light load (one ask at a time, a
+    /// heartbeat) is most of an ask's CPU: the IO thread reads the request, runs the handler and
+    /// writes the answer, with no other thread woken. Busy, the endpoint runs on the message
+    /// loop, beside the IO threads, as without this setting. For handlers that answer within
+    /// microseconds and never block:
+    /// - blocking calls on an IO thread fail at once with
+    ///   [`RpcError::BlockingInAsyncContext`] (`ask_sync`, `Ask::wait`, the blocking stream
+    ///   and file calls): ask with `ask` and answer from the reply's callback or a task;
+    /// - while the handler runs, the IO thread reads no other connection.
+    ///
+    /// Messages that find the endpoint busy are queued and run on the message loop as usual, and
+    /// so do local messages, `on_start`, `on_stop` and network events; a message
+    /// that runs inline still counts among the endpoint's concurrent calls.
+    fn inline(&self) -> bool {
+        false
     }
 }
 

@@ -48,6 +48,10 @@ struct Echo;
 impl RpcEndpoint for Echo {
     type Message = Payload;
 
+    fn inline(&self) -> bool {
+        true
+    }
+
     fn receive_and_reply(
         &mut self,
         _: &EndpointCtx<Payload>,
@@ -64,6 +68,10 @@ struct Len;
 
 impl RpcEndpoint for Len {
     type Message = Payload;
+
+    fn inline(&self) -> bool {
+        true
+    }
 
     fn receive_and_reply(
         &mut self,

@@ -8,6 +8,7 @@ use super::builder::RpcEnvBuilder;
 use super::lifecycle::EnvInner;
 use crate::address::{RpcAddress, RpcEndpointAddress};
 use crate::conf::RpcConf;
+use crate::dispatcher::Placement;
 use crate::endpoint::{ConcurrentRpcEndpoint, EndpointCtx, RpcEndpoint};
 use crate::endpoint_ref::RpcEndpointRef;
 use crate::error::RpcError;
@@ -111,8 +112,11 @@ impl RpcEnv {
         name: &str,
         endpoint: E,
     ) -> Result<RpcEndpointRef<E::Message>, RpcError> {
-        let threads = usize::from(endpoint.isolated());
-        self.register(name, Sequential::new(endpoint), threads)
+        let placement = Placement {
+            dedicated_threads: usize::from(endpoint.isolated()),
+            inline: endpoint.inline(),
+        };
+        self.register(name, Sequential::new(endpoint), placement)
     }
 
     /// Registers a concurrent endpoint (see [`ConcurrentRpcEndpoint`]).
@@ -121,22 +125,25 @@ impl RpcEnv {
         name: &str,
         endpoint: E,
     ) -> Result<RpcEndpointRef<E::Message>, RpcError> {
-        let threads = endpoint.dedicated_threads();
-        self.register(name, Concurrent::new(endpoint), threads)
+        let placement = Placement {
+            dedicated_threads: endpoint.dedicated_threads(),
+            inline: endpoint.inline(),
+        };
+        self.register(name, Concurrent::new(endpoint), placement)
     }
 
     fn register<B: Behaviour>(
         &self,
         name: &str,
         behaviour: B,
-        dedicated_threads: usize,
+        placement: Placement,
     ) -> Result<RpcEndpointRef<B::Message>, RpcError> {
         let env: Weak<EnvInner> = Arc::downgrade(&self.inner);
         let env: Weak<dyn Any + Send + Sync> = env;
         let runtime = self.inner.runtime.clone();
         self.inner
             .dispatcher
-            .register(name, behaviour, dedicated_threads, |self_ref| {
+            .register(name, behaviour, placement, |self_ref| {
                 EndpointCtx::new(self_ref, env, runtime)
             })
     }
