@@ -127,8 +127,8 @@ pub trait RpcEndpoint: Send + 'static {
 
     /// Whether messages from the network are handled inline: on the IO thread that read them,
     /// while the endpoint is idle (nothing queued or running, and its messages not coming
-    /// closer together than `rpc.messageLoop.spinMicros`), instead of being handed to a
-    /// message loop thread. Read once, at registration; `false` by default.
+    /// closer together than 10 µs, or `rpc.messageLoop.spinMicros` if that is less), instead
+    /// of being handed to a message loop thread. Read once, at registration; `false` by default.
     ///
     /// It saves a thread hand-off per message, which at a light load (one ask at a time, a
     /// heartbeat) is most of an ask's CPU: the IO thread reads the request, runs the handler and
@@ -228,8 +228,8 @@ pub trait ConcurrentRpcEndpoint: Send + Sync + 'static {
 
     /// Whether messages from the network are handled inline: on the IO thread that read them,
     /// while the endpoint is idle (nothing queued or running, and its messages not coming
-    /// closer together than `rpc.messageLoop.spinMicros`), instead of being handed to a
-    /// message loop thread. Read once, at registration; `false` by default.
+    /// closer together than 10 µs, or `rpc.messageLoop.spinMicros` if that is less), instead
+    /// of being handed to a message loop thread. Read once, at registration; `false` by default.
     ///
     /// It saves a thread hand-off per message, which at a light load (one ask at a time, a
     /// heartbeat) is most of an ask's CPU: the IO thread reads the request, runs the handler and

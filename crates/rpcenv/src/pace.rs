@@ -131,6 +131,70 @@ pub(crate) fn spin_until(budget: Duration, mut done: impl FnMut() -> bool) -> bo
     }
 }
 
+/// Whether a lone ask awaited in a task should look for its reply awake, learned by trying both.
+///
+/// Awake, the task keeps its IO thread polling the driver, so that the reply is read by a
+/// thread that is running rather than one woken on an idle core: that halves the round trip
+/// when the answer is made on another thread (a message loop). But when the answering endpoint
+/// is in the same process and runs inline (see `RpcEndpoint::inline`), a sleeping caller lets
+/// one IO thread do everything (read the request, answer it, read the reply, resume the
+/// caller), while an awake caller keeps a second thread in the way and every step crosses
+/// cores: W1 ran at 26k asks/s awake against 58k asleep, with 2.5 times the CPU per ask.
+/// Neither side can tell which case it is in, so the env measures: the mean reply time of the
+/// asks that looked awake and of those that slept. It stays awake only while that is faster by
+/// a quarter (staying awake costs CPU), and every [`TRY_OTHER_EVERY`]th ask tries the other
+/// mode so that a change of circumstances is noticed. (With a try every 16th ask and a margin
+/// of an eighth, W1 came out between the two: the few asks awake among sleeping ones are fast,
+/// all on one thread, which kept pulling it back to staying awake.)
+#[derive(Debug, Default)]
+pub(crate) struct AwakeOrAsleep {
+    /// Moving averages of the reply times, in ns (0: none seen yet).
+    awake_ns: AtomicU64,
+    asleep_ns: AtomicU64,
+    asks: AtomicU64,
+}
+
+/// One ask in this many tries the mode not preferred.
+const TRY_OTHER_EVERY: u64 = 64;
+
+impl AwakeOrAsleep {
+    /// Whether the next ask looks for its reply awake.
+    pub(crate) fn awake(&self) -> bool {
+        let n = self.asks.fetch_add(1, Ordering::Relaxed);
+        let preferred = Self::prefer_awake(
+            self.awake_ns.load(Ordering::Relaxed),
+            self.asleep_ns.load(Ordering::Relaxed),
+        );
+        if n % TRY_OTHER_EVERY == TRY_OTHER_EVERY - 1 {
+            !preferred
+        } else {
+            preferred
+        }
+    }
+
+    /// Awake until both modes have been seen; then only while it is faster by a quarter.
+    fn prefer_awake(awake_ns: u64, asleep_ns: u64) -> bool {
+        awake_ns == 0 || asleep_ns == 0 || awake_ns + awake_ns / 4 < asleep_ns
+    }
+
+    /// An ask's reply came `took` after it started to wait, `awake` or not.
+    pub(crate) fn observe(&self, awake: bool, took: Duration) {
+        let cell = if awake {
+            &self.awake_ns
+        } else {
+            &self.asleep_ns
+        };
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let old = cell.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            old - (old >> NEW_SAMPLE_SHIFT) + (sample >> NEW_SAMPLE_SHIFT)
+        };
+        cell.store(new.max(1), Ordering::Relaxed);
+    }
+}
+
 /// When the env's callers blocked on replies last had one, and how soon they ask again after
 /// it: whether they ask back to back.
 #[derive(Debug)]
@@ -213,6 +277,44 @@ mod tests {
             pace.observe(Duration::from_micros(5));
         }
         assert_eq!(pace.spin_budget(), WINDOW);
+    }
+
+    /// The modes `choice` picks for the next `n` asks, as 'A'wake and 's'leep.
+    fn picks(choice: &AwakeOrAsleep, n: usize) -> String {
+        (0..n)
+            .map(|_| if choice.awake() { 'A' } else { 's' })
+            .collect()
+    }
+
+    #[test]
+    fn an_awaited_ask_stays_awake_only_while_that_is_clearly_faster() {
+        let us = Duration::from_micros;
+        let n = TRY_OTHER_EVERY as usize;
+        let choice = AwakeOrAsleep::default();
+        // Nothing known of sleeping yet: awake, as before the learner, but for the one try.
+        choice.observe(true, us(18));
+        let seen = picks(&choice, n);
+        assert_eq!(seen.matches('s').count(), 1, "{seen}");
+        // Sleeping answered in 16 µs (one IO thread doing everything): asleep from then on,
+        // but for one try awake in every TRY_OTHER_EVERY asks.
+        choice.observe(false, us(16));
+        let seen = picks(&choice, 4 * n);
+        assert_eq!(seen.matches('A').count(), 4, "{seen}");
+        // A hand-off to a loop thread: asleep 36 µs, awake 18 µs. The averages move within a
+        // handful of replies, and then awake is preferred, with one try asleep per round.
+        for _ in 0..8 {
+            choice.observe(false, us(36));
+            choice.observe(true, us(18));
+        }
+        let seen = picks(&choice, 4 * n);
+        assert_eq!(seen.matches('s').count(), 4, "{seen}");
+        // Faster awake, but by less than a quarter: not worth the CPU.
+        for _ in 0..16 {
+            choice.observe(false, us(21));
+            choice.observe(true, us(18));
+        }
+        let seen = picks(&choice, 4 * n);
+        assert_eq!(seen.matches('A').count(), 4, "{seen}");
     }
 
     /// The budget once `pace` has seen nothing but `interval` for a while.

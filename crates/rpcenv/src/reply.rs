@@ -14,7 +14,7 @@ use crate::blocking::{self, BlockedAsks};
 use crate::error::{BoxError, RpcError};
 use crate::message::RpcReply;
 use crate::metrics::AskMetrics;
-use crate::pace::{AskGaps, Pace};
+use crate::pace::{AskGaps, AwakeOrAsleep, Pace};
 use crate::reply_slot::ReplySlot;
 use crate::timeout::{ensure_blocking_allowed, RpcTimeout};
 
@@ -26,6 +26,8 @@ pub(crate) struct Waits {
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) pace: Pace,
     pub(crate) gaps: AskGaps,
+    /// Whether a lone awaited ask looks for its reply awake, when its pace allows it.
+    pub(crate) awake_or_asleep: AwakeOrAsleep,
     /// The env's ask metrics (pending asks, timeouts).
     pub(crate) metrics: AskMetrics,
     /// Asks awaited as futures whose reply has not come yet (a lone one may look for its
@@ -42,6 +44,7 @@ impl Waits {
             runtime,
             pace: Pace::for_replies(spin_window),
             gaps: AskGaps::new(spin_window),
+            awake_or_asleep: AwakeOrAsleep::default(),
             metrics: AskMetrics::new(),
             awaited: AtomicUsize::new(0),
             blocked: BlockedAsks::default(),
@@ -62,7 +65,8 @@ impl Waits {
 /// the future first looks for its reply between the runtime's polls of its IO driver
 /// (`tokio::task::yield_now`) instead of letting the IO thread sleep: the reply is then read by
 /// a thread that is awake, not one woken from an idle core (tens of µs on a virtual machine).
-/// Otherwise, and after the window, it sleeps until woken.
+/// It does so only while the env's asks have been answered faster that way (see
+/// [`AwakeOrAsleep`]). Otherwise, and after the window, it sleeps until woken.
 #[must_use = "an ask does nothing useful unless its reply is awaited"]
 pub struct Ask<R> {
     slot: Arc<ReplySlot>,
@@ -78,6 +82,9 @@ pub struct Ask<R> {
     alone_since: Option<Instant>,
     /// Until when it looks for the reply awake.
     spin_until: Option<Instant>,
+    /// Whether it chose to look for its reply awake, when its pace left it the choice (see
+    /// [`AwakeOrAsleep`]).
+    chose_awake: Option<bool>,
     _reply: PhantomData<fn() -> R>,
 }
 
@@ -100,6 +107,7 @@ impl<R: RpcReply> Ask<R> {
             awaiting: false,
             alone_since: None,
             spin_until: None,
+            chose_awake: None,
             _reply: PhantomData,
         }
     }
@@ -117,7 +125,11 @@ impl<R: RpcReply> Ask<R> {
         // polled its IO driver (elsewhere, `block_on` say, it would wake at once: a busy loop).
         if self.waits.gaps.back_to_back(now) && tokio::task::try_id().is_some() {
             let budget = self.waits.pace.spin_budget();
+            let awake = !budget.is_zero() && self.waits.awake_or_asleep.awake();
             if !budget.is_zero() {
+                self.chose_awake = Some(awake);
+            }
+            if awake {
                 let until = now + budget;
                 self.spin_until = Some(self.deadline.map_or(until, |d| d.min(until)));
             }
@@ -132,9 +144,11 @@ impl<R: RpcReply> Ask<R> {
         }
         if let Some(since) = self.alone_since.take() {
             let now = Instant::now();
-            self.waits
-                .pace
-                .observe(now.saturating_duration_since(since));
+            let took = now.saturating_duration_since(since);
+            self.waits.pace.observe(took);
+            if let Some(awake) = self.chose_awake.take() {
+                self.waits.awake_or_asleep.observe(awake, took);
+            }
             self.waits.gaps.ended(now);
         }
     }

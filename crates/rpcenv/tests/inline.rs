@@ -291,3 +291,48 @@ fn inline_runs_keep_one_call_at_a_time_and_each_senders_order() {
     }
     server.shutdown();
 }
+
+/// A caller that waits for each answer comes back no sooner than a round trip: its asks run
+/// inline whatever the spin window, since the gap that sends messages to the loop is at most
+/// 10 µs (here the window is the largest allowed, 10 ms; the asks come 200 µs apart).
+#[test]
+fn asks_that_wait_for_each_answer_run_inline_with_a_wide_spin_window() {
+    let mut conf = suite_conf();
+    conf.set("rpc.messageLoop.spinMicros", "10000").unwrap();
+    let server = RpcEnv::builder("server")
+        .conf(conf.clone())
+        .build()
+        .unwrap();
+    let client = RpcEnv::builder("client").conf(conf).build().unwrap();
+    let addr = server.address().unwrap().clone();
+    server
+        .setup_endpoint(
+            "inline",
+            Where {
+                inline: true,
+                other: None,
+            },
+        )
+        .unwrap();
+    let r = client
+        .setup_endpoint_ref::<String>(&addr, "inline")
+        .unwrap();
+    // Several in a row on the IO thread: not a lucky one after a pause.
+    let deadline = Instant::now() + WAIT;
+    let mut in_a_row = 0;
+    while in_a_row < 5 {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        let answer: Answer = r.ask_sync("where".into()).unwrap();
+        if answer.0 == format!("{:?}", Ran::Io) {
+            in_a_row += 1;
+        } else {
+            in_a_row = 0;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "asks 200 µs apart did not run inline 5 times in a row within {WAIT:?}"
+        );
+    }
+    client.shutdown();
+    server.shutdown();
+}
