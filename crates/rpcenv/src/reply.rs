@@ -65,8 +65,9 @@ impl Waits {
 /// the future first looks for its reply between the runtime's polls of its IO driver
 /// (`tokio::task::yield_now`) instead of letting the IO thread sleep: the reply is then read by
 /// a thread that is awake, not one woken from an idle core (tens of µs on a virtual machine).
-/// It does so only while the env's asks have been answered faster that way (see
-/// [`AwakeOrAsleep`]). Otherwise, and after the window, it sleeps until woken.
+/// It does so only while the env's asks have been answered faster that way (the env measures
+/// both ways; a caller that sleeps lets one IO thread read, answer and resume everything when
+/// the answering endpoint runs inline in the same process). Otherwise, and after the window, it sleeps until woken.
 #[must_use = "an ask does nothing useful unless its reply is awaited"]
 pub struct Ask<R> {
     slot: Arc<ReplySlot>,

@@ -82,6 +82,23 @@ impl RpcEndpoint for Where {
 
 type Answer = (String, Option<String>);
 
+/// Registers an inline `Where` as "inline" on `server`; returns `client`'s ref to it.
+fn serve_inline(server: &RpcEnv, client: &RpcEnv) -> RpcEndpointRef<String> {
+    let addr = server.address().unwrap().clone();
+    server
+        .setup_endpoint(
+            "inline",
+            Where {
+                inline: true,
+                other: None,
+            },
+        )
+        .unwrap();
+    client
+        .setup_endpoint_ref::<String>(&addr, "inline")
+        .unwrap()
+}
+
 /// Asks `r` until an answer says it ran on `want` (the first asks may meet the endpoint still
 /// starting, or busy), within the suite's wait; returns that answer.
 fn ask_until(r: &RpcEndpointRef<String>, want: Ran) -> Answer {
@@ -172,19 +189,7 @@ fn a_blocking_call_in_an_inline_handler_fails_with_a_clear_error_and_works_on_th
 fn a_panic_in_an_inline_handler_fails_its_ask_and_the_endpoint_goes_on() {
     let server = env("server");
     let client = env("client");
-    let addr = server.address().unwrap().clone();
-    server
-        .setup_endpoint(
-            "inline",
-            Where {
-                inline: true,
-                other: None,
-            },
-        )
-        .unwrap();
-    let remote = client
-        .setup_endpoint_ref::<String>(&addr, "inline")
-        .unwrap();
+    let remote = serve_inline(&server, &client);
     // Each panic may run inline or on the loop; run enough that some run inline.
     let mut inline_after_panic = 0;
     let deadline = Instant::now() + WAIT;
@@ -304,19 +309,7 @@ fn asks_that_wait_for_each_answer_run_inline_with_a_wide_spin_window() {
         .build()
         .unwrap();
     let client = RpcEnv::builder("client").conf(conf).build().unwrap();
-    let addr = server.address().unwrap().clone();
-    server
-        .setup_endpoint(
-            "inline",
-            Where {
-                inline: true,
-                other: None,
-            },
-        )
-        .unwrap();
-    let r = client
-        .setup_endpoint_ref::<String>(&addr, "inline")
-        .unwrap();
+    let r = serve_inline(&server, &client);
     // Several in a row on the IO thread: not a lucky one after a pause.
     let deadline = Instant::now() + WAIT;
     let mut in_a_row = 0;
