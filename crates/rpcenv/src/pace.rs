@@ -80,12 +80,10 @@ impl Pace {
         if self.window_ns == 0 {
             return;
         }
-        let interval_ns = u64::try_from(interval.as_nanos()).unwrap_or(u64::MAX);
-        let sample = interval_ns.min(self.window_ns.saturating_mul(SAMPLE_CAP_WINDOWS));
+        let sample = capped_ns(interval, self.window_ns);
         let old = self.estimate_ns.load(Ordering::Relaxed);
-        // old + (sample - old) / 4, in unsigned arithmetic.
-        let new = old - (old >> NEW_SAMPLE_SHIFT) + (sample >> NEW_SAMPLE_SHIFT);
-        self.estimate_ns.store(new, Ordering::Relaxed);
+        self.estimate_ns
+            .store(moved_average(old, sample), Ordering::Relaxed);
     }
 
     /// How long a waiter may spin now: the window while the estimated interval is within the
@@ -107,6 +105,20 @@ impl Pace {
     pub(crate) fn window(&self) -> Duration {
         Duration::from_nanos(self.window_ns)
     }
+}
+
+/// `d` in ns, capped at [`SAMPLE_CAP_WINDOWS`] windows of `window_ns`: after a long pause (or
+/// an ask that timed out) a few ordinary samples bring an average back.
+fn capped_ns(d: Duration, window_ns: u64) -> u64 {
+    u64::try_from(d.as_nanos())
+        .unwrap_or(u64::MAX)
+        .min(window_ns.saturating_mul(SAMPLE_CAP_WINDOWS))
+}
+
+/// The moving average `old` with `sample` added: old + (sample - old) / 4, in unsigned
+/// arithmetic.
+fn moved_average(old: u64, sample: u64) -> u64 {
+    old - (old >> NEW_SAMPLE_SHIFT) + (sample >> NEW_SAMPLE_SHIFT)
 }
 
 /// Spins (then yields the CPU, as `Backoff` does) until `done()` holds or `budget` has passed;
@@ -146,8 +158,10 @@ pub(crate) fn spin_until(budget: Duration, mut done: impl FnMut() -> bool) -> bo
 /// mode so that a change of circumstances is noticed. (With a try every 16th ask and a margin
 /// of an eighth, W1 came out between the two: the few asks awake among sleeping ones are fast,
 /// all on one thread, which kept pulling it back to staying awake.)
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct AwakeOrAsleep {
+    /// The spin window in ns: reply times are capped at [`SAMPLE_CAP_WINDOWS`] of it.
+    window_ns: u64,
     /// Moving averages of the reply times, in ns (0: none seen yet).
     awake_ns: AtomicU64,
     asleep_ns: AtomicU64,
@@ -158,6 +172,16 @@ pub(crate) struct AwakeOrAsleep {
 const TRY_OTHER_EVERY: u64 = 64;
 
 impl AwakeOrAsleep {
+    /// The choice for the asks of an env whose spin window is `window`.
+    pub(crate) fn new(window: Duration) -> Self {
+        AwakeOrAsleep {
+            window_ns: u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
+            awake_ns: AtomicU64::new(0),
+            asleep_ns: AtomicU64::new(0),
+            asks: AtomicU64::new(0),
+        }
+    }
+
     /// Whether the next ask looks for its reply awake.
     pub(crate) fn awake(&self) -> bool {
         let n = self.asks.fetch_add(1, Ordering::Relaxed);
@@ -184,12 +208,12 @@ impl AwakeOrAsleep {
         } else {
             &self.asleep_ns
         };
-        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let sample = capped_ns(took, self.window_ns);
         let old = cell.load(Ordering::Relaxed);
         let new = if old == 0 {
             sample
         } else {
-            old - (old >> NEW_SAMPLE_SHIFT) + (sample >> NEW_SAMPLE_SHIFT)
+            moved_average(old, sample)
         };
         cell.store(new.max(1), Ordering::Relaxed);
     }
@@ -290,7 +314,7 @@ mod tests {
     fn an_awaited_ask_stays_awake_only_while_that_is_clearly_faster() {
         let us = Duration::from_micros;
         let n = TRY_OTHER_EVERY as usize;
-        let choice = AwakeOrAsleep::default();
+        let choice = AwakeOrAsleep::new(WINDOW);
         // Nothing known of sleeping yet: awake, as before the learner, but for the one try.
         choice.observe(true, us(18));
         let seen = picks(&choice, n);
@@ -315,6 +339,15 @@ mod tests {
         }
         let seen = picks(&choice, 4 * n);
         assert_eq!(seen.matches('A').count(), 4, "{seen}");
+        // An ask awake that timed out after two minutes counts as a few windows: a handful of
+        // ordinary replies, not thousands, bring the average back.
+        choice.observe(true, Duration::from_secs(120));
+        for _ in 0..8 {
+            choice.observe(false, us(36));
+            choice.observe(true, us(18));
+        }
+        let seen = picks(&choice, 4 * n);
+        assert_eq!(seen.matches('s').count(), 4, "{seen}");
     }
 
     /// The budget once `pace` has seen nothing but `interval` for a while.

@@ -44,7 +44,7 @@ impl Waits {
             runtime,
             pace: Pace::for_replies(spin_window),
             gaps: AskGaps::new(spin_window),
-            awake_or_asleep: AwakeOrAsleep::default(),
+            awake_or_asleep: AwakeOrAsleep::new(spin_window),
             metrics: AskMetrics::new(),
             awaited: AtomicUsize::new(0),
             blocked: BlockedAsks::default(),
@@ -67,7 +67,8 @@ impl Waits {
 /// a thread that is awake, not one woken from an idle core (tens of µs on a virtual machine).
 /// It does so only while the env's asks have been answered faster that way (the env measures
 /// both ways; a caller that sleeps lets one IO thread read, answer and resume everything when
-/// the answering endpoint runs inline in the same process). Otherwise, and after the window, it sleeps until woken.
+/// the answering endpoint runs inline in the same process). Otherwise, and after the window,
+/// it sleeps until woken.
 #[must_use = "an ask does nothing useful unless its reply is awaited"]
 pub struct Ask<R> {
     slot: Arc<ReplySlot>,
@@ -126,13 +127,13 @@ impl<R: RpcReply> Ask<R> {
         // polled its IO driver (elsewhere, `block_on` say, it would wake at once: a busy loop).
         if self.waits.gaps.back_to_back(now) && tokio::task::try_id().is_some() {
             let budget = self.waits.pace.spin_budget();
-            let awake = !budget.is_zero() && self.waits.awake_or_asleep.awake();
             if !budget.is_zero() {
+                let awake = self.waits.awake_or_asleep.awake();
                 self.chose_awake = Some(awake);
-            }
-            if awake {
-                let until = now + budget;
-                self.spin_until = Some(self.deadline.map_or(until, |d| d.min(until)));
+                if awake {
+                    let until = now + budget;
+                    self.spin_until = Some(self.deadline.map_or(until, |d| d.min(until)));
+                }
             }
         }
     }
