@@ -126,23 +126,26 @@ pub trait RpcEndpoint: Send + 'static {
     }
 
     /// Whether messages from the network are handled inline: on the IO thread that read them,
-    /// while the endpoint is idle (nothing queued or running, and its messages not coming
-    /// closer together than 10 µs, or `rpc.messageLoop.spinMicros` if that is less), instead
-    /// of being handed to a message loop thread. Read once, at registration; `false` by default.
+    /// while the endpoint is idle (nothing queued or running), instead of being handed to a
+    /// message loop thread. Read once, at registration; `false` by default.
     ///
-    /// It saves a thread hand-off per message, which at a light load (one ask at a time, a
-    /// heartbeat) is most of an ask's CPU: the IO thread reads the request, runs the handler and
-    /// writes the answer, with no other thread woken. Busy, the endpoint runs on the message
-    /// loop, beside the IO threads, as without this setting. For handlers that answer within
-    /// microseconds and never block:
+    /// It saves a thread hand-off per message: at a light load (one ask at a time, a heartbeat)
+    /// most of an ask's CPU, since the IO thread reads the request, runs the handler and writes
+    /// the answer with no other thread woken; at a heavy one (pipelined asks, many peers) the
+    /// wake-ups and the core a loop thread would take from the IO threads. The requests that
+    /// one read brings are handled one after another as they are decoded, and their answers
+    /// leave together. For handlers that answer within microseconds and never block:
     /// - blocking calls on an IO thread fail at once with
     ///   [`RpcError::BlockingInAsyncContext`] (`ask_sync`, `Ask::wait`, the blocking stream
     ///   and file calls): ask with `ask` and answer from the reply's callback or a task;
     /// - while the handler runs, the IO thread reads no other connection.
     ///
-    /// Messages that find the endpoint busy are queued and run on the message loop as usual, and
-    /// so do local messages, `on_start`, `on_stop` and network events; the handler still runs
-    /// for one message at a time and in the order the messages were posted.
+    /// Messages that find the endpoint busy (running for another IO thread's connection, or for
+    /// a local message) are queued and run on the message loop, and so do local messages,
+    /// `on_start`, `on_stop` and network events; that loop thread does not stay awake for the
+    /// endpoint's next message once its queue is empty, since the next one from the network
+    /// needs no thread. The handler still runs for one message at a time and in the order the
+    /// messages were posted.
     fn inline(&self) -> bool {
         false
     }
@@ -227,23 +230,26 @@ pub trait ConcurrentRpcEndpoint: Send + Sync + 'static {
     }
 
     /// Whether messages from the network are handled inline: on the IO thread that read them,
-    /// while the endpoint is idle (nothing queued or running, and its messages not coming
-    /// closer together than 10 µs, or `rpc.messageLoop.spinMicros` if that is less), instead
-    /// of being handed to a message loop thread. Read once, at registration; `false` by default.
+    /// while the endpoint is idle (nothing queued or running), instead of being handed to a
+    /// message loop thread. Read once, at registration; `false` by default.
     ///
-    /// It saves a thread hand-off per message, which at a light load (one ask at a time, a
-    /// heartbeat) is most of an ask's CPU: the IO thread reads the request, runs the handler and
-    /// writes the answer, with no other thread woken. Busy, the endpoint runs on the message
-    /// loop, beside the IO threads, as without this setting. For handlers that answer within
-    /// microseconds and never block:
+    /// It saves a thread hand-off per message: at a light load (one ask at a time, a heartbeat)
+    /// most of an ask's CPU, since the IO thread reads the request, runs the handler and writes
+    /// the answer with no other thread woken; at a heavy one (pipelined asks, many peers) the
+    /// wake-ups and the core a loop thread would take from the IO threads. The requests that
+    /// one read brings are handled one after another as they are decoded, and their answers
+    /// leave together. For handlers that answer within microseconds and never block:
     /// - blocking calls on an IO thread fail at once with
     ///   [`RpcError::BlockingInAsyncContext`] (`ask_sync`, `Ask::wait`, the blocking stream
     ///   and file calls): ask with `ask` and answer from the reply's callback or a task;
     /// - while the handler runs, the IO thread reads no other connection.
     ///
-    /// Messages that find the endpoint busy are queued and run on the message loop as usual, and
-    /// so do local messages, `on_start`, `on_stop` and network events; a message
-    /// that runs inline still counts among the endpoint's concurrent calls.
+    /// Messages that find the endpoint busy (running for another IO thread's connection, or for
+    /// a local message) are queued and run on the message loop, and so do local messages,
+    /// `on_start`, `on_stop` and network events; that loop thread does not stay awake for the
+    /// endpoint's next message once its queue is empty, since the next one from the network
+    /// needs no thread. A message that runs inline still counts among the endpoint's
+    /// concurrent calls.
     fn inline(&self) -> bool {
         false
     }
