@@ -1052,22 +1052,14 @@ mod tests {
                 Job::Run(inbox) => inbox.run(),
                 Job::Exit => panic!("no inbox was scheduled"),
             };
-            let inbox = Inbox::new(
-                "test".into(),
+            let inbox = test_inbox(
+                ep.clone(),
                 Threads {
                     scheduler: Scheduler::Loop(jobs.clone()),
                     max: 1,
                     inline,
                 },
-                1024,
-                Duration::from_micros(50),
-                Duration::from_secs(1),
-                Arc::new(AtomicBool::new(false)),
-                None,
             );
-            let self_ref = RpcEndpointRef::local_for_tests(inbox.clone());
-            let ctx = EndpointCtx::new(self_ref, Weak::<()>::new(), test_runtime());
-            inbox.install(Sequential::new(ep.clone()), ctx);
             run_next(); // on_start
             inbox.post(InboxMessage::OneWay("hi".into())).ok().unwrap();
             let stays_awake = run_next();
@@ -1081,13 +1073,21 @@ mod tests {
     }
 
     fn manual_inbox(ep: TestEndpoint) -> Arc<Inbox<Sequential<TestEndpoint>>> {
-        let inbox = Inbox::new(
-            "test".into(),
+        test_inbox(
+            ep,
             Threads {
                 scheduler: Scheduler::Manual,
                 max: 1,
                 inline: false,
             },
+        )
+    }
+
+    /// An inbox for `ep` on `threads`, with `on_start` queued.
+    fn test_inbox(ep: TestEndpoint, threads: Threads) -> Arc<Inbox<Sequential<TestEndpoint>>> {
+        let inbox = Inbox::new(
+            "test".into(),
+            threads,
             1024,
             Duration::from_micros(50),
             Duration::from_secs(1),
