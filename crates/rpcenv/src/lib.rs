@@ -47,6 +47,7 @@
 
 pub mod address;
 mod announced;
+mod ask_deadlines;
 mod blocking;
 mod call_context;
 pub mod codec;

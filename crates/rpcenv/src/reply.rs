@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::address::RpcEndpointAddress;
+use crate::ask_deadlines::AskDeadlines;
 use crate::blocking::{self, BlockedAsks};
 use crate::error::{BoxError, RpcError};
 use crate::message::RpcReply;
@@ -35,6 +36,8 @@ pub(crate) struct Waits {
     pub(crate) awaited: AtomicUsize,
     /// The asks that block message loop threads, failed first when the env shuts down.
     pub(crate) blocked: BlockedAsks,
+    /// The deadlines of the asks awaited as futures (no runtime timer per ask).
+    pub(crate) deadlines: Arc<AskDeadlines>,
 }
 
 impl Waits {
@@ -48,6 +51,7 @@ impl Waits {
             metrics: AskMetrics::new(),
             awaited: AtomicUsize::new(0),
             blocked: BlockedAsks::default(),
+            deadlines: Arc::default(),
         }
     }
 }
@@ -76,7 +80,8 @@ pub struct Ask<R> {
     timeout: RpcTimeout,
     deadline: Option<Instant>,
     waits: Arc<Waits>,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Its deadline is registered with the env's [`AskDeadlines`].
+    registered: bool,
     /// The future waits for its reply (counted in `waits.awaited`).
     awaiting: bool,
     /// When it started to wait, if it was the env's only awaited ask then (only a lone ask
@@ -105,7 +110,7 @@ impl<R: RpcReply> Ask<R> {
             timeout,
             deadline,
             waits,
-            sleep: None,
+            registered: false,
             awaiting: false,
             alone_since: None,
             spin_until: None,
@@ -237,18 +242,26 @@ impl<R: RpcReply> Future for Ask<R> {
         let Some(deadline) = self.deadline else {
             return Poll::Pending;
         };
-        if self.sleep.is_none() {
-            let _entered = self.waits.runtime.enter();
-            self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline.into())));
+        if !self.registered {
+            self.registered = true;
+            AskDeadlines::register(
+                Arc::downgrade(&self.waits.deadlines),
+                &self.waits.deadlines,
+                &self.waits.runtime,
+                self.timeout.duration(),
+                deadline,
+                &self.slot,
+            );
+            return Poll::Pending;
         }
-        let sleep = self.sleep.as_mut().expect("sleep was just set");
-        if sleep.as_mut().poll(cx).is_ready() {
-            // A reply may have arrived between the two polls; it wins.
+        // Woken with no outcome: by the deadlines' sweeper once the deadline has passed (or
+        // spuriously, before it).
+        if Instant::now() >= deadline {
+            self.stop_awaiting();
+            // A reply that raced in since the poll above wins.
             if let Poll::Ready(r) = self.slot.poll(cx) {
-                self.stop_awaiting();
                 return Poll::Ready(r.and_then(|v| v.into_typed(&self.endpoint)));
             }
-            self.stop_awaiting();
             return Poll::Ready(Err(self.expire()));
         }
         Poll::Pending

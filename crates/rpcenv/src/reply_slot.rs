@@ -216,6 +216,18 @@ impl ReplySlot {
         }
     }
 
+    /// Wakes the future waiting on the slot, if any, without completing it: its deadline has
+    /// passed (see `ask_deadlines`), and it fails itself with its timeout error.
+    pub(crate) fn wake_waiter(&self) {
+        let waker = match &*self.state.lock().unwrap_or_else(|p| p.into_inner()) {
+            SlotState::Pending { waker, .. } => waker.clone(),
+            _ => None,
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
     /// Blocks until complete or `deadline`; `None` when the deadline passed first. While replies
     /// have recently come within `pace`'s window it first looks for the reply awake (a local
     /// endpoint or a peer on the same host often answers within a few µs, and waking a sleeping
