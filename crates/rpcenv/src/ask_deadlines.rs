@@ -168,25 +168,24 @@ impl AskDeadlines {
     }
 
     /// Registers an awaited ask; its future is woken (through its slot's waker) once
-    /// `deadline` has passed. `owner` gives the sweeper, started on `runtime` with the first
-    /// registration, the deadlines to look at for as long as the env's asks exist.
+    /// `deadline` has passed. The first registration starts the sweeper on `runtime`; it looks
+    /// at these deadlines for as long as they exist (the env's asks share them).
     pub(crate) fn register(
-        owner: Weak<Self>,
-        this: &Self,
+        self: &Arc<Self>,
         runtime: &tokio::runtime::Handle,
         timeout: Duration,
         deadline: Instant,
         slot: &Arc<ReplySlot>,
     ) {
         let (earliest, start) = {
-            let mut st = this.lock();
+            let mut st = self.lock();
             let earliest = st.lanes.push(timeout, deadline, slot);
             (earliest, !std::mem::replace(&mut st.sweeper_started, true))
         };
         if start {
-            runtime.spawn(sweep(owner, this.wake.clone()));
+            runtime.spawn(sweep(Arc::downgrade(self), self.wake.clone()));
         } else if earliest {
-            this.wake.notify_one();
+            self.wake.notify_one();
         }
     }
 }
@@ -319,14 +318,7 @@ mod tests {
             .unwrap();
         let deadlines = Arc::new(AskDeadlines::default());
         let register = |timeout: Duration, slot: &Arc<ReplySlot>| {
-            AskDeadlines::register(
-                Arc::downgrade(&deadlines),
-                &deadlines,
-                rt.handle(),
-                timeout,
-                Instant::now() + timeout,
-                slot,
-            )
+            deadlines.register(rt.handle(), timeout, Instant::now() + timeout, slot)
         };
         let woken = |slot: &Arc<ReplySlot>| {
             let count = Arc::new(Count(AtomicUsize::new(0)));

@@ -244,9 +244,7 @@ impl<R: RpcReply> Future for Ask<R> {
         };
         if !self.registered {
             self.registered = true;
-            AskDeadlines::register(
-                Arc::downgrade(&self.waits.deadlines),
-                &self.waits.deadlines,
+            self.waits.deadlines.register(
                 &self.waits.runtime,
                 self.timeout.duration(),
                 deadline,
