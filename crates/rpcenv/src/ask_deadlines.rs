@@ -9,7 +9,8 @@
 //! and 5% less CPU), i.e. throughput within the machine's spread, and a little less CPU.
 //!
 //! Here an awaited ask only appends its deadline and a weak reference to its [`ReplySlot`] to
-//! the queue of its timeout's duration ([`Lanes`]): the asks of one duration are registered in
+//! the queue of its timeout's duration ([`Lanes`]; at most [`MAX_LANES`] queues, past which an
+//! ask joins the queue of the nearest duration): the asks of one duration are registered in
 //! about the order of their deadlines, so each queue is sorted by appending (an ask awaited long
 //! after it was made is inserted in its place), its front is its earliest deadline, and nothing
 //! is removed when an ask ends. One sweeper task per env sleeps until the
@@ -34,6 +35,9 @@ use crate::reply_slot::ReplySlot;
 /// than to sweep often.
 const COMPACT_AT_LEAST: usize = 1024;
 
+/// Queues kept at most: one per timeout duration in use, up to this many.
+const MAX_LANES: usize = 8;
+
 /// One awaited ask: when it is due and where its outcome goes.
 struct Entry {
     deadline: Instant,
@@ -47,7 +51,8 @@ impl Entry {
     }
 }
 
-/// The asks of one timeout duration, in registration order.
+/// The asks of one timeout duration (or of the durations nearest it, past [`MAX_LANES`]), in
+/// deadline order.
 struct Lane {
     timeout: Duration,
     queue: VecDeque<Entry>,
@@ -55,7 +60,8 @@ struct Lane {
     compact_at: usize,
 }
 
-/// The queues of an env's awaited asks, one per timeout duration in use.
+/// The queues of an env's awaited asks, one per timeout duration in use (at most
+/// [`MAX_LANES`]).
 #[derive(Default)]
 pub(crate) struct Lanes {
     lanes: Vec<Lane>,
@@ -73,7 +79,7 @@ impl Lanes {
         let earliest = self.next_deadline().is_none_or(|next| deadline < next);
         let lane = match self.lanes.iter().position(|l| l.timeout == timeout) {
             Some(i) => &mut self.lanes[i],
-            None => {
+            None if self.lanes.len() < MAX_LANES => {
                 self.lanes.push(Lane {
                     timeout,
                     queue: VecDeque::new(),
@@ -81,6 +87,14 @@ impl Lanes {
                 });
                 self.lanes.last_mut().expect("just pushed")
             }
+            // Callers that compute each timeout (a deadline's remaining time) would otherwise
+            // make a queue per ask, each kept until its deadline. Such asks share the queue of
+            // the nearest duration, where they are inserted in their place.
+            None => self
+                .lanes
+                .iter_mut()
+                .min_by_key(|l| l.timeout.abs_diff(timeout))
+                .expect("MAX_LANES queues exist"),
         };
         if lane.queue.len() >= lane.compact_at {
             lane.queue.retain(|e| !e.is_gone());
@@ -296,6 +310,41 @@ mod tests {
         }
         // The asks still alive are all still there.
         assert_eq!(lanes.take_due(t0 + 120 * SECOND).len(), alive.len());
+    }
+
+    /// Asks whose timeouts all differ (computed from a deadline, say) share a bounded number of
+    /// queues, ended ones do not pile up, and each still comes due in deadline order.
+    #[test]
+    fn asks_of_many_durations_share_a_bounded_number_of_queues() {
+        let t0 = Instant::now();
+        let mut lanes = Lanes::default();
+        let alive: Vec<_> = (0..50u64)
+            .map(|i| {
+                (
+                    ReplySlot::new(),
+                    Duration::from_millis(1_000 + 997 * i % 50_000),
+                )
+            })
+            .collect();
+        for (slot, timeout) in &alive {
+            lanes.push(*timeout, t0 + *timeout, slot);
+        }
+        for i in 0..100_000u64 {
+            let timeout = Duration::from_micros(1 + i * 7_919 % 120_000_000);
+            lanes.push(timeout, t0 + timeout, &ReplySlot::new());
+            assert!(lanes.lanes.len() <= MAX_LANES);
+            assert!(lanes.len() <= MAX_LANES * 2 * COMPACT_AT_LEAST + alive.len());
+        }
+        let mut expected: Vec<_> = alive.iter().map(|(_, t)| *t).collect();
+        expected.sort();
+        let mut seen = Vec::new();
+        while let Some(next) = lanes.next_deadline() {
+            for slot in lanes.take_due(next) {
+                let (_, t) = alive.iter().find(|(s, _)| Arc::ptr_eq(s, &slot)).unwrap();
+                seen.push(*t);
+            }
+        }
+        assert_eq!(seen, expected);
     }
 
     /// The sweeper wakes a registered ask once its deadline has passed, including one
